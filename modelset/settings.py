@@ -1,0 +1,101 @@
+"""Settings: one class, environment prefix ``HIDREAM_``, ``.env`` supported.
+
+The API token is a :class:`~pydantic.SecretStr`: it prints as ``**********`` in every
+repr, log line and exception. It can also live in a Prefect Secret block whose name is
+``HIDREAM_API_TOKEN_BLOCK``; the Prefect layer resolves that (this module stays free of
+Prefect so the core can be used and tested without a server).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from modelset.errors import UsageError
+
+PUBLIC_BASE_URL = "https://www.hidreamai.com"
+
+
+class MissingTokenError(UsageError):
+    """No API token is configured for a host that needs one."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "no HiDream API token: set HIDREAM_API_TOKEN (or HIDREAM_API_TOKEN_BLOCK, "
+            "the name of a Prefect Secret block holding it)"
+        )
+
+
+class Settings(BaseSettings):
+    """Everything modelset reads from the environment (``HIDREAM_*``) or ``.env``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HIDREAM_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    api_token: SecretStr | None = Field(default=None, description="HiDream API token.")
+    api_token_block: str | None = Field(
+        default=None, description="Name of a Prefect Secret block holding the token."
+    )
+    base_url: str = Field(default=PUBLIC_BASE_URL, description="HiDream API base URL.")
+    api_user_id: str | None = Field(default=None, description="Optional API-User-ID header.")
+    language: Literal["en", "zh"] | None = Field(
+        default=None, description="Optional X-accept-language header."
+    )
+
+    output_dir: Path = Field(default=Path("output"), description="Default report folder.")
+    concurrency: int = Field(default=8, ge=1, le=256, description="Photos in flight at once.")
+    max_images: int | None = Field(
+        default=None, ge=0, description="Cap on generated images a run may pay for."
+    )
+    images_per_set: int = Field(
+        default=4, ge=1, description="Images a set is assumed to have until the API says."
+    )
+    confirm_threshold: int = Field(
+        default=100, ge=0, description="Interactive runs above this many images ask first."
+    )
+
+    callback_url: str | None = Field(
+        default=None, description="Public base URL of the callback receiver."
+    )
+    callback_secret: SecretStr | None = Field(
+        default=None, description="Secret path segment that callbacks must carry."
+    )
+
+    allow_private_urls: bool = Field(
+        default=False, description="Allow input URLs on loopback/private addresses."
+    )
+    allow_file_urls: bool = Field(default=False, description="Allow file:// rows in manifests.")
+    max_fetch_bytes: int = Field(default=30 * 1024 * 1024, ge=1, description="Input size cap.")
+
+    connect_timeout: float = Field(default=10.0, gt=0, description="Seconds to connect.")
+    read_timeout: float = Field(default=60.0, gt=0, description="Seconds to wait for an answer.")
+    max_attempts: int = Field(default=5, ge=1, description="Attempts per API call.")
+    max_retry_after: float = Field(
+        default=60.0, ge=0, description="Cap on a honoured Retry-After, in seconds."
+    )
+    lookup_by_request_id: bool = Field(
+        default=True,
+        description="Resolve outcome-unknown submits by looking their request_id up.",
+    )
+    poll_interval: float = Field(default=1.0, gt=0, description="First poll delay, seconds.")
+    poll_max_interval: float = Field(default=15.0, gt=0, description="Longest poll delay.")
+    poll_deadline: float = Field(
+        default=1800.0, gt=0, description="Seconds to wait for a set before giving up."
+    )
+    concurrency_limit: str | None = Field(
+        default=None,
+        description="Name of a Prefect global concurrency limit that API calls take a slot of.",
+    )
+
+    def require_token(self) -> SecretStr:
+        """The configured token, or a :class:`MissingTokenError` naming the variable."""
+        if self.api_token is None or not self.api_token.get_secret_value():
+            raise MissingTokenError()
+        return self.api_token
