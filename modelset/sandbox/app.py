@@ -1,0 +1,373 @@
+"""The sandbox's Starlette app: the HiDream endpoints plus the test-only ``/_sandbox`` ones."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import math
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from modelset.sandbox.callbacks import CallbackRecord, deliver
+from modelset.sandbox.config import SandboxConfig
+from modelset.sandbox.imagery import PhotoError, check_photo, render_template_preview
+from modelset.sandbox.protocol import (
+    MAX_IMAGE_BYTES,
+    NO_CREDITS,
+    OK,
+    RATE_LIMITED,
+    TASK_NOT_FOUND,
+    TOKEN_INVALID,
+    ApiError,
+    SubmitForm,
+    int_param,
+    invalid,
+    parse_submission,
+)
+from modelset.sandbox.store import (
+    FAILED,
+    REJECTED,
+    SUCCEEDED,
+    TEMPLATES,
+    PhotoStore,
+    SubTask,
+    Task,
+    TaskStore,
+)
+
+logger = logging.getLogger("modelset.sandbox")
+
+SUBMIT_PATH = "/api-pub/ec/v3/image/variation/async"
+RESULTS_PATH = f"{SUBMIT_PATH}/results"
+TEMPLATES_PATH = "/api-pub/ec/v3/template/variation"
+FETCH_TIMEOUT_S = 10.0
+_CODE_KEY = "modelset.sandbox.code"
+"""Scope key where a handler leaves the envelope code for the request log line."""
+
+
+class _NoAnswer(Response):
+    """Sends nothing: the client has gone away."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        return None
+
+
+class _RequestLog:
+    """ASGI middleware: one log line per request, without query string, headers or body."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status: int | None = None
+
+        async def send_logged(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_logged)
+        finally:
+            logger.info(
+                "%s %s -> %s code=%s %.0f ms",
+                scope["method"],
+                scope["path"],
+                status if status is not None else "no answer",
+                scope.get(_CODE_KEY, "-"),
+                (time.perf_counter() - started) * 1000,
+            )
+
+
+def _envelope(
+    request: Request,
+    code: int,
+    message: str,
+    result: dict[str, Any] | None = None,
+    *,
+    request_id: str | None = None,
+    status_code: int = 200,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    request.scope[_CODE_KEY] = code
+    body = {
+        "code": code,
+        "message": message,
+        "request_id": request_id or str(uuid.uuid4()),
+        "result": result or {},
+    }
+    return JSONResponse(body, status_code=status_code, headers=headers)
+
+
+def _base_url(request: Request) -> str:
+    """The address this connection reached: the server's real bound host and port."""
+    server = request.scope.get("server")
+    if server is None:
+        return str(request.base_url).rstrip("/")
+    host, port = server
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def _first_of(*waits: Coroutine[Any, Any, object]) -> None:
+    """Wait until any of the coroutines finishes, then cancel the others."""
+    tasks = [asyncio.ensure_future(wait) for wait in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def _client_gone(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+class Sandbox:
+    """The sandbox's state and request handlers; ``.app`` is the ASGI app serving them."""
+
+    def __init__(self, config: SandboxConfig) -> None:
+        self.config = config
+        self.tasks = TaskStore()
+        self._photos = PhotoStore(config.state_dir)
+        self._rng = random.Random(config.seed)
+        self._callbacks: list[CallbackRecord] = []
+        self._background: set[asyncio.Task[None]] = set()
+        self._closing = asyncio.Event()
+        self._http = httpx.AsyncClient(trust_env=False)
+        self.app = Starlette(
+            routes=[
+                Route(SUBMIT_PATH, self._submit, methods=["POST"]),
+                Route(RESULTS_PATH, self._results, methods=["GET"]),
+                Route(TEMPLATES_PATH, self._templates, methods=["GET"]),
+                Route("/_sandbox/images/{task_id}/{pose:int}.jpg", self._image, methods=["GET"]),
+                Route("/_sandbox/templates/{template_id:int}.jpg", self._preview, methods=["GET"]),
+                Route("/_sandbox/submissions", self._submissions, methods=["GET"]),
+                Route("/_sandbox/callbacks", self._callback_log, methods=["GET"]),
+                Route("/_sandbox/health", self._health, methods=["GET"]),
+            ],
+            middleware=[Middleware(_RequestLog)],
+            exception_handlers={ApiError: self._api_error},
+            lifespan=self._lifespan,
+        )
+
+    def release_stalled(self) -> None:
+        """Let stalled submit requests end; call on the server's event loop at shutdown."""
+        self._closing.set()
+
+    @asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            for task in self._background:
+                task.cancel()
+            await asyncio.gather(*self._background, return_exceptions=True)
+            await self._http.aclose()
+            self._photos.close()
+
+    async def _api_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return _envelope(request, exc.code, exc.message)
+
+    async def _enter(self, request: Request) -> None:
+        """Every API call: check the token, then add the configured latency."""
+        expected = f"Bearer {self.config.token}".encode()
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            raise ApiError(TOKEN_INVALID, "token invalid or expired")
+        await asyncio.sleep(self.config.latency_ms / 1000)
+
+    def _draw(self, rate: float) -> bool:
+        return rate > 0 and self._rng.random() < rate
+
+    async def _submit(self, request: Request) -> Response:
+        await self._enter(request)
+        faults = self.config.faults
+        if self._draw(faults.throttle):
+            retry_after = max(1, math.ceil(self.config.retry_after_s))
+            return _envelope(
+                request,
+                RATE_LIMITED,
+                "rate limit exceeded",
+                status_code=429,
+                headers={"Retry-After": str(retry_after)},
+            )
+        if self._draw(faults.server_error):
+            return PlainTextResponse("internal server error", status_code=500)
+        if self._draw(faults.no_credits):
+            return _envelope(request, NO_CREDITS, "insufficient credits")
+
+        form = await run_in_threadpool(parse_submission, await request.body(), TEMPLATES)
+        data = form.image if isinstance(form.image, bytes) else await self._fetch(form.image)
+        sha256 = await run_in_threadpool(self._accept_photo, data)
+        task = self._create_task(form, sha256, _base_url(request))
+
+        if self._draw(faults.stall):
+            await _first_of(_client_gone(request), self._closing.wait())
+            if self._closing.is_set():
+                return PlainTextResponse("sandbox shutting down", status_code=503)
+            return _NoAnswer()
+        return _envelope(
+            request,
+            OK,
+            "Success",
+            {"task_id": task.task_id, "sub_task_ids": [s.sub_task_id for s in task.sub_tasks]},
+            request_id=task.request_id,
+        )
+
+    async def _fetch(self, url: str) -> bytes:
+        """Download an image given by URL, at most MAX_IMAGE_BYTES within FETCH_TIMEOUT_S."""
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with (
+                asyncio.timeout(FETCH_TIMEOUT_S),
+                self._http.stream("GET", url, follow_redirects=True) as response,
+            ):
+                if response.status_code != 200:
+                    raise invalid(f"image URL answered HTTP {response.status_code}")
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > MAX_IMAGE_BYTES:
+                        raise invalid("image is larger than 30 MB")
+                    chunks.append(chunk)
+        except (httpx.HTTPError, TimeoutError) as exc:
+            raise invalid(f"image URL could not be fetched ({type(exc).__name__})") from None
+        return b"".join(chunks)
+
+    def _accept_photo(self, data: bytes) -> str:
+        """Check the photo and store it on disk; returns its sha256. Runs in a worker thread."""
+        try:
+            check_photo(data)
+        except PhotoError as exc:
+            raise invalid(str(exc)) from None
+        return self._photos.save(data)
+
+    def _fate(self) -> SubTask:
+        faults = self.config.faults
+        if self._draw(faults.fail):
+            return SubTask(str(uuid.uuid4()), FAILED, "generation failed")
+        if self._draw(faults.reject):
+            return SubTask(str(uuid.uuid4()), REJECTED, "rejected by content review")
+        return SubTask(str(uuid.uuid4()), SUCCEEDED, "")
+
+    def _create_task(self, form: SubmitForm, sha256: str, base_url: str) -> Task:
+        task = Task(
+            task_id=str(uuid.uuid4()),
+            request_id=form.request_id or str(uuid.uuid4()),
+            template_id=form.template_id,
+            sha256=sha256,
+            sub_tasks=tuple(self._fate() for _ in range(self.config.images_per_set)),
+            started=time.monotonic(),
+            duration=self.config.generation_s,
+            base_url=base_url,
+        )
+        self.tasks.add(task)
+        if form.notify_url is not None:
+            record = CallbackRecord(task_id=task.task_id, url=form.notify_url)
+            self._callbacks.append(record)
+            background = asyncio.create_task(self._notify(task, record))
+            self._background.add(background)
+            background.add_done_callback(self._background.discard)
+        return task
+
+    async def _notify(self, task: Task, record: CallbackRecord) -> None:
+        await asyncio.sleep(max(0.0, task.finished_at - time.monotonic()))
+        # max(): the event loop may wake a timer a hair early.
+        now = max(time.monotonic(), task.finished_at)
+        body = {"main_task_id": task.task_id, "sub_task_results": task.sub_task_results(now)}
+        await deliver(self._http, record, body)
+
+    async def _results(self, request: Request) -> Response:
+        await self._enter(request)
+        task_id = request.query_params.get("task_id")
+        request_id = request.query_params.get("request_id")
+        if not task_id and not request_id:
+            raise invalid("task_id or request_id is required")
+        task = self.tasks.find(task_id, request_id)
+        if task is None:
+            raise ApiError(TASK_NOT_FOUND, "task not found")
+        result = {
+            "task_id": task.task_id,
+            "request_id": task.request_id,
+            "sub_task_results": task.sub_task_results(time.monotonic()),
+        }
+        return _envelope(request, OK, "Success", result)
+
+    async def _templates(self, request: Request) -> Response:
+        await self._enter(request)
+        params = request.query_params
+        gender = params.get("gender")
+        if gender not in (None, "man", "woman"):
+            raise invalid("gender must be man or woman")
+        page_size = int_param(params.get("page_size"), "page_size", 20, 1, 100)
+        page_index = int_param(params.get("page_index"), "page_index", 1, 1, 1_000_000)
+        matching = [i for i, g in TEMPLATES.items() if gender is None or g == gender]
+        page = matching[(page_index - 1) * page_size : page_index * page_size]
+        base_url = _base_url(request)
+        result = {
+            "templates": [
+                {
+                    "id": template_id,
+                    "gender": TEMPLATES[template_id],
+                    "show_image": f"{base_url}/_sandbox/templates/{template_id}.jpg",
+                }
+                for template_id in page
+            ],
+            "total_count": len(matching),
+            "total_page": math.ceil(len(matching) / page_size),
+        }
+        return _envelope(request, OK, "Success", result)
+
+    async def _image(self, request: Request) -> Response:
+        task = self.tasks.find(request.path_params["task_id"])
+        pose: int = request.path_params["pose"]
+        if (
+            task is None
+            or not 1 <= pose <= len(task.sub_tasks)
+            or task.status(pose - 1, time.monotonic())[0] != SUCCEEDED
+        ):
+            return PlainTextResponse("not found", status_code=404)
+        data = await run_in_threadpool(self._photos.render, task.sha256, task.template_id, pose)
+        return Response(data, media_type="image/jpeg")
+
+    async def _preview(self, request: Request) -> Response:
+        template_id: int = request.path_params["template_id"]
+        if template_id not in TEMPLATES:
+            return PlainTextResponse("not found", status_code=404)
+        data = await run_in_threadpool(render_template_preview, template_id, TEMPLATES[template_id])
+        return Response(data, media_type="image/jpeg")
+
+    async def _submissions(self, request: Request) -> Response:
+        return JSONResponse({"submissions": self.tasks.submissions()})
+
+    async def _callback_log(self, request: Request) -> Response:
+        return JSONResponse({"callbacks": [record.public() for record in self._callbacks]})
+
+    async def _health(self, request: Request) -> Response:
+        return JSONResponse({"ok": True})
+
+
+def create_app(config: SandboxConfig) -> Starlette:
+    """The sandbox as an ASGI app (uvicorn must run its lifespan)."""
+    return Sandbox(config).app

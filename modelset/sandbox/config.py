@@ -1,0 +1,80 @@
+"""Settings of the local HiDream sandbox."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Faults(BaseModel):
+    """Probability (0..1) of each simulated failure, drawn independently per submission."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    throttle: float = Field(default=0.0, ge=0.0, le=1.0)
+    """HTTP 429 with Retry-After and envelope code 1009; no task is created."""
+    server_error: float = Field(default=0.0, ge=0.0, le=1.0)
+    """HTTP 500 with a plain-text body; no task is created."""
+    no_credits: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Envelope code 2007; no task is created."""
+    stall: float = Field(default=0.0, ge=0.0, le=1.0)
+    """The task is created but the submit request is never answered."""
+    fail: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Per sub-task: final status 3 (generation failed)."""
+    reject: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Per sub-task: final status 4 (rejected by content review)."""
+
+
+def parse_faults(spec: str) -> Faults:
+    """Parse ``"throttle=0.1,server_error=0.05"``; an empty string means no faults.
+
+    Raises ValueError naming the offending entry for an unknown key, a duplicate key,
+    a missing ``=``, a value that is not a number, or a rate outside 0..1.
+    """
+    known = list(Faults.model_fields)
+    rates: dict[str, float] = {}
+    for raw in spec.split(","):
+        entry = raw.strip()
+        if not entry:
+            continue
+        key, sep, value = (part.strip() for part in entry.partition("="))
+        if not sep:
+            raise ValueError(f"fault {entry!r} must look like name=rate, e.g. throttle=0.1")
+        if key not in known:
+            raise ValueError(f"unknown fault {key!r}; known faults: {', '.join(known)}")
+        if key in rates:
+            raise ValueError(f"fault {key!r} is given twice")
+        try:
+            rate = float(value)
+        except ValueError:
+            raise ValueError(f"fault {key!r}: rate {value!r} is not a number") from None
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"fault {key!r}: rate {value} is outside 0..1")
+        rates[key] = rate
+    return Faults.model_validate(rates)
+
+
+class SandboxConfig(BaseModel):
+    """How the sandbox listens and behaves."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8765, ge=0, le=65535)
+    """0 picks a free port."""
+    token: str = Field(default="sandbox-token", min_length=1, repr=False)
+    """The only bearer token accepted."""
+    latency_ms: float = Field(default=200.0, ge=0.0)
+    """Added to every API call (submit, results, templates)."""
+    generation_s: float = Field(default=2.0, ge=0.0)
+    """Time from submit until every sub-task is final."""
+    images_per_set: int = Field(default=4, ge=1, le=32)
+    faults: Faults = Field(default_factory=Faults)
+    seed: int | None = None
+    """Seed of the fault draws, for reproducible runs."""
+    retry_after_s: float = Field(default=1.0, ge=0.0)
+    """Sent as Retry-After (whole seconds, at least 1) with HTTP 429."""
+    state_dir: Path | None = None
+    """Where uploaded photos and rendered images are stored; None means a temporary
+    directory removed when the server stops."""
