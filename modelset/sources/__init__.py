@@ -1,0 +1,25 @@
+"""Input discovery and fetching: what the user pointed at, turned into local, hashed files.
+
+Core layer: plain Python, no Prefect.
+"""
+
+from modelset.sources.discovery import discover
+from modelset.sources.errors import FetchError, SourceError, UnsafeURLError, redact_url
+from modelset.sources.fetching import fetch
+from modelset.sources.locations import IMAGE_SUFFIXES
+from modelset.sources.models import FetchedFile, SourceItem
+from modelset.sources.netguard import ALLOW_PRIVATE_ENV, check_url
+
+__all__ = [
+    "ALLOW_PRIVATE_ENV",
+    "IMAGE_SUFFIXES",
+    "FetchError",
+    "FetchedFile",
+    "SourceError",
+    "SourceItem",
+    "UnsafeURLError",
+    "check_url",
+    "discover",
+    "fetch",
+    "redact_url",
+]
