@@ -1,0 +1,141 @@
+"""The exactly-once ledger: what was paid for, keyed by what was paid for.
+
+A submission's key is the upstream (base URL), the template_id, the sha256 of the
+*source* photo and the preparation policy with its version number. The key gives a
+stable ``request_id`` (one per paid attempt: ``--refresh`` and ``--retry-failed`` start a
+new attempt on purpose).
+
+One JSON record per key lives in ``<out>/.modelset/ledger/``. Claiming a key takes an
+exclusive ``flock`` on its lock file for the whole of intent -> send -> receipt, so two
+runs (or two tasks of one run) can never both send it. The kernel drops the lock when a
+process dies, so a record left in state ``intent`` with its lock free means the sender
+crashed with the outcome unknown: it is resolved by looking the request_id up, never by
+sending blindly. ``flock`` holds on local disks and NFSv4; on an object store the ledger
+needs a different lock (docs/scale-out.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+LEDGER_KEY_VERSION = 1
+_LOCK_POLL_SECONDS = 0.05
+
+
+class SubmissionState(StrEnum):
+    INTENT = "intent"  # claimed; the request may be on its way
+    SUBMITTED = "submitted"  # the service answered with a task
+    UNKNOWN = "outcome_unknown"  # sent, and whether a task exists could not be learnt
+    FINISHED = "finished"  # the set's outcome is known (see ``outcome``)
+
+
+class LedgerRecord(BaseModel):
+    key: str
+    attempt: int = 1
+    state: SubmissionState
+    request_id: str
+    template_id: int
+    source_sha256: str
+    upload_sha256: str | None = None
+    task_id: str | None = None
+    sub_task_ids: list[str] = Field(default_factory=list)
+    outcome: str | None = None  # succeeded | failed | rejected, once FINISHED
+    reason: str | None = None
+    outputs: list[str] = Field(default_factory=list)
+    claimed_by: str = ""  # host:pid of the last writer
+    claimed_by_run: str = ""  # the run that made this attempt
+    updated: str = ""
+
+    @property
+    def images_paid(self) -> int:
+        return len(self.sub_task_ids)
+
+
+def submission_key(
+    *, base_url: str, template_id: int, source_sha256: str, policy: str, version: int
+) -> str:
+    """The exactly-once key: what is paid for, never the code or Pillow's bytes."""
+    material = "|".join(
+        [
+            f"modelset-ledger-v{LEDGER_KEY_VERSION}",
+            base_url.rstrip("/").lower(),
+            str(template_id),
+            source_sha256,
+            policy,
+            f"prep-v{version}",
+        ]
+    )
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+def request_id_for(key: str, attempt: int) -> str:
+    """Stable per key and attempt, shaped like the service's own ids."""
+    return str(uuid.UUID(key[:32])) if attempt == 1 else f"{uuid.UUID(key[:32])}-{attempt}"
+
+
+class Ledger:
+    """One folder of records, safe for concurrent runs on machines that share it."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._owner = f"{socket.gethostname()}:{os.getpid()}"
+
+    def read(self, key: str) -> LedgerRecord | None:
+        path = self._record_path(key)
+        try:
+            return LedgerRecord.model_validate_json(path.read_bytes())
+        except FileNotFoundError:
+            return None
+
+    def write(self, record: LedgerRecord) -> LedgerRecord:
+        """Atomically replace the key's record (callers hold the claim)."""
+        record = record.model_copy(
+            update={"updated": datetime.now(UTC).isoformat(), "claimed_by": self._owner}
+        )
+        path = self._record_path(record.key)
+        temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+        with temporary.open("w", encoding="utf-8") as handle:
+            handle.write(record.model_dump_json())
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+        return record
+
+    def forget(self, key: str) -> None:
+        """Drop a record whose send certainly created nothing (callers hold the claim)."""
+        self._record_path(key).unlink(missing_ok=True)
+
+    @contextlib.asynccontextmanager
+    async def claim(self, key: str) -> AsyncIterator[LedgerRecord | None]:
+        """Hold the key exclusively; yields its current record (None if never claimed)."""
+        lock_path = self.root / f"{key}.lock"
+        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            while True:
+                try:
+                    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    await asyncio.sleep(_LOCK_POLL_SECONDS)
+            try:
+                yield self.read(key)
+            finally:
+                fcntl.flock(descriptor, fcntl.LOCK_UN)
+        finally:
+            os.close(descriptor)
+
+    def _record_path(self, key: str) -> Path:
+        return self.root / f"{key}.json"

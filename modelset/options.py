@@ -1,0 +1,41 @@
+"""The typed parameters of a run, shared by the CLI, the flow and the deployments' forms."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class RunOptions(BaseModel):
+    """How a batch runs. Every field shows as a form input in the Prefect UI."""
+
+    policy: Literal["fix", "strict"] = Field(
+        default="fix",
+        description="fix: make every photo sendable (upright, 3:4, <=2048 px, no metadata); "
+        "strict: send only photos already valid, reject the rest with reasons.",
+    )
+    fit: Literal["crop", "pad"] = Field(
+        default="crop", description="How fix reaches 3:4: crop (top-biased) or pad with white."
+    )
+    concurrency: int | None = Field(
+        default=None, ge=1, le=256, description="Sets in flight at once (default: settings)."
+    )
+    refresh: bool = Field(default=False, description="Pay again for everything.")
+    retry_failed: bool = Field(
+        default=False, description="Resubmit only items whose last outcome was failed."
+    )
+    resubmit_unknown: bool = Field(
+        default=False,
+        description="Send again items whose earlier send has an unknown outcome (may pay twice).",
+    )
+    dry_run: bool = Field(default=False, description="Prepare and plan; submit nothing.")
+    max_images: int | None = Field(
+        default=None, ge=0, description="Never pay for more generated images than this."
+    )
+    out: str | None = Field(
+        default=None, description="Output folder (default: HIDREAM_OUTPUT_DIR)."
+    )
+    deadline_s: float | None = Field(
+        default=None, gt=0, description="Seconds to wait for a set (default: settings)."
+    )

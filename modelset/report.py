@@ -1,0 +1,176 @@
+"""The report in the output folder: ``manifest.jsonl``, ``manifest.csv`` and ``index.html``.
+
+One row per photo and template. A rerun into the same folder rewrites the manifest with
+every row's latest state; rows of photos the rerun did not touch are kept.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import os
+import uuid
+from collections.abc import Iterable
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+MANIFEST_JSONL = "manifest.jsonl"
+MANIFEST_CSV = "manifest.csv"
+INDEX_HTML = "index.html"
+STATE_DIR = ".modelset"
+MANIFEST_FIELDS = (
+    "source",
+    "item",
+    "source_sha256",
+    "upload_sha256",
+    "template_id",
+    "request_id",
+    "task_id",
+    "status",
+    "reason",
+    "outputs",
+)
+
+
+class Status(StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    OUTCOME_UNKNOWN = "outcome_unknown"
+    SKIPPED = "skipped"
+    PLANNED = "planned"
+
+
+class ManifestRow(BaseModel):
+    source: str
+    item: str
+    source_sha256: str | None = None
+    upload_sha256: str | None = None
+    template_id: int
+    request_id: str | None = None
+    task_id: str | None = None
+    status: Status
+    reason: str | None = None
+    outputs: list[str] = Field(default_factory=list)
+    # Where the contact sheet finds the input's thumbnail; not a manifest field.
+    thumbnail: str | None = Field(default=None, exclude=True)
+
+    @property
+    def row_key(self) -> tuple[str, int]:
+        return (self.source, self.template_id)
+
+
+def read_manifest(out: Path) -> list[ManifestRow]:
+    path = out / MANIFEST_JSONL
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            rows.append(ManifestRow.model_validate_json(line))
+    return rows
+
+
+def merge_rows(previous: Iterable[ManifestRow], latest: Iterable[ManifestRow]) -> list[ManifestRow]:
+    """Previous rows, each replaced by its latest state; new rows appended in order."""
+    merged = {row.row_key: row for row in previous}
+    for row in latest:
+        merged[row.row_key] = row
+    return list(merged.values())
+
+
+def write_report(out: Path, rows: list[ManifestRow], *, title: str = "modelset") -> Path:
+    """Write the manifest (both forms) and the contact sheet; returns the sheet's path."""
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write(
+        out / MANIFEST_JSONL,
+        "".join(row.model_dump_json(include=set(MANIFEST_FIELDS)) + "\n" for row in rows),
+    )
+    _write_csv(out / MANIFEST_CSV, rows)
+    sheet = out / INDEX_HTML
+    _atomic_write(sheet, contact_sheet(rows, title=title))
+    return sheet
+
+
+def _write_csv(path: Path, rows: list[ManifestRow]) -> None:
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    with temporary.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=MANIFEST_FIELDS)
+        writer.writeheader()
+        for row in rows:
+            values = row.model_dump(include=set(MANIFEST_FIELDS), mode="json")
+            values["outputs"] = ";".join(row.outputs)
+            writer.writerow(values)
+    os.replace(temporary, path)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+_STATUS_COLOURS = {
+    Status.SUCCEEDED: "#1a7f37",
+    Status.FAILED: "#cf222e",
+    Status.REJECTED: "#bc4c00",
+    Status.OUTCOME_UNKNOWN: "#8250df",
+    Status.SKIPPED: "#6e7781",
+    Status.PLANNED: "#0969da",
+}
+
+_STYLE = """
+body{font:14px system-ui,sans-serif;margin:24px;color:#1f2328}
+h1{font-size:20px}.summary span{margin-right:16px}
+table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #d0d7de;
+padding:8px;vertical-align:top;text-align:left}img{height:160px;border-radius:4px;
+margin:2px;background:#f6f8fa}.status{font-weight:600}.reason{color:#57606a;max-width:28em}
+.set{display:flex;flex-wrap:wrap}
+"""
+
+
+def contact_sheet(rows: list[ManifestRow], *, title: str) -> str:
+    """A self-contained page: each input beside its generated set, status and reason."""
+    summary = "".join(
+        f"<span>{html.escape(status)}: <b>{count}</b></span>"
+        for status, count in summarize(rows).items()
+        if count
+    )
+    body = "\n".join(_sheet_row(row) for row in rows)
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1><p class='summary'>{summary}</p>"
+        "<table><thead><tr><th>input</th><th>item</th><th>template</th><th>status</th>"
+        f"<th>generated set</th></tr></thead><tbody>{body}</tbody></table></body></html>\n"
+    )
+
+
+def _sheet_row(row: ManifestRow) -> str:
+    thumbnail = (
+        f"<img src='{html.escape(row.thumbnail)}' alt='input' loading='lazy'>"
+        if row.thumbnail
+        else ""
+    )
+    images = "".join(
+        f"<a href='{html.escape(path)}'><img src='{html.escape(path)}' loading='lazy'"
+        f" alt='{html.escape(Path(path).name)}'></a>"
+        for path in row.outputs
+    )
+    colour = _STATUS_COLOURS[row.status]
+    reason = f"<div class='reason'>{html.escape(row.reason)}</div>" if row.reason else ""
+    return (
+        f"<tr><td>{thumbnail}</td><td>{html.escape(row.item)}<br>"
+        f"<small>{html.escape(row.source)}</small></td><td>{row.template_id}</td>"
+        f"<td><span class='status' style='color:{colour}'>{row.status.value}</span>{reason}"
+        f"</td><td><div class='set'>{images}</div></td></tr>"
+    )
+
+
+def summarize(rows: Iterable[ManifestRow]) -> dict[str, int]:
+    counts: dict[str, int] = {status.value: 0 for status in Status}
+    for row in rows:
+        counts[row.status.value] += 1
+    return counts
