@@ -1,0 +1,1 @@
+"""Thin Prefect tasks over the core stages: retries, cache keys, tags, artifacts."""

@@ -1,0 +1,3 @@
+from modelset.cli import app
+
+app(prog_name="modelset")

@@ -1,0 +1,310 @@
+"""The ``modelset`` command.
+
+Exit codes, for every command: 0 ok; 1 some items did not succeed; 2 usage or
+configuration error; 3 the service refused the account (token rejected, no credits).
+Prefect is imported only by the commands that orchestrate, so the others start fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from modelset.errors import UsageError
+from modelset.hidream import (
+    AccountError,
+    HiDreamClient,
+    HiDreamError,
+    TaskResult,
+)
+from modelset.options import RunOptions
+from modelset.settings import Settings
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import State
+
+    from modelset.flows.generate import RunSummary
+
+EXIT_OK = 0
+EXIT_ITEMS_FAILED = 1
+EXIT_USAGE = 2
+EXIT_ACCOUNT = 3
+
+app = typer.Typer(
+    name="modelset",
+    help="Turn model photos into HiDream model image sets, exactly once, with Prefect.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+T = TypeVar("T")
+
+
+def fail(message: str, code: int) -> NoReturn:
+    errors.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def reported_errors() -> Iterator[None]:
+    """Turn the errors a person can act on into one line and the right exit code."""
+    try:
+        yield
+    except UsageError as exc:
+        fail(str(exc), EXIT_USAGE)
+    except AccountError as exc:
+        fail(exc.message, EXIT_ACCOUNT)
+    except HiDreamError as exc:
+        fail(exc.message, EXIT_ITEMS_FAILED)
+
+
+def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
+    with reported_errors():
+        return asyncio.run(coroutine)
+
+
+async def client_from_environment() -> HiDreamClient:
+    from modelset.credentials import resolve_token
+
+    settings = Settings()
+    return HiDreamClient.from_settings(settings, token=await resolve_token(settings))
+
+
+@app.command()
+def templates(
+    gender: Annotated[
+        str | None, typer.Option(help="Only templates for this gender: man or woman.")
+    ] = None,
+) -> None:
+    """List the model image set templates."""
+    if gender not in (None, "man", "woman"):
+        fail(f"--gender must be man or woman, not {gender!r}", EXIT_USAGE)
+
+    async def fetch() -> list[Any]:
+        async with await client_from_environment() as client:
+            return await client.list_templates(gender)  # type: ignore[arg-type]
+
+    table = Table("id", "gender", "preview")
+    for template in run_async(fetch()):
+        table.add_row(str(template.id), template.gender, template.show_image)
+    console.print(table)
+
+
+@app.command()
+def status(task_id: Annotated[str, typer.Argument(help="The task_id a submit returned.")]) -> None:
+    """Show a task's sub-tasks, their status and image URLs."""
+
+    async def fetch() -> TaskResult:
+        async with await client_from_environment() as client:
+            return await client.get_result(task_id=task_id)
+
+    result = run_async(fetch())
+    table = Table("sub_task_id", "status", "done", "image / reason")
+    for sub in result.sub_task_results:
+        table.add_row(
+            sub.sub_task_id,
+            sub.task_status.name.lower(),
+            f"{sub.task_completion:.0%}",
+            sub.image or sub.description,
+        )
+    console.print(table)
+    failed = [s for s in result.sub_task_results if s.task_status.is_final and not s.succeeded]
+    if failed:
+        raise typer.Exit(EXIT_ITEMS_FAILED)
+    if not result.finished:
+        console.print("still running", style="yellow")
+
+
+@app.command()
+def sandbox(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8765,
+    token: Annotated[str, typer.Option(help="The token clients must send.")] = "sandbox-token",  # noqa: S107
+    latency_ms: Annotated[int, typer.Option(help="Added to every API call.")] = 200,
+    generation_s: Annotated[float, typer.Option(help="Seconds until a set is final.")] = 2.0,
+    images_per_set: Annotated[int, typer.Option(help="Images in every set.")] = 4,
+    faults: Annotated[
+        str,
+        typer.Option(
+            help="Fault rates, e.g. "
+            '"throttle=0.1,server_error=0.05,no_credits=0,stall=0,fail=0,reject=0".'
+        ),
+    ] = "",
+    seed: Annotated[int | None, typer.Option(help="Seed for reproducible faults.")] = None,
+) -> None:
+    """Run the local HiDream sandbox (the upstream contract, with latency and faults)."""
+    from modelset.sandbox import SandboxConfig, parse_faults, serve
+
+    try:
+        parsed = parse_faults(faults)
+    except ValueError as exc:
+        fail(f"--faults: {exc}", EXIT_USAGE)
+    serve(
+        SandboxConfig(
+            host=host,
+            port=port,
+            token=token,
+            latency_ms=latency_ms,
+            generation_s=generation_s,
+            images_per_set=images_per_set,
+            faults=parsed,
+            seed=seed,
+        )
+    )
+
+
+@app.command()
+def run(
+    sources: Annotated[
+        list[str],
+        typer.Argument(help="Files, folders, globs, URLs, CSV/JSONL manifests, s3:// ..."),
+    ],
+    template: Annotated[
+        list[int], typer.Option("--template", "-t", help="Template id; repeat for several.")
+    ],
+    out: Annotated[Path | None, typer.Option(help="Output folder (same across reruns).")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Sets in flight at once.")] = None,
+    policy: Annotated[
+        Literal["fix", "strict"], typer.Option(help="fix photos, or send only valid ones.")
+    ] = "fix",
+    fit: Annotated[Literal["crop", "pad"], typer.Option(help="How fix reaches 3:4.")] = "crop",
+    refresh: Annotated[bool, typer.Option(help="Pay again for everything.")] = False,
+    retry_failed: Annotated[
+        bool, typer.Option(help="Resubmit only items whose last outcome was failed.")
+    ] = False,
+    resubmit_unknown: Annotated[
+        bool, typer.Option(help="Resend items whose earlier send has an unknown outcome.")
+    ] = False,
+    dry_run: Annotated[bool, typer.Option(help="Prepare and plan; submit nothing.")] = False,
+    max_images: Annotated[
+        int | None, typer.Option(help="Never pay for more generated images than this.")
+    ] = None,
+) -> None:
+    """Generate model image sets for photos, exactly once per photo and template."""
+    options = RunOptions(
+        policy=policy,
+        fit=fit,
+        concurrency=concurrency,
+        refresh=refresh,
+        retry_failed=retry_failed,
+        resubmit_unknown=resubmit_unknown,
+        dry_run=dry_run,
+        max_images=max_images,
+        out=str(out) if out else None,
+    )
+    summary = run_flow(sources, template, options)
+    raise typer.Exit(exit_code(summary))
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Where the demo's report goes.")] = Path("output/demo"),
+) -> None:
+    """Run the pipeline on the bundled sample photos against an in-process sandbox."""
+    from modelset.sandbox import SandboxConfig, SandboxServer
+
+    photos = Path(__file__).parent / "demo" / "photos"
+    config = SandboxConfig(port=0, token=DEMO_TOKEN, latency_ms=100, generation_s=2.0)
+    with SandboxServer(config) as server:
+        os.environ.update(
+            {
+                "HIDREAM_BASE_URL": server.base_url,
+                "HIDREAM_API_TOKEN": config.token,
+                "HIDREAM_ALLOW_PRIVATE_URLS": "true",
+                "HIDREAM_API_TOKEN_BLOCK": "",
+            }
+        )
+        console.print(f"sandbox listening on {server.base_url}")
+        summary = run_flow([str(photos)], DEMO_TEMPLATES, RunOptions(out=str(out)))
+    console.print(f"\ncontact sheet: [bold]{summary.sheet.resolve()}[/]")
+    raise typer.Exit(exit_code(summary))
+
+
+DEMO_TEMPLATES = [20, 21]
+DEMO_TOKEN = "demo-token"  # noqa: S105 - the in-process sandbox's own token
+
+
+def run_flow(sources: list[str], template_ids: list[int], options: RunOptions) -> RunSummary:
+    """Run the batch flow in this process with a progress bar; returns its summary."""
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The progress bar and summary say what a person needs; Prefect's per-task lines
+    # still reach the Prefect server (and show with PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL).
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from modelset.flows.generate import RunListener, generate_model_sets, set_listener
+    from modelset.report import ManifestRow
+
+    summaries: list[RunSummary] = []
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        bar = progress.add_task("preparing photos", total=None)
+
+        def on_total(total: int) -> None:
+            progress.update(bar, description="generating sets", total=total)
+
+        def on_row(row: ManifestRow) -> None:
+            progress.advance(bar)
+
+        set_listener(RunListener(on_total=on_total, on_row=on_row, on_summary=summaries.append))
+
+        async def run_batch() -> State[Any]:
+            return await generate_model_sets(sources, template_ids, options, return_state=True)
+
+        with reported_errors():
+            state = asyncio.run(run_batch())
+            if not summaries:
+                state.result()  # re-raises what stopped the flow before it summarised
+    if not summaries:
+        fail(state.message or "the run stopped before writing its report", EXIT_USAGE)
+    summary = summaries[0]
+    print_summary(summary)
+    return summary
+
+
+def print_summary(summary: RunSummary) -> None:
+    from modelset.report import summarize
+
+    counts = Table("status", "count", title="modelset run")
+    for status, count in summarize(summary.rows).items():
+        if count:
+            counts.add_row(status, str(count))
+    console.print(counts)
+    failing = summary.not_succeeded
+    if failing:
+        reasons = Table("item", "template", "status", "reason", title="not succeeded")
+        for row in failing[:20]:
+            reasons.add_row(row.item, str(row.template_id), row.status.value, row.reason or "")
+        if len(failing) > 20:
+            reasons.caption = f"... and {len(failing) - 20} more in manifest.csv"
+        console.print(reasons)
+    if summary.plan.account_error:
+        errors.print(f"[bold red]account:[/] {summary.plan.account_error}")
+    console.print(f"output folder: [bold]{summary.out.resolve()}[/]")
+
+
+def exit_code(summary: RunSummary) -> int:
+    from modelset.report import Status
+
+    if summary.plan.account_error:
+        return EXIT_ACCOUNT
+    if any(row.status not in (Status.SUCCEEDED, Status.PLANNED) for row in summary.rows):
+        return EXIT_ITEMS_FAILED
+    return EXIT_OK

@@ -1,0 +1,376 @@
+"""``generate_model_sets``: the batch flow, from sources to a report on disk.
+
+The order of work is what makes it cheap to rerun: discover, hash local files, consult
+the preparation cache and the ledger, and only then create task runs, for what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+import httpx
+from prefect import flow, get_run_logger
+from prefect.client.schemas.objects import State
+from prefect.runtime import flow_run
+from prefect.states import Completed, Failed
+
+from modelset.credentials import resolve_token
+from modelset.hidream import AccountError, HiDreamClient
+from modelset.images import Fit, Policy
+from modelset.ledger import Ledger, LedgerRecord, SubmissionState
+from modelset.options import RunOptions
+from modelset.report import ManifestRow, Status, merge_rows, read_manifest, write_report
+from modelset.settings import Settings
+from modelset.sources import SourceItem, discover
+from modelset.stages import (
+    PreparedPhoto,
+    PrepareOptions,
+    SubmitPolicy,
+    Workspace,
+    cached_preparation,
+    hash_file,
+    key_for,
+    needs_submit,
+    row_for,
+)
+from modelset.tasks.artifacts import ProgressArtifact, publish_results
+from modelset.tasks.catalogue import check_templates
+from modelset.tasks.photos import prepare_photos
+from modelset.tasks.results import collect_model_set_images
+from modelset.tasks.runtime import BatchRuntime
+from modelset.tasks.submission import submit_photo
+
+PREPARE_CHUNK = 16
+
+
+@dataclass
+class Photo:
+    """One source to process, with the item name its outputs go under."""
+
+    source: str
+    item: str
+    template_ids: list[int]
+    prepared: PreparedPhoto | None = None
+
+
+@dataclass
+class RunPlan:
+    """What a run found, planned and did; filled in as it goes."""
+
+    rows: dict[tuple[str, int], ManifestRow] = field(default_factory=dict)
+    tasks: int = 0  # a dry run: tasks a real run would submit
+    images: int = 0  # ... and the images they would generate at most
+    already_done: int = 0
+    account_error: str | None = None
+
+
+@dataclass
+class RunSummary:
+    out: Path
+    rows: list[ManifestRow]
+    sheet: Path
+    plan: RunPlan
+
+    @property
+    def not_succeeded(self) -> list[ManifestRow]:
+        return [row for row in self.rows if row.status is not Status.SUCCEEDED]
+
+    def message(self) -> str:
+        failing = self.not_succeeded
+        if not failing:
+            return f"all {len(self.rows)} succeeded"
+        reasons = "; ".join(
+            f"{row.item}/{row.template_id}: {row.status.value} ({row.reason})"
+            for row in failing[:10]
+        )
+        more = f"; and {len(failing) - 10} more" if len(failing) > 10 else ""
+        return f"{len(failing)} of {len(self.rows)} did not succeed: {reasons}{more}"
+
+
+@dataclass
+class RunListener:
+    """Hooks the CLI uses to draw progress; the flow works the same without them."""
+
+    on_total: Callable[[int], None] = lambda total: None
+    on_row: Callable[[ManifestRow], None] = lambda row: None
+    on_summary: Callable[[RunSummary], None] = lambda summary: None
+
+
+@dataclass
+class _Progress:
+    total: int
+    done: int = 0
+    listener: RunListener = field(default_factory=RunListener)
+    artifact: ProgressArtifact | None = None
+
+    async def advance(self, row: ManifestRow) -> None:
+        self.done += 1
+        self.listener.on_row(row)
+        if self.artifact is not None:
+            await self.artifact.update(self.done, self.total)
+
+
+_listener: RunListener = RunListener()
+
+
+def set_listener(listener: RunListener) -> None:
+    """Install progress hooks for flows run in this process (the CLI's progress bar)."""
+    global _listener
+    _listener = listener
+
+
+@flow(name="generate-model-sets", persist_result=False, log_prints=False)
+async def generate_model_sets(
+    sources: list[str],
+    template_ids: list[int],
+    options: RunOptions | None = None,
+) -> State[Any]:
+    """Turn photos into HiDream model image sets, exactly once per photo and template.
+
+    Args:
+        sources: files, folders, globs, http(s) URLs, manifests (CSV or JSON Lines) or
+            object-store URLs.
+        template_ids: the set templates to generate for every photo (a manifest row's own
+            template_id takes precedence for that row).
+        options: policy, concurrency, reruns and budget; see RunOptions.
+    """
+    summary = await run_batch(sources, template_ids, options or RunOptions(), _listener)
+    _listener.on_summary(summary)
+    message = summary.message()
+    if summary.plan.account_error:
+        return Failed(message=f"{summary.plan.account_error}; {message}")
+    if any(row.status not in (Status.SUCCEEDED, Status.PLANNED) for row in summary.rows):
+        return Failed(message=message)
+    return Completed(message=message)
+
+
+async def run_batch(
+    sources: list[str], template_ids: list[int], options: RunOptions, listener: RunListener
+) -> RunSummary:
+    settings = Settings()
+    log = get_run_logger()
+    workspace = Workspace(out=Path(options.out) if options.out else settings.output_dir).create()
+    photos = _photos(discover(sources, allow_file_urls=settings.allow_file_urls), template_ids)
+    prepare_options = PrepareOptions(
+        policy=Policy(options.policy),
+        fit=Fit(options.fit),
+        max_fetch_bytes=settings.max_fetch_bytes,
+        allow_private_urls=settings.allow_private_urls,
+    )
+    rules = SubmitPolicy(
+        run_id=str(flow_run.get_id() or uuid.uuid4()),
+        refresh=options.refresh,
+        retry_failed=options.retry_failed,
+        resubmit_unknown=options.resubmit_unknown,
+    )
+    client: HiDreamClient | None = None
+    if not options.dry_run:
+        client = HiDreamClient.from_settings(settings, token=await resolve_token(settings))
+    async with httpx.AsyncClient(timeout=settings.read_timeout) as downloads:
+        runtime = BatchRuntime(
+            client=client,
+            downloads=downloads,
+            ledger=Ledger(workspace.ledger_dir),
+            workspace=workspace,
+            prepare=prepare_options,
+            rules=rules,
+            concurrency_limit=settings.concurrency_limit,
+            deadline_s=options.deadline_s,
+        )
+        try:
+            if client is not None:
+                await check_templates(client, sorted({t for p in photos for t in p.template_ids}))
+            await _prepare_all(photos, runtime)
+            plan = await _generate(
+                photos,
+                runtime,
+                base_url=settings.base_url,
+                concurrency=options.concurrency or settings.concurrency,
+                images_per_set=settings.images_per_set,
+                dry_run=options.dry_run,
+                listener=listener,
+            )
+        finally:
+            if client is not None:
+                await client.aclose()
+    rows = [plan.rows[(p.source, t)] for p in photos for t in p.template_ids]
+    merged = merge_rows(read_manifest(workspace.out), rows)
+    sheet = write_report(workspace.out, merged, title=f"modelset: {workspace.out}")
+    await publish_results(rows, workspace)
+    log.info("report written: %s", sheet)
+    return RunSummary(out=workspace.out, rows=rows, sheet=sheet, plan=plan)
+
+
+def _photos(items: list[SourceItem], template_ids: list[int]) -> list[Photo]:
+    taken: dict[str, int] = {}
+    photos = []
+    for item in items:
+        base = _safe_name(item.item or _stem(item.source))
+        taken[base] = taken.get(base, 0) + 1
+        name = base if taken[base] == 1 else f"{base}-{taken[base]}"
+        photos.append(Photo(item.source, name, item.template_ids or list(template_ids)))
+    return photos
+
+
+def _stem(source: str) -> str:
+    tail = source.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
+    return Path(tail).stem or "photo"
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "photo"
+
+
+async def _prepare_all(photos: list[Photo], runtime: BatchRuntime) -> None:
+    """Reuse earlier preparations of local files; prepare the rest in chunked task runs."""
+    for photo in photos:
+        path = Path(photo.source)
+        if "://" not in photo.source and path.is_file():
+            digest = await anyio.to_thread.run_sync(hash_file, path)
+            photo.prepared = cached_preparation(
+                runtime.workspace, photo.source, digest, runtime.prepare
+            )
+    pending = [photo for photo in photos if photo.prepared is None]
+    chunks = [pending[i : i + PREPARE_CHUNK] for i in range(0, len(pending), PREPARE_CHUNK)]
+    results = await asyncio.gather(
+        *(prepare_photos([p.source for p in chunk], runtime) for chunk in chunks)
+    )
+    for chunk, prepared in zip(chunks, results, strict=True):
+        for photo, result in zip(chunk, prepared, strict=True):
+            photo.prepared = result
+
+
+async def _generate(
+    photos: list[Photo],
+    runtime: BatchRuntime,
+    *,
+    base_url: str,
+    concurrency: int,
+    images_per_set: int,
+    dry_run: bool,
+    listener: RunListener,
+) -> RunPlan:
+    """Consult the ledger, then submit and collect what is left; one row per photo+template."""
+    plan = RunPlan()
+    first_by_hash: dict[tuple[str, int], Photo] = {}
+    work: list[tuple[Photo, int, str]] = []
+    duplicates: list[tuple[Photo, int, Photo]] = []
+    for photo in photos:
+        prepared = photo.prepared
+        assert prepared is not None
+        for template_id in photo.template_ids:
+            if not prepared.ready or prepared.source_sha256 is None:
+                plan.rows[(photo.source, template_id)] = _row(photo, template_id, None)
+                continue
+            original = first_by_hash.setdefault((prepared.source_sha256, template_id), photo)
+            if original is not photo:
+                duplicates.append((photo, template_id, original))
+                continue
+            key = key_for(base_url, template_id, prepared.source_sha256, runtime.prepare)
+            record = runtime.ledger.read(key)
+            sending = needs_submit(record, runtime.rules)
+            if not sending and record is not None and record.state is not SubmissionState.SUBMITTED:
+                plan.already_done += 1
+                plan.rows[(photo.source, template_id)] = _row(photo, template_id, record)
+            elif dry_run:
+                if sending:
+                    plan.tasks += 1
+                    plan.images += images_per_set
+                reason = "would be submitted" if sending else "submitted earlier; not paid again"
+                plan.rows[(photo.source, template_id)] = _row(
+                    photo, template_id, None, status="planned", reason=reason
+                )
+            else:
+                work.append((photo, template_id, key))
+    listener.on_total(len(work))
+    if work:
+        progress = _Progress(
+            total=len(work), listener=listener, artifact=await ProgressArtifact.create(len(work))
+        )
+        slots = asyncio.Semaphore(concurrency)
+        finished = await asyncio.gather(
+            *(
+                _one_set(photo, template_id, key, runtime, slots, plan, progress)
+                for photo, template_id, key in work
+            )
+        )
+        for (photo, template_id, _), row in zip(work, finished, strict=True):
+            plan.rows[(photo.source, template_id)] = row
+    for photo, template_id, original in duplicates:
+        model = plan.rows[(original.source, template_id)]
+        note = f"same photo as {original.source}"
+        plan.rows[(photo.source, template_id)] = model.model_copy(
+            update={
+                "source": photo.source,
+                "item": photo.item,
+                "reason": f"{note}; {model.reason}" if model.reason else note,
+            }
+        )
+    return plan
+
+
+def _row(
+    photo: Photo,
+    template_id: int,
+    record: LedgerRecord | None,
+    *,
+    status: Literal["planned", "skipped"] | None = None,
+    reason: str | None = None,
+) -> ManifestRow:
+    assert photo.prepared is not None
+    return row_for(
+        source=photo.source,
+        item=photo.item,
+        template_id=template_id,
+        prepared=photo.prepared,
+        record=record,
+        status_if_open=status,
+        reason=reason,
+    )
+
+
+async def _one_set(
+    photo: Photo,
+    template_id: int,
+    key: str,
+    runtime: BatchRuntime,
+    slots: asyncio.Semaphore,
+    plan: RunPlan,
+    progress: _Progress,
+) -> ManifestRow:
+    """Submit (once) and collect one photo+template, holding one of the batch's slots."""
+    assert photo.prepared is not None
+    async with slots:
+        if plan.account_error is not None:
+            row = _row(
+                photo,
+                template_id,
+                None,
+                status="skipped",
+                reason=f"not submitted: {plan.account_error}",
+            )
+        else:
+            try:
+                record = await submit_photo(key, photo.prepared, template_id, runtime)
+            except AccountError as exc:
+                plan.account_error = exc.message
+                row = _row(
+                    photo,
+                    template_id,
+                    None,
+                    status="skipped",
+                    reason=f"not submitted: {exc.message}",
+                )
+            else:
+                if record.state is SubmissionState.SUBMITTED:
+                    record = await collect_model_set_images(record, photo.item, runtime)
+                row = _row(photo, template_id, record)
+    await progress.advance(row)
+    return row

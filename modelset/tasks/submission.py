@@ -1,0 +1,54 @@
+"""Submitting: the stage that spends money, its own task with its own retry rule."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from typing import Any
+
+from prefect import Task, task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State, TaskRun
+from prefect.concurrency.asyncio import concurrency
+
+from modelset.hidream import HiDreamError
+from modelset.ledger import LedgerRecord
+from modelset.stages import PreparedPhoto, submit_once
+from modelset.tasks.runtime import BatchRuntime
+
+
+def retry_unless_refused(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """Retry only what the ledger makes safe: never a refused account or input."""
+    try:
+        state.result()
+    except HiDreamError:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+@task(
+    name="submit-photo",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=[1, 5],
+    retry_condition_fn=retry_unless_refused,
+    tags=["modelset", "hidream-submit"],
+)
+async def submit_photo(
+    key: str, prepared: PreparedPhoto, template_id: int, runtime: BatchRuntime
+) -> LedgerRecord:
+    """Submit one photo for one template exactly once (the ledger decides)."""
+    assert runtime.client is not None
+    async with AsyncExitStack() as stack:
+        if runtime.concurrency_limit:
+            await stack.enter_async_context(concurrency(runtime.concurrency_limit, strict=True))
+        return await submit_once(
+            runtime.client,
+            runtime.ledger,
+            key=key,
+            prepared=prepared,
+            template_id=template_id,
+            rules=runtime.rules,
+            notify_url=runtime.notify_url,
+        )

@@ -1,0 +1,285 @@
+"""The HiDream client against the sandbox over 127.0.0.1: every success and error path."""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import time
+from email.utils import formatdate
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from modelset.hidream import (
+    ConnectFailed,
+    DeadlineExceeded,
+    HiDreamClient,
+    NoCredits,
+    OutcomeUnknown,
+    RequestRejected,
+    ServiceError,
+    TaskNotFound,
+    TaskResult,
+    TaskStatus,
+    TokenRejected,
+    parse_callback_body,
+    parse_retry_after,
+)
+from modelset.sandbox import SandboxServer
+from tests.conftest import TOKEN, SandboxFactory, free_port, make_photo
+
+
+def client_for(server: SandboxServer, token: str = TOKEN, **options: object) -> HiDreamClient:
+    defaults: dict[str, object] = {"poll_interval": 0.1, "poll_max_interval": 0.3}
+    defaults.update(options)
+    return HiDreamClient(token, base_url=server.base_url, **defaults)  # type: ignore[arg-type]
+
+
+def sandbox_requests(caplog: pytest.LogCaptureFixture, method: str) -> int:
+    return sum(
+        1
+        for record in caplog.records
+        if record.name == "modelset.sandbox" and record.getMessage().startswith(method)
+    )
+
+
+@pytest.fixture
+def photo(tmp_path: Path) -> Path:
+    return make_photo(tmp_path / "model.jpg")
+
+
+async def test_submit_wait_and_download_a_set(sandbox: SandboxServer, photo: Path) -> None:
+    async with client_for(sandbox) as client:
+        receipt = await client.submit_variation(photo, template_id=20, request_id="req-1")
+        assert receipt.task_id
+        assert len(receipt.sub_task_ids) == 4
+        assert receipt.request_id == "req-1"
+        result = await client.wait_for_result(receipt.task_id, deadline=10)
+    assert result.finished
+    assert [s.task_status for s in result.sub_task_results] == [TaskStatus.SUCCEEDED] * 4
+    assert len(result.image_urls) == 4
+    async with httpx.AsyncClient() as http:
+        for url in result.image_urls:
+            response = await http.get(url)
+            assert response.status_code == 200
+            image = Image.open(io.BytesIO(response.content))
+            assert image.format == "JPEG"
+            assert abs(image.width / image.height - 0.75) <= 0.01
+
+
+async def test_official_example_bodies_both_succeed(sandbox: SandboxServer, photo: Path) -> None:
+    encoded = base64.b64encode(photo.read_bytes()).decode()
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    url = f"{sandbox.base_url}/api-pub/ec/v3/image/variation/async"
+    async with httpx.AsyncClient() as http:
+        for field in ("image", "person"):
+            answer = (
+                await http.post(url, json={field: encoded, "template_id": 20}, headers=headers)
+            ).json()
+            assert answer["code"] == 0, answer
+            assert answer["result"]["task_id"]
+            assert len(answer["result"]["sub_task_ids"]) == 4
+    assert len(sandbox.submissions()) == 2
+
+
+async def test_lookup_by_task_and_request_id(sandbox: SandboxServer, photo: Path) -> None:
+    async with client_for(sandbox) as client:
+        receipt = await client.submit_variation(photo, 20, request_id="lookup-me")
+        by_request = await client.get_result(request_id="lookup-me")
+        by_task = await client.get_result(task_id=receipt.task_id)
+        with pytest.raises(TaskNotFound):
+            await client.get_result(task_id="no-such-task")
+    assert by_request.task_id == by_task.task_id == receipt.task_id
+
+
+async def test_wrong_token_is_rejected_without_retry_or_leak(
+    sandbox: SandboxServer, photo: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    secret = "wrong-token-ab12cd34"
+    async with client_for(sandbox, token=secret) as client:
+        with pytest.raises(TokenRejected) as raised:
+            await client.submit_variation(photo, 20)
+        assert secret not in repr(client)
+    assert "token" in str(raised.value)
+    assert "HIDREAM_API_TOKEN" in str(raised.value)
+    assert secret not in str(raised.value)
+    assert secret not in repr(raised.value)
+    assert sandbox_requests(caplog, "POST") == 1
+    assert secret not in caplog.text
+    assert TOKEN not in caplog.text
+    assert sandbox.submissions() == []
+
+
+async def test_bad_input_is_rejected_once_with_the_reason(
+    sandbox: SandboxServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    wide = make_photo(tmp_path / "wide.jpg", size=(800, 600))
+    async with client_for(sandbox) as client:
+        with pytest.raises(RequestRejected) as raised:
+            await client.submit_variation(wide, 20, request_id="wide")
+        with pytest.raises(RequestRejected, match="template"):
+            await client.submit_variation(make_photo(tmp_path / "ok.jpg"), 99999)
+    assert "800" in str(raised.value)
+    assert sandbox_requests(caplog, "POST") == 2
+    assert sandbox.submissions() == []
+
+
+async def test_throttling_is_survived_and_retry_after_honoured(
+    sandbox_factory: SandboxFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    server = sandbox_factory(faults={"throttle": 0.5}, retry_after_s=1, seed=3)
+    photos = [make_photo(tmp_path / f"p{i}.jpg", colour=(i * 40, 80, 90)) for i in range(4)]
+    started = time.monotonic()
+    async with client_for(server) as client:
+        receipts = [
+            await client.submit_variation(p, 20, request_id=f"t{i}") for i, p in enumerate(photos)
+        ]
+    elapsed = time.monotonic() - started
+    throttled = sandbox_requests(caplog, "POST") - len(photos)
+    assert throttled >= 1, "seed 3 at rate 0.5 should throttle at least once"
+    assert elapsed >= throttled * 1.0, "each 429 must be followed by the Retry-After wait"
+    assert len({r.task_id for r in receipts}) == 4
+    assert len(server.submissions()) == 4
+
+
+async def test_stalled_submit_is_resolved_by_request_id_lookup(
+    sandbox_factory: SandboxFactory, photo: Path
+) -> None:
+    server = sandbox_factory(faults={"stall": 1.0})
+    async with client_for(server, read_timeout=1.0) as client:
+        receipt = await client.submit_variation(photo, 20, request_id="stalled-1")
+    assert receipt.found_by_lookup
+    submissions = server.submissions()
+    assert len(submissions) == 1
+    assert submissions[0]["request_id"] == "stalled-1"
+    assert submissions[0]["task_id"] == receipt.task_id
+
+
+async def test_stalled_submit_without_lookup_is_outcome_unknown_and_not_resent(
+    sandbox_factory: SandboxFactory, photo: Path
+) -> None:
+    server = sandbox_factory(faults={"stall": 1.0})
+    async with client_for(server, read_timeout=1.0, lookup_by_request_id=False) as client:
+        with pytest.raises(OutcomeUnknown) as raised:
+            await client.submit_variation(photo, 20, request_id="stalled-2")
+    assert raised.value.request_id == "stalled-2"
+    assert len(server.submissions()) == 1
+
+
+async def test_server_errors_before_a_task_exists_are_resent_after_lookup(
+    sandbox_factory: SandboxFactory, tmp_path: Path
+) -> None:
+    server = sandbox_factory(faults={"server_error": 0.5}, seed=11)
+    photos = [make_photo(tmp_path / f"s{i}.jpg", colour=(30 * i, 60, 200)) for i in range(6)]
+    async with client_for(server, max_attempts=8) as client:
+        for i, path in enumerate(photos):
+            await client.submit_variation(path, 20, request_id=f"s{i}")
+    request_ids = [s["request_id"] for s in server.submissions()]
+    assert sorted(request_ids) == [f"s{i}" for i in range(6)]
+
+
+async def test_persistent_server_errors_give_up_with_a_service_error(
+    sandbox_factory: SandboxFactory, photo: Path
+) -> None:
+    server = sandbox_factory(faults={"server_error": 1.0})
+    async with client_for(server, max_attempts=2) as client:
+        with pytest.raises(ServiceError, match="HTTP 500"):
+            await client.submit_variation(photo, 20, request_id="e1")
+    assert server.submissions() == []
+
+
+async def test_no_credits_is_its_own_error(sandbox_factory: SandboxFactory, photo: Path) -> None:
+    server = sandbox_factory(faults={"no_credits": 1.0})
+    async with client_for(server) as client:
+        with pytest.raises(NoCredits, match="no credits"):
+            await client.submit_variation(photo, 20)
+
+
+async def test_connect_failure_says_so(photo: Path) -> None:
+    client = HiDreamClient(TOKEN, base_url=f"http://127.0.0.1:{free_port()}", max_attempts=2)
+    async with client:
+        with pytest.raises(ConnectFailed, match="could not connect"):
+            await client.submit_variation(photo, 20)
+
+
+@pytest.mark.parametrize(("fault", "status"), [("fail", 3), ("reject", 4)])
+async def test_failed_and_rejected_sub_tasks_carry_their_reason(
+    sandbox_factory: SandboxFactory, photo: Path, fault: str, status: int
+) -> None:
+    server = sandbox_factory(faults={fault: 1.0})
+    async with client_for(server) as client:
+        receipt = await client.submit_variation(photo, 20)
+        result = await client.wait_for_result(receipt.task_id, deadline=10)
+    assert {int(s.task_status) for s in result.sub_task_results} == {status}
+    assert result.image_urls == []
+    assert all(reason for reason in result.failure_reasons())
+
+
+async def test_wait_stops_at_the_deadline(sandbox_factory: SandboxFactory, photo: Path) -> None:
+    server = sandbox_factory(generation_s=30)
+    async with client_for(server) as client:
+        receipt = await client.submit_variation(photo, 20)
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded) as raised:
+            await client.wait_for_result(receipt.task_id, deadline=1.0)
+    assert 1.0 <= time.monotonic() - started < 2.5
+    assert raised.value.last_result is not None
+    assert not raised.value.last_result.finished
+
+
+async def test_templates_walk_every_page(sandbox: SandboxServer) -> None:
+    async with client_for(sandbox) as client:
+        every = await client.list_templates(page_size=3)
+        women = await client.list_templates("woman")
+        all_at_once = await client.list_templates()
+    ids = [t.id for t in every]
+    assert len(ids) >= 8
+    assert 20 in ids
+    assert ids == [t.id for t in all_at_once]
+    assert women
+    assert all(t.gender == "woman" for t in women)
+    assert all(t.show_image.startswith("http") for t in every)
+
+
+def test_unknown_task_status_is_kept_and_not_final() -> None:
+    result = TaskResult.model_validate(
+        {
+            "sub_task_results": [
+                {"sub_task_id": "a", "task_status": 7, "extra": "kept"},
+                {"sub_task_id": "b", "task_status": 1, "image": "http://x/1.jpg"},
+            ]
+        }
+    )
+    unknown = result.sub_task_results[0].task_status
+    assert int(unknown) == 7
+    assert not unknown.is_known
+    assert not unknown.is_final
+    assert not result.finished
+    assert TaskStatus(-1).is_final is False
+    assert TaskStatus(1005).is_final is True
+
+
+def test_callback_bodies_in_both_documented_shapes() -> None:
+    subs = [{"sub_task_id": "s1", "task_status": 1, "image": "http://x/1.jpg"}]
+    old = parse_callback_body({"main_task_id": "t1", "sub_task_results": subs})
+    wrapped = parse_callback_body(
+        {"code": 0, "message": "Success", "result": {"task_id": "t1", "sub_task_results": subs}}
+    )
+    assert old.task_id == wrapped.task_id == "t1"
+    assert old.image_urls == wrapped.image_urls == ["http://x/1.jpg"]
+    with pytest.raises(ServiceError):
+        parse_callback_body(["not", "an", "object"])
+
+
+def test_retry_after_in_seconds_and_http_date() -> None:
+    assert parse_retry_after("3") == 3.0
+    now = time.time()
+    assert parse_retry_after(formatdate(now + 10, usegmt=True), now=now) == pytest.approx(10, abs=1)
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after(None) is None

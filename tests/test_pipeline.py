@@ -1,0 +1,270 @@
+"""The batch flow end to end on a real Prefect server and the sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+from prefect.client.schemas.objects import State
+
+from modelset.flows.generate import generate_model_sets
+from modelset.options import RunOptions
+from modelset.report import MANIFEST_FIELDS
+from modelset.sandbox import SandboxServer
+from tests.conftest import CORPUS, TOKEN, SandboxFactory, make_photo
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, sandbox: SandboxServer) -> dict[str, str]:
+    values = {
+        "HIDREAM_BASE_URL": sandbox.base_url,
+        "HIDREAM_API_TOKEN": TOKEN,
+        "HIDREAM_ALLOW_PRIVATE_URLS": "true",
+        "HIDREAM_POLL_INTERVAL": "0.2",
+        "HIDREAM_POLL_MAX_INTERVAL": "0.5",
+    }
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    return values
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    folder = tmp_path / "photos"
+    make_photo(folder / "portrait.jpg", size=(600, 800), colour=(200, 40, 40))
+    make_photo(folder / "landscape.jpg", size=(1200, 800), colour=(40, 200, 40))
+    make_photo(folder / "nested" / "square.png", size=(900, 900), colour=(40, 40, 200))
+    (folder / "broken.jpg").write_bytes(b"<html>not a photo</html>")
+    return folder
+
+
+def run(sources: list[str], templates: list[int], **options: Any) -> State[Any]:
+    async def go() -> State[Any]:
+        return await generate_model_sets(
+            sources, templates, RunOptions(**options), return_state=True
+        )
+
+    return asyncio.run(go())
+
+
+def manifest(out: Path) -> list[dict[str, Any]]:
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def by_item(rows: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
+    return {(row["item"], row["template_id"]): row for row in rows}
+
+
+def test_batch_end_to_end_then_rerun_pays_nothing(
+    env: dict[str, str], sandbox: SandboxServer, photos: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    state = run([str(photos)], [20, 21], out=str(out))
+
+    assert state.is_failed()
+    assert "2 of 8 did not succeed" in (state.message or "")
+    rows = manifest(out)
+    assert len(rows) == 8
+    assert all(list(row) == list(MANIFEST_FIELDS) for row in rows)
+    table = by_item(rows)
+    for item in ("portrait", "landscape", "square"):
+        for template_id in (20, 21):
+            row = table[(item, template_id)]
+            assert row["status"] == "succeeded", row
+            assert row["task_id"] and row["request_id"] and row["upload_sha256"]
+            assert len(row["outputs"]) == 4
+            for output in row["outputs"]:
+                with Image.open(out / output) as image:
+                    assert image.format == "JPEG"
+                    assert abs(image.width / image.height - 0.75) <= 0.01
+    broken = table[("broken", 20)]
+    assert broken["status"] == "rejected"
+    assert "not an image" in broken["reason"]
+    assert (out / "manifest.csv").read_text().splitlines()[0] == ",".join(MANIFEST_FIELDS)
+    sheet = (out / "index.html").read_text()
+    assert "portrait" in sheet and "rejected" in sheet
+    submitted = sandbox.submissions()
+    assert len(submitted) == 6
+    assert {(s["template_id"], s["request_id"]) for s in submitted} == {
+        (table[(i, t)]["template_id"], table[(i, t)]["request_id"])
+        for i in ("portrait", "landscape", "square")
+        for t in (20, 21)
+    }
+    first_outputs = {p: p.stat().st_mtime_ns for p in out.glob("*/*/*.jpg")}
+
+    rerun = run([str(photos)], [20, 21], out=str(out))
+
+    assert rerun.is_failed()
+    assert len(sandbox.submissions()) == 6, "a rerun must not submit again"
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/*/*.jpg")} == first_outputs
+    assert by_item(manifest(out)) == table
+
+
+def test_refresh_pays_again_and_retry_failed_only_the_failed(
+    env: dict[str, str],
+    sandbox_factory: SandboxFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    failing = sandbox_factory(faults={"fail": 1.0})
+    monkeypatch.setenv("HIDREAM_BASE_URL", failing.base_url)
+    good = make_photo(tmp_path / "in" / "good.jpg")
+    out = tmp_path / "out"
+    run([str(good)], [20], out=str(out))
+    assert manifest(out)[0]["status"] == "failed"
+    assert "generation failed" in manifest(out)[0]["reason"]
+
+    run([str(good)], [20], out=str(out))
+    assert len(failing.submissions()) == 1, "failed items are not resent without --retry-failed"
+
+    run([str(good)], [20], out=str(out), retry_failed=True)
+    assert len(failing.submissions()) == 2
+    second = failing.submissions()[1]["request_id"]
+    assert second != failing.submissions()[0]["request_id"]
+
+    run([str(good)], [20], out=str(out), refresh=True)
+    assert len(failing.submissions()) == 3
+
+
+def test_unknown_template_is_a_usage_error_and_nothing_is_paid(
+    env: dict[str, str], sandbox: SandboxServer, photos: Path, tmp_path: Path
+) -> None:
+    from modelset.errors import UsageError
+
+    state = run([str(photos)], [20, 999], out=str(tmp_path / "out"))
+    assert state.is_failed()
+    with pytest.raises(UsageError, match="999"):
+        state.result()
+    assert sandbox.submissions() == []
+
+
+def test_identical_photos_are_processed_once(
+    env: dict[str, str], sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    original = make_photo(tmp_path / "in" / "a.jpg")
+    (tmp_path / "in" / "copy-of-a.jpg").write_bytes(original.read_bytes())
+    out = tmp_path / "out"
+    state = run([str(tmp_path / "in")], [20], out=str(out))
+    assert state.is_completed()
+    rows = by_item(manifest(out))
+    assert len(sandbox.submissions()) == 1
+    assert rows[("copy-of-a", 20)]["task_id"] == rows[("a", 20)]["task_id"]
+    assert "same photo as" in rows[("copy-of-a", 20)]["reason"]
+
+
+def test_lost_submit_answer_is_resolved_without_paying_twice(
+    env: dict[str, str],
+    sandbox_factory: SandboxFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stalling = sandbox_factory(faults={"stall": 1.0})
+    monkeypatch.setenv("HIDREAM_BASE_URL", stalling.base_url)
+    monkeypatch.setenv("HIDREAM_READ_TIMEOUT", "1")
+    out = tmp_path / "out"
+    state = run([str(make_photo(tmp_path / "in" / "p.jpg"))], [20], out=str(out))
+    assert state.is_completed(), state.message
+    assert len(stalling.submissions()) == 1
+    assert manifest(out)[0]["status"] == "succeeded"
+
+
+def test_two_concurrent_runs_submit_each_photo_once(
+    env: dict[str, str], sandbox: SandboxServer, tmp_path: Path, prefect_server: str
+) -> None:
+    folder = tmp_path / "in"
+    for index in range(6):
+        make_photo(folder / f"p{index}.jpg", colour=(index * 40, 100, 150))
+    out = tmp_path / "out"
+    command = [
+        sys.executable,
+        "-m",
+        "modelset",
+        "run",
+        str(folder),
+        "-t",
+        "20",
+        "-t",
+        "21",
+        "--out",
+        str(out),
+        "--concurrency",
+        "4",
+    ]
+    child_env = {**os.environ, "PREFECT_API_URL": prefect_server}
+    runs = [
+        subprocess.Popen(command, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for _ in range(2)
+    ]
+    outputs = [process.communicate(timeout=240)[0].decode() for process in runs]
+    assert [process.returncode for process in runs] == [0, 0], outputs
+    submitted = [(s["sha256"], s["template_id"]) for s in sandbox.submissions()]
+    assert len(submitted) == 12
+    assert len(set(submitted)) == 12
+    assert all(row["status"] == "succeeded" for row in manifest(out))
+
+
+def test_refresh_replaces_the_older_sets_images(
+    env: dict[str, str], sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    photo = make_photo(tmp_path / "in" / "p.jpg")
+    out = tmp_path / "out"
+    run([str(photo)], [20], out=str(out))
+    first = manifest(out)[0]
+    run([str(photo)], [20], out=str(out), refresh=True)
+    second = manifest(out)[0]
+    assert len(sandbox.submissions()) == 2
+    assert second["task_id"] != first["task_id"]
+    assert second["status"] == "succeeded"
+    assert (out / "p" / "20" / ".task_id").read_text() == second["task_id"]
+
+
+@pytest.mark.corpus
+def test_every_corpus_image_succeeds_or_says_why(
+    env: dict[str, str], sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    if not CORPUS.is_dir():
+        pytest.skip("../shared/corpus is absent")
+    out = tmp_path / "out"
+    run([str(CORPUS)], [20], out=str(out), concurrency=8)
+    rows = manifest(out)
+    assert len(rows) == len([p for p in CORPUS.iterdir() if p.is_file()])
+    for row in rows:
+        assert row["status"] in ("succeeded", "rejected"), row
+        if row["status"] == "rejected":
+            assert row["reason"], row
+        else:
+            assert len(row["outputs"]) == 4
+    accepted = {s["sha256"] for s in sandbox.submissions()}
+    assert accepted == {row["upload_sha256"] for row in rows if row["status"] == "succeeded"}
+
+
+async def test_artifacts_show_results_in_the_prefect_ui(
+    env: dict[str, str], sandbox: SandboxServer, photos: Path, tmp_path: Path
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    state = await generate_model_sets(
+        [str(photos)], [20], RunOptions(out=str(tmp_path / "out")), return_state=True
+    )
+    async with get_client() as client:
+        artifacts = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    kinds = {artifact.type: artifact for artifact in artifacts}
+    assert set(kinds) >= {"progress", "table", "markdown"}
+    assert kinds["progress"].data == 100.0
+    assert "data:image/jpeg;base64," in str(kinds["markdown"].data)
+    assert "broken" in str(kinds["table"].data)
