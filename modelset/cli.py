@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import sys
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -189,6 +191,9 @@ def run(
     max_images: Annotated[
         int | None, typer.Option(help="Never pay for more generated images than this.")
     ] = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Do not ask before a large run.")
+    ] = False,
 ) -> None:
     """Generate model image sets for photos, exactly once per photo and template."""
     options = RunOptions(
@@ -202,7 +207,7 @@ def run(
         max_images=max_images,
         out=str(out) if out else None,
     )
-    summary = run_flow(sources, template, options)
+    summary = run_flow(sources, template, options, yes=yes)
     raise typer.Exit(exit_code(summary))
 
 
@@ -234,8 +239,15 @@ DEMO_TEMPLATES = [20, 21]
 DEMO_TOKEN = "demo-token"  # noqa: S105 - the in-process sandbox's own token
 
 
-def run_flow(sources: list[str], template_ids: list[int], options: RunOptions) -> RunSummary:
-    """Run the batch flow in this process with a progress bar; returns its summary."""
+def run_flow(
+    sources: list[str], template_ids: list[int], options: RunOptions, *, yes: bool = True
+) -> RunSummary:
+    """Run the batch flow in this process with a progress bar; returns its summary.
+
+    Without ``yes``, a plan above ``HIDREAM_CONFIRM_THRESHOLD`` images is shown and
+    confirmed first (refused with exit code 2 when nobody can answer). The first Ctrl-C
+    stops submitting and writes the report; a second one aborts.
+    """
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # The progress bar and summary say what a person needs; Prefect's per-task lines
@@ -243,9 +255,16 @@ def run_flow(sources: list[str], template_ids: list[int], options: RunOptions) -
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from modelset.flows.generate import RunListener, generate_model_sets, set_listener
+    from modelset.flows.generate import (
+        RunListener,
+        RunPlan,
+        generate_model_sets,
+        set_listener,
+    )
     from modelset.report import ManifestRow
 
+    settings = Settings()
+    capped = options.max_images is not None or settings.max_images is not None
     summaries: list[RunSummary] = []
     with Progress(
         "[progress.description]{task.description}",
@@ -263,9 +282,40 @@ def run_flow(sources: list[str], template_ids: list[int], options: RunOptions) -
         def on_row(row: ManifestRow) -> None:
             progress.advance(bar)
 
-        set_listener(RunListener(on_total=on_total, on_row=on_row, on_summary=summaries.append))
+        def on_plan(plan: RunPlan) -> bool:
+            if yes or capped or plan.images <= settings.confirm_threshold:
+                return True
+            what = (
+                f"this run would submit {plan.tasks} tasks generating up to {plan.images} "
+                f"images ({plan.already_done} already done)"
+            )
+            if not sys.stdin.isatty():
+                plan.refused = (
+                    f"{what}, above the confirmation threshold of "
+                    f"{settings.confirm_threshold}: pass --yes or --max-images"
+                )
+                return False
+            progress.stop()
+            go_on = typer.confirm(f"{what}. Go on?", default=False)
+            progress.start()
+            if not go_on:
+                console.print("nothing submitted")
+            return go_on
+
+        listener = RunListener(
+            on_total=on_total, on_row=on_row, on_plan=on_plan, on_summary=summaries.append
+        )
+        set_listener(listener)
 
         async def run_batch() -> State[Any]:
+            loop = asyncio.get_running_loop()
+
+            def interrupt() -> None:
+                loop.remove_signal_handler(signal.SIGINT)  # a second Ctrl-C aborts
+                errors.print("stopping: no new submits; writing the report (Ctrl-C aborts)")
+                listener.interrupted.set()
+
+            loop.add_signal_handler(signal.SIGINT, interrupt)
             return await generate_model_sets(sources, template_ids, options, return_state=True)
 
         with reported_errors():
@@ -276,6 +326,8 @@ def run_flow(sources: list[str], template_ids: list[int], options: RunOptions) -
         fail(state.message or "the run stopped before writing its report", EXIT_USAGE)
     summary = summaries[0]
     print_summary(summary)
+    if summary.plan.refused:
+        fail(summary.plan.refused, EXIT_USAGE)
     return summary
 
 
@@ -295,8 +347,14 @@ def print_summary(summary: RunSummary) -> None:
         if len(failing) > 20:
             reasons.caption = f"... and {len(failing) - 20} more in manifest.csv"
         console.print(reasons)
-    if summary.plan.account_error:
-        errors.print(f"[bold red]account:[/] {summary.plan.account_error}")
+    plan = summary.plan
+    if any(row.status.value == "planned" for row in summary.rows):
+        console.print(
+            f"plan: {plan.tasks} tasks to submit, up to {plan.images} images; "
+            f"{plan.already_done} already done"
+        )
+    if plan.account_error:
+        errors.print(f"[bold red]account:[/] {plan.account_error}")
     console.print(f"output folder: [bold]{summary.out.resolve()}[/]")
 
 

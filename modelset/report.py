@@ -125,9 +125,9 @@ _STYLE = """
 body{font:14px system-ui,sans-serif;margin:24px;color:#1f2328}
 h1{font-size:20px}.summary span{margin-right:16px}
 table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #d0d7de;
-padding:8px;vertical-align:top;text-align:left}img{height:160px;border-radius:4px;
+padding:8px;vertical-align:top;text-align:left}img{height:150px;border-radius:4px;
 margin:2px;background:#f6f8fa}.status{font-weight:600}.reason{color:#57606a;max-width:28em}
-.set{display:flex;flex-wrap:wrap}
+.set{display:flex;gap:4px}
 """
 
 

@@ -21,13 +21,14 @@ from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
+from modelset.budget import Budget
 from modelset.credentials import resolve_token
 from modelset.hidream import AccountError, HiDreamClient
 from modelset.images import Fit, Policy
 from modelset.ledger import Ledger, LedgerRecord, SubmissionState
 from modelset.options import RunOptions
 from modelset.report import ManifestRow, Status, merge_rows, read_manifest, write_report
-from modelset.settings import Settings
+from modelset.settings import MissingTokenError, Settings
 from modelset.sources import SourceItem, discover
 from modelset.stages import (
     PreparedPhoto,
@@ -65,9 +66,11 @@ class RunPlan:
     """What a run found, planned and did; filled in as it goes."""
 
     rows: dict[tuple[str, int], ManifestRow] = field(default_factory=dict)
-    tasks: int = 0  # a dry run: tasks a real run would submit
-    images: int = 0  # ... and the images they would generate at most
+    tasks: int = 0  # tasks the run submits (or, dry, would submit)
+    images: int = 0  # ... and the images they generate at most
     already_done: int = 0
+    refused: str | None = None  # the plan was not confirmed: why
+    stopped: str | None = None  # submitting stopped mid-run: why
     account_error: str | None = None
 
 
@@ -96,11 +99,16 @@ class RunSummary:
 
 @dataclass
 class RunListener:
-    """Hooks the CLI uses to draw progress; the flow works the same without them."""
+    """Hooks the CLI uses to draw progress, confirm the plan and stop on Ctrl-C.
+
+    The flow works the same without them (deployments, the UI, tests).
+    """
 
     on_total: Callable[[int], None] = lambda total: None
     on_row: Callable[[ManifestRow], None] = lambda row: None
+    on_plan: Callable[[RunPlan], bool] = lambda plan: True
     on_summary: Callable[[RunSummary], None] = lambda summary: None
+    interrupted: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass
@@ -146,6 +154,8 @@ async def generate_model_sets(
     message = summary.message()
     if summary.plan.account_error:
         return Failed(message=f"{summary.plan.account_error}; {message}")
+    if summary.plan.refused:
+        return Failed(message=summary.plan.refused)
     if any(row.status not in (Status.SUCCEEDED, Status.PLANNED) for row in summary.rows):
         return Failed(message=message)
     return Completed(message=message)
@@ -171,8 +181,11 @@ async def run_batch(
         resubmit_unknown=options.resubmit_unknown,
     )
     client: HiDreamClient | None = None
-    if not options.dry_run:
+    try:
         client = HiDreamClient.from_settings(settings, token=await resolve_token(settings))
+    except MissingTokenError:
+        if not options.dry_run:
+            raise
     async with httpx.AsyncClient(timeout=settings.read_timeout) as downloads:
         runtime = BatchRuntime(
             client=client,
@@ -193,7 +206,12 @@ async def run_batch(
                 runtime,
                 base_url=settings.base_url,
                 concurrency=options.concurrency or settings.concurrency,
-                images_per_set=settings.images_per_set,
+                budget=Budget(
+                    cap=options.max_images
+                    if options.max_images is not None
+                    else settings.max_images,
+                    default_set_size=settings.images_per_set,
+                ),
                 dry_run=options.dry_run,
                 listener=listener,
             )
@@ -247,20 +265,28 @@ async def _prepare_all(photos: list[Photo], runtime: BatchRuntime) -> None:
             photo.prepared = result
 
 
+@dataclass
+class _SetJob:
+    photo: Photo
+    template_id: int
+    key: str
+    sending: bool  # False: submitted earlier, only collected now
+
+
 async def _generate(
     photos: list[Photo],
     runtime: BatchRuntime,
     *,
     base_url: str,
     concurrency: int,
-    images_per_set: int,
+    budget: Budget,
     dry_run: bool,
     listener: RunListener,
 ) -> RunPlan:
     """Consult the ledger, then submit and collect what is left; one row per photo+template."""
     plan = RunPlan()
     first_by_hash: dict[tuple[str, int], Photo] = {}
-    work: list[tuple[Photo, int, str]] = []
+    jobs: list[_SetJob] = []
     duplicates: list[tuple[Photo, int, Photo]] = []
     for photo in photos:
         prepared = photo.prepared
@@ -276,33 +302,29 @@ async def _generate(
             key = key_for(base_url, template_id, prepared.source_sha256, runtime.prepare)
             record = runtime.ledger.read(key)
             sending = needs_submit(record, runtime.rules)
-            if not sending and record is not None and record.state is not SubmissionState.SUBMITTED:
+            if sending or (record is not None and record.state is SubmissionState.SUBMITTED):
+                jobs.append(_SetJob(photo, template_id, key, sending))
+            else:
                 plan.already_done += 1
                 plan.rows[(photo.source, template_id)] = _row(photo, template_id, record)
-            elif dry_run:
-                if sending:
-                    plan.tasks += 1
-                    plan.images += images_per_set
-                reason = "would be submitted" if sending else "submitted earlier; not paid again"
-                plan.rows[(photo.source, template_id)] = _row(
-                    photo, template_id, None, status="planned", reason=reason
-                )
-            else:
-                work.append((photo, template_id, key))
-    listener.on_total(len(work))
-    if work:
-        progress = _Progress(
-            total=len(work), listener=listener, artifact=await ProgressArtifact.create(len(work))
-        )
-        slots = asyncio.Semaphore(concurrency)
-        finished = await asyncio.gather(
-            *(
-                _one_set(photo, template_id, key, runtime, slots, plan, progress)
-                for photo, template_id, key in work
+    plan.tasks = sum(1 for job in jobs if job.sending)
+    plan.images = sum(budget.set_size(job.template_id) for job in jobs if job.sending)
+    if dry_run or not listener.on_plan(plan):
+        for job in jobs:
+            plan.rows[(job.photo.source, job.template_id)] = _row(
+                job.photo,
+                job.template_id,
+                None,
+                status="planned",
+                reason=plan.refused
+                or (
+                    "would be submitted"
+                    if job.sending
+                    else "submitted earlier; a real run collects it"
+                ),
             )
-        )
-        for (photo, template_id, _), row in zip(work, finished, strict=True):
-            plan.rows[(photo.source, template_id)] = row
+    elif jobs:
+        await _run_jobs(jobs, runtime, plan, budget, concurrency, listener)
     for photo, template_id, original in duplicates:
         model = plan.rows[(original.source, template_id)]
         note = f"same photo as {original.source}"
@@ -314,6 +336,58 @@ async def _generate(
             }
         )
     return plan
+
+
+async def _run_jobs(
+    jobs: list[_SetJob],
+    runtime: BatchRuntime,
+    plan: RunPlan,
+    budget: Budget,
+    concurrency: int,
+    listener: RunListener,
+) -> None:
+    """Every set concurrently within ``concurrency``; an interrupt stops them all."""
+    listener.on_total(len(jobs))
+    progress = _Progress(
+        total=len(jobs), listener=listener, artifact=await ProgressArtifact.create(len(jobs))
+    )
+    slots = asyncio.Semaphore(concurrency)
+    running = [
+        asyncio.ensure_future(_one_set(job, runtime, slots, plan, budget, progress)) for job in jobs
+    ]
+    everything: asyncio.Future[Any] = asyncio.gather(*running, return_exceptions=True)
+    interrupted: asyncio.Future[Any] = asyncio.ensure_future(listener.interrupted.wait())
+    await asyncio.wait([everything, interrupted], return_when=asyncio.FIRST_COMPLETED)
+    if listener.interrupted.is_set():
+        plan.stopped = "interrupted"
+        for future in running:
+            future.cancel()
+    interrupted.cancel()
+    await asyncio.gather(everything, return_exceptions=True)
+    for job, future in zip(jobs, running, strict=True):
+        if future.cancelled():
+            row = _interrupted_row(job, runtime)
+        elif (error := future.exception()) is not None:
+            raise error
+        else:
+            row = future.result()
+        plan.rows[(job.photo.source, job.template_id)] = row
+
+
+def _interrupted_row(job: _SetJob, runtime: BatchRuntime) -> ManifestRow:
+    record = runtime.ledger.read(job.key)
+    if record is None or (not job.sending and record.state is SubmissionState.FINISHED):
+        reason = "interrupted before it was submitted"
+        return _row(job.photo, job.template_id, record, status="skipped", reason=reason)
+    row = _row(job.photo, job.template_id, record)
+    if row.status is Status.SUCCEEDED:
+        return row
+    return row.model_copy(
+        update={
+            "status": Status.OUTCOME_UNKNOWN,
+            "reason": "interrupted while in flight; a rerun resolves it",
+        }
+    )
 
 
 def _row(
@@ -337,40 +411,43 @@ def _row(
 
 
 async def _one_set(
-    photo: Photo,
-    template_id: int,
-    key: str,
+    job: _SetJob,
     runtime: BatchRuntime,
     slots: asyncio.Semaphore,
     plan: RunPlan,
+    budget: Budget,
     progress: _Progress,
 ) -> ManifestRow:
     """Submit (once) and collect one photo+template, holding one of the batch's slots."""
-    assert photo.prepared is not None
     async with slots:
-        if plan.account_error is not None:
-            row = _row(
-                photo,
-                template_id,
-                None,
-                status="skipped",
-                reason=f"not submitted: {plan.account_error}",
-            )
-        else:
-            try:
-                record = await submit_photo(key, photo.prepared, template_id, runtime)
-            except AccountError as exc:
-                plan.account_error = exc.message
-                row = _row(
-                    photo,
-                    template_id,
-                    None,
-                    status="skipped",
-                    reason=f"not submitted: {exc.message}",
-                )
-            else:
-                if record.state is SubmissionState.SUBMITTED:
-                    record = await collect_model_set_images(record, photo.item, runtime)
-                row = _row(photo, template_id, record)
+        row = await _submit_and_collect(job, runtime, plan, budget)
     await progress.advance(row)
     return row
+
+
+async def _submit_and_collect(
+    job: _SetJob, runtime: BatchRuntime, plan: RunPlan, budget: Budget
+) -> ManifestRow:
+    photo, template_id = job.photo, job.template_id
+    assert photo.prepared is not None
+    record = runtime.ledger.read(job.key)
+    if job.sending:
+        if plan.stopped is not None:
+            return _row(
+                photo, template_id, None, status="skipped", reason=f"not submitted: {plan.stopped}"
+            )
+        if not budget.reserve(template_id):
+            return _row(photo, template_id, None, status="skipped", reason=budget.refusal())
+        try:
+            record = await submit_photo(job.key, photo.prepared, template_id, runtime)
+        except AccountError as exc:
+            budget.release(template_id)
+            plan.stopped = plan.account_error = exc.message
+            return _row(
+                photo, template_id, None, status="skipped", reason=f"not submitted: {exc.message}"
+            )
+        budget.settle(template_id, record, runtime.rules.run_id)
+    assert record is not None
+    if record.state is SubmissionState.SUBMITTED:
+        record = await collect_model_set_images(record, photo.item, runtime)
+    return _row(photo, template_id, record)

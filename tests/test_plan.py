@@ -1,0 +1,178 @@
+"""Plan before paying: dry run, budget cap, confirmation, interruption."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelset.sandbox import SandboxServer
+from tests.conftest import TOKEN, SandboxFactory, make_photo
+from tests.test_pipeline import manifest, run
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, sandbox: SandboxServer) -> dict[str, str]:
+    values = {
+        "HIDREAM_BASE_URL": sandbox.base_url,
+        "HIDREAM_API_TOKEN": TOKEN,
+        "HIDREAM_ALLOW_PRIVATE_URLS": "true",
+        "HIDREAM_POLL_INTERVAL": "0.2",
+        "HIDREAM_POLL_MAX_INTERVAL": "0.5",
+    }
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    return values
+
+
+def photo_folder(root: Path, count: int) -> Path:
+    for index in range(count):
+        make_photo(root / f"p{index:02d}.jpg", size=(300, 400), colour=(index * 9, 90, 160))
+    return root
+
+
+def cli(*args: str, env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "modelset", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+def test_dry_run_submits_nothing_and_counts_what_a_real_run_would(
+    env: dict[str, str], sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    folder = photo_folder(tmp_path / "in", 3)
+    (folder / "bad.jpg").write_bytes(b"")
+    out = tmp_path / "out"
+
+    dry = cli("run", str(folder), "-t", "20", "-t", "21", "--out", str(out), "--dry-run", env=env)
+    assert dry.returncode == 1, dry.stdout + dry.stderr  # bad.jpg cannot be planned
+    assert "plan: 6 tasks to submit, up to 24 images; 0 already done" in dry.stdout
+    assert sandbox.submissions() == []
+    rows = manifest(out)
+    assert sorted(row["status"] for row in rows) == ["planned"] * 6 + ["rejected"] * 2
+    assert all(row["upload_sha256"] for row in rows if row["status"] == "planned")
+
+    real = cli(
+        "run",
+        str(folder / "p00.jpg"),
+        str(folder / "p01.jpg"),
+        "-t",
+        "20",
+        "--out",
+        str(out),
+        env=env,
+    )
+    assert real.returncode == 0, real.stdout + real.stderr
+    assert len(sandbox.submissions()) == 2
+
+    again = cli("run", str(folder), "-t", "20", "-t", "21", "--out", str(out), "--dry-run", env=env)
+    assert "plan: 4 tasks to submit, up to 16 images; 2 already done" in again.stdout
+    assert len(sandbox.submissions()) == 2
+
+
+def test_budget_cap_holds_under_concurrency_and_a_rerun_continues(
+    env: dict[str, str], sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    folder = photo_folder(tmp_path / "in", 6)
+    out = tmp_path / "out"
+    state = run([str(folder)], [20], out=str(out), max_images=8, concurrency=32)
+    assert state.is_failed()
+    assert len(sandbox.submissions()) == 2
+    rows = manifest(out)
+    assert sorted(row["status"] for row in rows) == ["skipped"] * 4 + ["succeeded"] * 2
+    assert all("budget" in row["reason"] for row in rows if row["status"] == "skipped")
+
+    state = run([str(folder)], [20], out=str(out), max_images=100, concurrency=32)
+    assert state.is_completed(), state.message
+    submitted = [(s["sha256"], s["template_id"]) for s in sandbox.submissions()]
+    assert len(submitted) == 6
+    assert len(set(submitted)) == 6
+
+
+def test_a_large_unattended_run_refuses_without_yes_or_a_cap(
+    env: dict[str, str], sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    folder = photo_folder(tmp_path / "in", 3)
+    refused = cli(
+        "run",
+        str(folder),
+        "-t",
+        "20",
+        "--out",
+        str(tmp_path / "out"),
+        env={**env, "HIDREAM_CONFIRM_THRESHOLD": "8"},
+    )
+    assert refused.returncode == 2
+    assert "--yes" in refused.stderr
+    assert sandbox.submissions() == []
+    accepted = cli(
+        "run",
+        str(folder),
+        "-t",
+        "20",
+        "--out",
+        str(tmp_path / "out"),
+        "--yes",
+        env={**env, "HIDREAM_CONFIRM_THRESHOLD": "8"},
+    )
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+    assert len(sandbox.submissions()) == 3
+
+
+def test_ctrl_c_writes_the_report_and_a_rerun_finishes_without_paying_twice(
+    sandbox_factory: SandboxFactory, tmp_path: Path, prefect_server: str
+) -> None:
+    slow = sandbox_factory(generation_s=6)
+    env = {
+        "HIDREAM_BASE_URL": slow.base_url,
+        "HIDREAM_API_TOKEN": TOKEN,
+        "HIDREAM_ALLOW_PRIVATE_URLS": "true",
+        "HIDREAM_POLL_INTERVAL": "0.2",
+        "PREFECT_API_URL": prefect_server,
+    }
+    folder = photo_folder(tmp_path / "in", 8)
+    out = tmp_path / "out"
+    args = ["run", str(folder), "-t", "20", "--out", str(out), "--concurrency", "4"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "modelset", *args],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while len(slow.submissions()) < 4 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 1, output
+    rows: dict[str, Any] = {row["item"]: row for row in manifest(out)}
+    assert len(rows) == 8
+    statuses = {row["status"] for row in rows.values()}
+    assert statuses <= {"outcome_unknown", "skipped", "succeeded"}
+    assert "outcome_unknown" in statuses
+    paid_before = len(slow.submissions())
+
+    rerun = cli(*args, env=env)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    submitted = [(s["sha256"], s["template_id"]) for s in slow.submissions()]
+    assert len(submitted) == 8
+    assert len(set(submitted)) == 8
+    assert paid_before <= 8
+    assert all(row["status"] == "succeeded" for row in manifest(out))
+    assert json.loads((out / "manifest.jsonl").read_text().splitlines()[0])["outputs"]
