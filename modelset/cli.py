@@ -23,9 +23,11 @@ from rich.table import Table
 from modelset.errors import UsageError
 from modelset.hidream import (
     AccountError,
+    Gender,
     HiDreamClient,
     HiDreamError,
     TaskResult,
+    Template,
 )
 from modelset.options import RunOptions
 from modelset.settings import Settings
@@ -84,18 +86,27 @@ async def client_from_environment() -> HiDreamClient:
 
 @app.command()
 def templates(
-    gender: Annotated[
-        str | None, typer.Option(help="Only templates for this gender: man or woman.")
+    gender: Annotated[Gender | None, typer.Option(help="Only templates for this gender.")] = None,
+    gallery: Annotated[
+        Path | None,
+        typer.Option(help="Write an offline HTML gallery of every preview into this folder."),
     ] = None,
 ) -> None:
-    """List the model image set templates."""
-    if gender not in (None, "man", "woman"):
-        fail(f"--gender must be man or woman, not {gender!r}", EXIT_USAGE)
+    """List the model image set templates (or write a gallery of their previews)."""
 
-    async def fetch() -> list[Any]:
+    async def fetch() -> list[Template]:
         async with await client_from_environment() as client:
-            return await client.list_templates(gender)  # type: ignore[arg-type]
+            return await client.list_templates(gender)
 
+    if gallery is not None:
+        from modelset.gallery import write_gallery
+
+        async def write() -> Path:
+            async with await client_from_environment() as client:
+                return await write_gallery(client, gallery, gender)
+
+        console.print(f"gallery: [bold]{run_async(write()).resolve()}[/]")
+        return
     table = Table("id", "gender", "preview")
     for template in run_async(fetch()):
         table.add_row(str(template.id), template.gender, template.show_image)

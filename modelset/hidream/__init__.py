@@ -15,6 +15,7 @@ from modelset.hidream._exceptions import (
 )
 from modelset.hidream.client import HiDreamClient, encode_image, parse_retry_after
 from modelset.hidream.models import (
+    Gender,
     Receipt,
     SubTaskResult,
     TaskResult,
@@ -27,6 +28,7 @@ __all__ = [
     "AccountError",
     "ConnectFailed",
     "DeadlineExceeded",
+    "Gender",
     "HiDreamClient",
     "HiDreamError",
     "NoCredits",
