@@ -78,10 +78,9 @@ def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
 
 
 async def client_from_environment() -> HiDreamClient:
-    from modelset.credentials import resolve_token
+    from modelset.credentials import client_from_settings
 
-    settings = Settings()
-    return HiDreamClient.from_settings(settings, token=await resolve_token(settings))
+    return await client_from_settings(Settings())
 
 
 @app.command()
@@ -377,3 +376,47 @@ def exit_code(summary: RunSummary) -> int:
     if any(row.status not in (Status.SUCCEEDED, Status.PLANNED) for row in summary.rows):
         return EXIT_ITEMS_FAILED
     return EXIT_OK
+
+
+@app.command()
+def serve() -> None:
+    """Serve every deployment of prefect.yaml from this process (no work pool needed)."""
+    if not os.environ.get("PREFECT_API_URL"):
+        fail("modelset serve needs a Prefect server: set PREFECT_API_URL", EXIT_USAGE)
+    from modelset.deployments.serve import serve_all
+
+    serve_all()
+
+
+@app.command()
+def callbacks(
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8780,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+) -> None:
+    """Run the HiDream callback receiver (POST /hidream/callback/{secret})."""
+    settings = Settings()
+    if settings.callback_secret is None or not settings.callback_secret.get_secret_value():
+        fail("the receiver needs HIDREAM_CALLBACK_SECRET", EXIT_USAGE)
+    from modelset.deployments.callbacks import serve_receiver
+
+    serve_receiver(host, port, settings)
+
+
+@app.command("notify-upload")
+def notify_upload(
+    source: Annotated[str, typer.Argument(help="The uploaded photo: a path or URL.")],
+    template: Annotated[
+        list[int], typer.Option("--template", "-t", help="Template id; repeat for several.")
+    ],
+    item: Annotated[str | None, typer.Option(help="Name for the outputs, e.g. a SKU.")] = None,
+) -> None:
+    """Announce an uploaded photo: emits modelset.photo.uploaded for the on-upload deployment."""
+    if not os.environ.get("PREFECT_API_URL"):
+        fail("notify-upload needs a Prefect server: set PREFECT_API_URL", EXIT_USAGE)
+    from modelset.deployments.uploads import emit_upload
+
+    try:
+        event_id = emit_upload(source, template, item)
+    except FileNotFoundError as exc:
+        fail(str(exc), EXIT_USAGE)
+    console.print(f"emitted modelset.photo.uploaded ({event_id})")

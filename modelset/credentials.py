@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import SecretStr
 
+from modelset.hidream import HiDreamClient
 from modelset.settings import MissingTokenError, Settings
 
 
@@ -17,3 +18,8 @@ async def resolve_token(settings: Settings) -> SecretStr:
         secret: Secret[str] = await Secret.aload(settings.api_token_block)
         return SecretStr(str(secret.get()))
     raise MissingTokenError()
+
+
+async def client_from_settings(settings: Settings) -> HiDreamClient:
+    """An API client configured from the settings, with the token resolved."""
+    return HiDreamClient.from_settings(settings, token=await resolve_token(settings))

@@ -32,6 +32,7 @@ from pydantic import BaseModel, Field
 
 LEDGER_KEY_VERSION = 1
 _LOCK_POLL_SECONDS = 0.05
+_TASK_INDEX = "by-task"
 
 
 class SubmissionState(StrEnum):
@@ -47,6 +48,8 @@ class LedgerRecord(BaseModel):
     state: SubmissionState
     request_id: str
     template_id: int
+    source: str = ""
+    item: str = ""  # the folder the set is downloaded into
     source_sha256: str
     upload_sha256: str | None = None
     task_id: str | None = None
@@ -112,26 +115,61 @@ class Ledger:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
+        if record.task_id is not None:
+            self._index_task(record.task_id, record.key)
         return record
+
+    def _index_task(self, task_id: str, key: str) -> None:
+        entry = self.root / _TASK_INDEX / task_id
+        if not entry.exists():
+            entry.parent.mkdir(exist_ok=True)
+            temporary = entry.with_name(f".{task_id}.{uuid.uuid4().hex}")
+            temporary.write_text(key, encoding="utf-8")
+            os.replace(temporary, entry)
 
     def forget(self, key: str) -> None:
         """Drop a record whose send certainly created nothing (callers hold the claim)."""
         self._record_path(key).unlink(missing_ok=True)
 
+    def find_by_task(self, task_id: str) -> LedgerRecord | None:
+        """The record whose submit created ``task_id`` (for callbacks, which name only it)."""
+        try:
+            key = (self.root / _TASK_INDEX / task_id).read_text(encoding="utf-8").strip()
+        except (FileNotFoundError, ValueError):
+            return None
+        return self.read(key)
+
     @contextlib.asynccontextmanager
     async def claim(self, key: str) -> AsyncIterator[LedgerRecord | None]:
-        """Hold the key exclusively; yields its current record (None if never claimed)."""
-        lock_path = self.root / f"{key}.lock"
-        descriptor = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        """Hold the key exclusively for sending; yields its current record (None if never)."""
+        async with self._locked(f"{key}.lock", wait=True):
+            yield self.read(key)
+
+    @contextlib.asynccontextmanager
+    async def collecting(self, key: str, *, wait: bool) -> AsyncIterator[bool]:
+        """Hold the right to download the key's set; False if someone else holds it.
+
+        A batch holds it while it waits on a task, so the callback-triggered collector
+        leaves that task to the batch.
+        """
+        async with self._locked(f"{key}.collect.lock", wait=wait) as held:
+            yield held
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, name: str, *, wait: bool) -> AsyncIterator[bool]:
+        descriptor = os.open(self.root / name, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             while True:
                 try:
                     fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
+                    if not wait:
+                        yield False
+                        return
                     await asyncio.sleep(_LOCK_POLL_SECONDS)
             try:
-                yield self.read(key)
+                yield True
             finally:
                 fcntl.flock(descriptor, fcntl.LOCK_UN)
         finally:

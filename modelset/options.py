@@ -36,6 +36,12 @@ class RunOptions(BaseModel):
     out: str | None = Field(
         default=None, description="Output folder (default: HIDREAM_OUTPUT_DIR)."
     )
+    shard_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="Split a larger batch into child runs of this many photos, run by "
+        "the generate-model-sets/manual deployment on any worker.",
+    )
     deadline_s: float | None = Field(
         default=None, gt=0, description="Seconds to wait for a set (default: settings)."
     )

@@ -7,6 +7,7 @@ every row's latest state; rows of photos the rerun did not touch are kept.
 from __future__ import annotations
 
 import csv
+import fcntl
 import html
 import os
 import uuid
@@ -79,6 +80,23 @@ def merge_rows(previous: Iterable[ManifestRow], latest: Iterable[ManifestRow]) -
     for row in latest:
         merged[row.row_key] = row
     return list(merged.values())
+
+
+def update_report(out: Path, rows: list[ManifestRow]) -> Path:
+    """Merge ``rows`` into the folder's report under a lock; returns the sheet's path.
+
+    Several runs (shards, the callback collector) may write one folder's report; the
+    lock makes each read-merge-write whole, so no run's rows are lost.
+    """
+    lock_path = out / STATE_DIR / "report.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            merged = merge_rows(read_manifest(out), rows)
+            return write_report(out, merged, title=f"modelset: {out}")
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
 def write_report(out: Path, rows: list[ManifestRow], *, title: str = "modelset") -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -17,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from modelset.errors import UsageError
 
 PUBLIC_BASE_URL = "https://www.hidreamai.com"
+CALLBACK_PATH = "/hidream/callback/"
 
 
 class MissingTokenError(UsageError):
@@ -93,6 +95,15 @@ class Settings(BaseSettings):
         default=None,
         description="Name of a Prefect global concurrency limit that API calls take a slot of.",
     )
+
+    def notify_url(self) -> str | None:
+        """Where the service should call back: the receiver's URL with the secret path."""
+        if not self.callback_url or self.callback_secret is None:
+            return None
+        secret = self.callback_secret.get_secret_value()
+        if not secret:
+            return None
+        return f"{self.callback_url.rstrip('/')}{CALLBACK_PATH}{quote(secret, safe='')}"
 
     def require_token(self) -> SecretStr:
         """The configured token, or a :class:`MissingTokenError` naming the variable."""

@@ -7,28 +7,28 @@ the preparation cache and the ledger, and only then create task runs, for what i
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import anyio
-import httpx
 from prefect import flow, get_run_logger
 from prefect.client.schemas.objects import State
+from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
 from modelset.budget import Budget
-from modelset.credentials import resolve_token
-from modelset.hidream import AccountError, HiDreamClient
+from modelset.hidream import AccountError
 from modelset.images import Fit, Policy
-from modelset.ledger import Ledger, LedgerRecord, SubmissionState
+from modelset.ledger import LedgerRecord, SubmissionState
 from modelset.options import RunOptions
-from modelset.report import ManifestRow, Status, merge_rows, read_manifest, write_report
-from modelset.settings import MissingTokenError, Settings
+from modelset.report import INDEX_HTML, ManifestRow, Status, read_manifest, update_report
+from modelset.settings import Settings
 from modelset.sources import SourceItem, discover
 from modelset.stages import (
     PreparedPhoto,
@@ -45,7 +45,7 @@ from modelset.tasks.artifacts import ProgressArtifact, publish_results
 from modelset.tasks.catalogue import check_templates
 from modelset.tasks.photos import prepare_photos
 from modelset.tasks.results import collect_model_set_images
-from modelset.tasks.runtime import BatchRuntime
+from modelset.tasks.runtime import BatchRuntime, open_runtime
 from modelset.tasks.submission import submit_photo
 
 PREPARE_CHUNK = 16
@@ -139,6 +139,7 @@ async def generate_model_sets(
     sources: list[str],
     template_ids: list[int],
     options: RunOptions | None = None,
+    item: str | None = None,
 ) -> State[Any]:
     """Turn photos into HiDream model image sets, exactly once per photo and template.
 
@@ -147,10 +148,16 @@ async def generate_model_sets(
             object-store URLs.
         template_ids: the set templates to generate for every photo (a manifest row's own
             template_id takes precedence for that row).
-        options: policy, concurrency, reruns and budget; see RunOptions.
+        options: policy, concurrency, reruns, budget and sharding; see RunOptions.
+        item: the name of the outputs' folder when ``sources`` is a single photo (e.g. a
+            SKU from an upload event).
     """
-    summary = await run_batch(sources, template_ids, options or RunOptions(), _listener)
-    _listener.on_summary(summary)
+    options = options or RunOptions()
+    listener = _listener
+    if started_unattended() and options.max_images is None and Settings().max_images is None:
+        listener = _refusing(listener, UNATTENDED_NEEDS_CAP)
+    summary = await run_batch(sources, template_ids, options, listener, item=item)
+    listener.on_summary(summary)
     message = summary.message()
     if summary.plan.account_error:
         return Failed(message=f"{summary.plan.account_error}; {message}")
@@ -161,76 +168,101 @@ async def generate_model_sets(
     return Completed(message=message)
 
 
+UNATTENDED_NEEDS_CAP = (
+    "runs started by a schedule or an event spend only under a cap: set the max_images "
+    "option or HIDREAM_MAX_IMAGES; nothing was submitted"
+)
+
+
+def started_unattended() -> bool:
+    """Whether a schedule or an automation (an event trigger) created this flow run."""
+    context = FlowRunContext.get()
+    run = context.flow_run if context is not None else None
+    if run is None:
+        return False
+    return bool(run.auto_scheduled) or (
+        run.created_by is not None and run.created_by.type == "AUTOMATION"
+    )
+
+
+def _refusing(listener: RunListener, reason: str) -> RunListener:
+    def refuse(plan: RunPlan) -> bool:
+        if plan.tasks == 0:
+            return True
+        plan.refused = reason
+        return False
+
+    return replace(listener, on_plan=refuse)
+
+
 async def run_batch(
-    sources: list[str], template_ids: list[int], options: RunOptions, listener: RunListener
+    sources: list[str],
+    template_ids: list[int],
+    options: RunOptions,
+    listener: RunListener,
+    *,
+    item: str | None = None,
 ) -> RunSummary:
     settings = Settings()
     log = get_run_logger()
     workspace = Workspace(out=Path(options.out) if options.out else settings.output_dir).create()
-    photos = _photos(discover(sources, allow_file_urls=settings.allow_file_urls), template_ids)
-    prepare_options = PrepareOptions(
-        policy=Policy(options.policy),
-        fit=Fit(options.fit),
-        max_fetch_bytes=settings.max_fetch_bytes,
-        allow_private_urls=settings.allow_private_urls,
+    photos = _photos(
+        discover(sources, allow_file_urls=settings.allow_file_urls), template_ids, item
     )
+    if options.shard_size and len(photos) > options.shard_size:
+        return await run_shards(photos, options, workspace, listener)
     rules = SubmitPolicy(
         run_id=str(flow_run.get_id() or uuid.uuid4()),
         refresh=options.refresh,
         retry_failed=options.retry_failed,
         resubmit_unknown=options.resubmit_unknown,
     )
-    client: HiDreamClient | None = None
-    try:
-        client = HiDreamClient.from_settings(settings, token=await resolve_token(settings))
-    except MissingTokenError:
-        if not options.dry_run:
-            raise
-    async with httpx.AsyncClient(timeout=settings.read_timeout) as downloads:
-        runtime = BatchRuntime(
-            client=client,
-            downloads=downloads,
-            ledger=Ledger(workspace.ledger_dir),
-            workspace=workspace,
-            prepare=prepare_options,
-            rules=rules,
-            concurrency_limit=settings.concurrency_limit,
-            deadline_s=options.deadline_s,
-        )
-        try:
-            if client is not None:
-                await check_templates(client, sorted({t for p in photos for t in p.template_ids}))
-            await _prepare_all(photos, runtime)
-            plan = await _generate(
-                photos,
-                runtime,
-                base_url=settings.base_url,
-                concurrency=options.concurrency or settings.concurrency,
-                budget=Budget(
-                    cap=options.max_images
-                    if options.max_images is not None
-                    else settings.max_images,
-                    default_set_size=settings.images_per_set,
-                ),
-                dry_run=options.dry_run,
-                listener=listener,
+    prepare = PrepareOptions(
+        policy=Policy(options.policy),
+        fit=Fit(options.fit),
+        max_fetch_bytes=settings.max_fetch_bytes,
+        allow_private_urls=settings.allow_private_urls,
+    )
+    async with open_runtime(
+        settings,
+        workspace,
+        prepare=prepare,
+        rules=rules,
+        deadline_s=options.deadline_s,
+        need_client=not options.dry_run,
+    ) as runtime:
+        if runtime.client is not None:
+            await check_templates(
+                runtime.client, sorted({t for p in photos for t in p.template_ids})
             )
-        finally:
-            if client is not None:
-                await client.aclose()
+        await _prepare_all(photos, runtime)
+        plan = await _generate(
+            photos,
+            runtime,
+            base_url=settings.base_url,
+            concurrency=options.concurrency or settings.concurrency,
+            budget=Budget(
+                cap=options.max_images if options.max_images is not None else settings.max_images,
+                default_set_size=settings.images_per_set,
+            ),
+            dry_run=options.dry_run,
+            listener=listener,
+        )
     rows = [plan.rows[(p.source, t)] for p in photos for t in p.template_ids]
-    merged = merge_rows(read_manifest(workspace.out), rows)
-    sheet = write_report(workspace.out, merged, title=f"modelset: {workspace.out}")
+    sheet = update_report(workspace.out, rows)
     await publish_results(rows, workspace)
     log.info("report written: %s", sheet)
     return RunSummary(out=workspace.out, rows=rows, sheet=sheet, plan=plan)
 
 
-def _photos(items: list[SourceItem], template_ids: list[int]) -> list[Photo]:
+def _photos(
+    items: list[SourceItem], template_ids: list[int], name: str | None = None
+) -> list[Photo]:
     taken: dict[str, int] = {}
     photos = []
     for item in items:
-        base = _safe_name(item.item or _stem(item.source))
+        given = item.item or (name if len(items) == 1 else None)
+        base = _safe_name(given or _stem(item.source))
         taken[base] = taken.get(base, 0) + 1
         name = base if taken[base] == 1 else f"{base}-{taken[base]}"
         photos.append(Photo(item.source, name, item.template_ids or list(template_ids)))
@@ -439,7 +471,7 @@ async def _submit_and_collect(
         if not budget.reserve(template_id):
             return _row(photo, template_id, None, status="skipped", reason=budget.refusal())
         try:
-            record = await submit_photo(job.key, photo.prepared, template_id, runtime)
+            record = await submit_photo(job.key, photo.prepared, photo.item, template_id, runtime)
         except AccountError as exc:
             budget.release(template_id)
             plan.stopped = plan.account_error = exc.message
@@ -449,5 +481,71 @@ async def _submit_and_collect(
         budget.settle(template_id, record, runtime.rules.run_id)
     assert record is not None
     if record.state is SubmissionState.SUBMITTED:
-        record = await collect_model_set_images(record, photo.item, runtime)
+        record = await collect_model_set_images(record, photo.item, runtime) or record
     return _row(photo, template_id, record)
+
+
+SHARD_DEPLOYMENT = "generate-model-sets/manual"
+
+
+async def run_shards(
+    photos: list[Photo], options: RunOptions, workspace: Workspace, listener: RunListener
+) -> RunSummary:
+    """Split the batch into child runs of the manual deployment, for workers to share.
+
+    Each shard is a JSON Lines manifest in the shared output folder; the children write
+    into the same report and ledger, which is what keeps them exactly-once together.
+    """
+    from prefect.deployments.flow_runs import arun_deployment
+
+    assert options.shard_size
+    shard_dir = workspace.state / "shards"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    run_id = str(flow_run.get_id() or uuid.uuid4())
+    child_options = options.model_copy(
+        update={"shard_size": None, "out": str(workspace.out.resolve())}
+    ).model_dump(mode="json")
+    manifests = []
+    for index in range(0, len(photos), options.shard_size):
+        path = shard_dir / f"{run_id}-{index // options.shard_size:04d}.jsonl"
+        path.write_text(
+            "".join(
+                json.dumps({"image": p.source, "item": p.item, "template_ids": p.template_ids})
+                + "\n"
+                for p in photos[index : index + options.shard_size]
+            ),
+            encoding="utf-8",
+        )
+        manifests.append(path)
+    listener.on_total(len(manifests))
+    children = await asyncio.gather(
+        *(
+            arun_deployment(
+                SHARD_DEPLOYMENT,
+                parameters={"sources": [str(path)], "template_ids": [], "options": child_options},
+                timeout=None,
+            )
+            for path in manifests
+        )
+    )
+    latest = {row.row_key: row for row in read_manifest(workspace.out)}
+    rows = []
+    for photo in photos:
+        for template_id in photo.template_ids:
+            row = latest.get((photo.source, template_id))
+            if row is None:
+                row = ManifestRow(
+                    source=photo.source,
+                    item=photo.item,
+                    template_id=template_id,
+                    status=Status.OUTCOME_UNKNOWN,
+                    reason="its shard run ended without a report; a rerun resolves it",
+                )
+            rows.append(row)
+    plan = RunPlan(tasks=len(children))
+    failed = [child for child in children if child.state is None or not child.state.is_completed()]
+    if failed:
+        log = get_run_logger()
+        log.warning("%d of %d shard runs did not complete", len(failed), len(children))
+    await publish_results(rows, workspace)
+    return RunSummary(out=workspace.out, rows=rows, sheet=workspace.out / INDEX_HTML, plan=plan)

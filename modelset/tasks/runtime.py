@@ -1,15 +1,25 @@
-"""What the tasks of one batch share: clients, the ledger, the output folder, limits."""
+"""What the tasks of one flow run share: clients, the ledger, the output folder, limits."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import httpx
 
+from modelset.credentials import client_from_settings
 from modelset.hidream import HiDreamClient
 from modelset.ledger import Ledger
+from modelset.settings import MissingTokenError, Settings
 from modelset.stages import PrepareOptions, SubmitPolicy, Workspace
+
+TASK_FINISHED_EVENT = "hidream.task.finished"
+TASK_RESOURCE_PREFIX = "hidream.task."
+
+log = logging.getLogger("modelset.runtime")
 
 
 @dataclass
@@ -26,3 +36,71 @@ class BatchRuntime:
     notify_url: str | None = None
     deadline_s: float | None = None
     wakeups: dict[str, asyncio.Event] = field(default_factory=dict)
+
+
+@contextlib.asynccontextmanager
+async def open_runtime(
+    settings: Settings,
+    workspace: Workspace,
+    *,
+    prepare: PrepareOptions,
+    rules: SubmitPolicy,
+    deadline_s: float | None = None,
+    need_client: bool = True,
+) -> AsyncIterator[BatchRuntime]:
+    """The clients and ledger of one flow run, closed when it ends.
+
+    Without a token and with ``need_client`` False (a dry run), there is no API client.
+    With a callback receiver configured, finished-task events wake the waits at once.
+    """
+    client: HiDreamClient | None = None
+    try:
+        client = await client_from_settings(settings)
+    except MissingTokenError:
+        if need_client:
+            raise
+    async with httpx.AsyncClient(timeout=settings.read_timeout) as downloads:
+        runtime = BatchRuntime(
+            client=client,
+            downloads=downloads,
+            ledger=Ledger(workspace.ledger_dir),
+            workspace=workspace,
+            prepare=prepare,
+            rules=rules,
+            concurrency_limit=settings.concurrency_limit,
+            notify_url=settings.notify_url(),
+            deadline_s=deadline_s,
+        )
+        listener = (
+            asyncio.create_task(_wake_on_callbacks(runtime))
+            if runtime.notify_url and client is not None
+            else None
+        )
+        try:
+            yield runtime
+        finally:
+            if listener is not None:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listener
+            if client is not None:
+                await client.aclose()
+
+
+async def _wake_on_callbacks(runtime: BatchRuntime) -> None:
+    """Follow the receiver's events so a waiting set is fetched as soon as it is done."""
+    from prefect.events.clients import get_events_subscriber
+    from prefect.events.filters import EventFilter, EventNameFilter
+
+    event_filter = EventFilter(event=EventNameFilter(name=[TASK_FINISHED_EVENT]))
+    try:
+        async with get_events_subscriber(filter=event_filter) as subscriber:
+            async for event in subscriber:
+                task_id = event.resource.id.removeprefix(TASK_RESOURCE_PREFIX)
+                wake = runtime.wakeups.get(task_id)
+                if wake is not None:
+                    wake.set()
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # polling still finds every result
+        log.warning("not following callback events (%s); polling only", type(exc).__name__)

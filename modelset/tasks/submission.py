@@ -36,7 +36,7 @@ def retry_unless_refused(task: Task[Any, Any], task_run: TaskRun, state: State[A
     tags=["modelset", "hidream-submit"],
 )
 async def submit_photo(
-    key: str, prepared: PreparedPhoto, template_id: int, runtime: BatchRuntime
+    key: str, prepared: PreparedPhoto, item: str, template_id: int, runtime: BatchRuntime
 ) -> LedgerRecord:
     """Submit one photo for one template exactly once (the ledger decides)."""
     assert runtime.client is not None
@@ -48,6 +48,7 @@ async def submit_photo(
             runtime.ledger,
             key=key,
             prepared=prepared,
+            item=item,
             template_id=template_id,
             rules=runtime.rules,
             notify_url=runtime.notify_url,

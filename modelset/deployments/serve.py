@@ -1,0 +1,70 @@
+"""``modelset serve``: every deployment of ``prefect.yaml`` from one process, no work pool.
+
+``prefect.yaml`` is the one description of the deployments: ``prefect deploy --all``
+reads it for workers, and this module reads it for a laptop. Prefect leaves a served
+deployment's triggers active after ``serve()`` stops (they would pile up Late runs), so
+they are paused on the way out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect import serve
+from prefect.client.orchestration import get_client
+from prefect.deployments.runner import RunnerDeployment
+from prefect.events import DeploymentEventTrigger, DeploymentTriggerTypes, TriggerTypes
+from prefect.flows import Flow, load_flow_from_entrypoint
+
+PROJECT = Path(__file__).resolve().parents[2]
+PREFECT_YAML = PROJECT / "prefect.yaml"
+
+
+def load_deployments(path: Path = PREFECT_YAML) -> list[RunnerDeployment]:
+    """The deployments declared in ``prefect.yaml``, ready to serve."""
+    spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return [_runner_deployment(entry) for entry in spec["deployments"]]
+
+
+def _runner_deployment(entry: dict[str, Any]) -> RunnerDeployment:
+    flow: Flow[..., Any] = load_flow_from_entrypoint(str(PROJECT / entry["entrypoint"]))
+    schedules = [schedule["cron"] for schedule in entry.get("schedules", [])]
+    triggers: list[DeploymentTriggerTypes | TriggerTypes] = [
+        DeploymentEventTrigger(**{k: v for k, v in trigger.items() if k != "type"})
+        for trigger in entry.get("triggers", [])
+    ]
+    return RunnerDeployment.from_flow(
+        flow,
+        entry["name"],
+        description=entry.get("description"),
+        tags=entry.get("tags"),
+        parameters=entry.get("parameters"),
+        cron=schedules or None,
+        triggers=triggers or None,
+    )
+
+
+def serve_all(path: Path = PREFECT_YAML) -> None:
+    """Serve every deployment until interrupted, then pause their triggers."""
+    deployments = load_deployments(path)
+    try:
+        serve(*deployments, pause_on_shutdown=True)
+    finally:
+        asyncio.run(pause_triggers([f"{d.flow_name}/{d.name}" for d in deployments]))
+
+
+async def pause_triggers(deployment_names: list[str]) -> int:
+    """Pause the automations behind these deployments' triggers; returns how many."""
+    paused = 0
+    async with get_client() as client:
+        for name in deployment_names:
+            deployment = await client.read_deployment_by_name(name)
+            resource = f"prefect.deployment.{deployment.id}"
+            for automation in await client.read_resource_related_automations(resource):
+                if automation.enabled:
+                    await client.pause_automation(automation.id)
+                    paused += 1
+    return paused

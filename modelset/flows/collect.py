@@ -1,0 +1,77 @@
+"""``collect_model_set``: download one finished task's set, started by its callback event.
+
+It handles only tasks no running batch is waiting on: a batch holds each set's
+collection lock while it waits, and this flow leaves such a set to it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.client.schemas.objects import State
+from prefect.states import Completed, Failed
+
+from modelset.ledger import SubmissionState
+from modelset.report import Status, update_report
+from modelset.settings import Settings
+from modelset.stages import (
+    PreparedPhoto,
+    PrepareOptions,
+    SubmitPolicy,
+    Workspace,
+    row_for,
+)
+from modelset.tasks.results import collect_model_set_images
+from modelset.tasks.runtime import open_runtime
+
+
+@flow(name="collect-model-set", persist_result=False, log_prints=False)
+async def collect_model_set(task_id: str, out: str | None = None) -> State[Any]:
+    """Download the set of ``task_id`` into the report of the run that submitted it.
+
+    Args:
+        task_id: the HiDream task whose callback arrived.
+        out: the output folder of the submitting run (default: HIDREAM_OUTPUT_DIR).
+    """
+    settings = Settings()
+    log = get_run_logger()
+    workspace = Workspace(out=Path(out) if out else settings.output_dir).create()
+    async with open_runtime(
+        settings,
+        workspace,
+        prepare=PrepareOptions(),
+        rules=SubmitPolicy(run_id=str(uuid.uuid4())),
+    ) as runtime:
+        record = runtime.ledger.find_by_task(task_id)
+        if record is None:
+            return Completed(message=f"task {task_id} was not submitted from {workspace.out}")
+        if record.state is SubmissionState.FINISHED:
+            return Completed(message=f"task {task_id} was collected already")
+        collected = await collect_model_set_images(
+            record, record.item, runtime, wait_for_others=False
+        )
+    if collected is None:
+        return Completed(message=f"a running batch is collecting task {task_id}")
+    thumbnail = workspace.thumbnails / f"{collected.source_sha256}.jpg"
+    prepared = PreparedPhoto(
+        source=collected.source,
+        source_sha256=collected.source_sha256,
+        upload_path=Path(collected.source),  # only marks the photo as sent
+        upload_sha256=collected.upload_sha256,
+        thumbnail=thumbnail.relative_to(workspace.out).as_posix() if thumbnail.exists() else None,
+    )
+    row = row_for(
+        source=collected.source,
+        item=collected.item,
+        template_id=collected.template_id,
+        prepared=prepared,
+        record=collected,
+    )
+    update_report(workspace.out, [row])
+    log.info("task %s: %s, %d images", task_id, row.status.value, len(row.outputs))
+    if row.status is Status.SUCCEEDED:
+        return Completed(message=f"task {task_id}: {len(row.outputs)} images downloaded")
+    return Failed(message=f"task {task_id}: {row.status.value} ({row.reason})")

@@ -1,0 +1,86 @@
+"""``scan_inbox``: the scheduled flow that processes only what is new in a folder or bucket.
+
+A photo counts as processed once its outcome is final (succeeded, rejected, or a set
+that was paid for and failed); those are remembered per source and never reported or
+retried again, so a night with nothing new ends Completed. Anything else (skipped by
+the budget, outcome unknown, never sent) comes up again the next night.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.client.schemas.objects import State
+from prefect.states import Completed, Failed
+
+from modelset.flows.generate import UNATTENDED_NEEDS_CAP, generate_model_sets, started_unattended
+from modelset.ledger import Ledger, SubmissionState
+from modelset.options import RunOptions
+from modelset.report import ManifestRow, Status, read_manifest
+from modelset.settings import Settings
+from modelset.sources import discover
+from modelset.stages import Workspace
+
+SEEN_FILE = "inbox-seen.json"
+
+
+@flow(name="scan-inbox", persist_result=False, log_prints=False)
+async def scan_inbox(
+    inbox: str, template_ids: list[int], options: RunOptions | None = None
+) -> State[Any]:
+    """Generate sets for the photos in ``inbox`` that were not processed before.
+
+    Args:
+        inbox: a folder, glob or bucket prefix (s3://..., gs://...).
+        template_ids: the templates every new photo gets.
+        options: as for generate-model-sets; max_images (or HIDREAM_MAX_IMAGES) is
+            required when a schedule starts the run.
+    """
+    options = options or RunOptions()
+    settings = Settings()
+    log = get_run_logger()
+    if started_unattended() and options.max_images is None and settings.max_images is None:
+        return Failed(message=UNATTENDED_NEEDS_CAP)
+    workspace = Workspace(out=Path(options.out) if options.out else settings.output_dir).create()
+    seen_path = workspace.state / SEEN_FILE
+    seen: dict[str, str] = json.loads(seen_path.read_text()) if seen_path.exists() else {}
+    sources = [item.source for item in discover([inbox], allow_file_urls=False)]
+    new = [source for source in sources if seen.get(source) != _fingerprint(source)]
+    if not new:
+        return Completed(message=f"nothing new in {inbox} ({len(sources)} photos seen before)")
+    log.info("%d new photos of %d in %s", len(new), len(sources), inbox)
+    state: State[Any] = await generate_model_sets(
+        new,
+        template_ids,
+        options.model_copy(update={"out": str(workspace.out)}),
+        return_state=True,
+    )
+    ledger = Ledger(workspace.ledger_dir)
+    rows = [row for row in read_manifest(workspace.out) if row.source in set(new)]
+    for source in {row.source for row in rows if _final(row, ledger)}:
+        seen[source] = _fingerprint(source)
+    temporary = seen_path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(seen, indent=0), encoding="utf-8")
+    os.replace(temporary, seen_path)
+    return state
+
+
+def _fingerprint(source: str) -> str:
+    """What must change for a source to count as new: its size and time, where known."""
+    if "://" in source:
+        return "remote"
+    stat = Path(source).stat()
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def _final(row: ManifestRow, ledger: Ledger) -> bool:
+    if row.status in (Status.SUCCEEDED, Status.REJECTED):
+        return True
+    if row.status is not Status.FAILED or row.task_id is None:
+        return False
+    record = ledger.find_by_task(row.task_id)
+    return record is not None and record.state is SubmissionState.FINISHED
