@@ -190,6 +190,9 @@ def run(
         Literal["fix", "strict"], typer.Option(help="fix photos, or send only valid ones.")
     ] = "fix",
     fit: Annotated[Literal["crop", "pad"], typer.Option(help="How fix reaches 3:4.")] = "crop",
+    pass_urls: Annotated[
+        bool, typer.Option(help="Send valid http(s) photos as their URL, saving the upload.")
+    ] = False,
     refresh: Annotated[bool, typer.Option(help="Pay again for everything.")] = False,
     retry_failed: Annotated[
         bool, typer.Option(help="Resubmit only items whose last outcome was failed.")
@@ -209,6 +212,7 @@ def run(
     options = RunOptions(
         policy=policy,
         fit=fit,
+        pass_urls=pass_urls,
         concurrency=concurrency,
         refresh=refresh,
         retry_failed=retry_failed,

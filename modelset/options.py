@@ -18,6 +18,11 @@ class RunOptions(BaseModel):
     fit: Literal["crop", "pad"] = Field(
         default="crop", description="How fix reaches 3:4: crop (top-biased) or pad with white."
     )
+    pass_urls: bool = Field(
+        default=False,
+        description="Send an http(s) photo that already meets every rule as its URL, "
+        "saving the upload (the service fetches it).",
+    )
     concurrency: int | None = Field(
         default=None, ge=1, le=256, description="Sets in flight at once (default: settings)."
     )

@@ -84,6 +84,7 @@ class PrepareOptions(BaseModel):
     max_fetch_bytes: int = 30 * 1024 * 1024
     allow_private_urls: bool = False
     timeout: float = 30.0
+    pass_urls: bool = False  # send a valid http(s) photo's URL instead of uploading it
 
     @property
     def name(self) -> str:
@@ -100,10 +101,23 @@ class PreparedPhoto(BaseModel):
     upload_sha256: str | None = None
     thumbnail: str | None = None  # relative to the output folder
     reason: str | None = None
+    sendable_as_is: bool = False  # the source itself meets every rule of the API
 
     @property
     def ready(self) -> bool:
         return self.upload_path is not None and self.reason is None
+
+    def image_to_send(self, options: PrepareOptions) -> tuple[str | Path, str]:
+        """What the submit carries, and its sha256: the source URL when it may pass."""
+        assert self.upload_path is not None and self.upload_sha256 is not None
+        if (
+            options.pass_urls
+            and self.sendable_as_is
+            and self.source.startswith(("http://", "https://"))
+            and self.source_sha256 is not None
+        ):
+            return self.source, self.source_sha256
+        return self.upload_path, self.upload_sha256
 
 
 def hash_file(path: Path) -> str:
@@ -157,6 +171,7 @@ def prepare_photo(source: str, workspace: Workspace, options: PrepareOptions) ->
             upload_path=prepared.path,
             upload_sha256=prepared.sha256,
             thumbnail=thumbnail,
+            sendable_as_is=prepared.check.sendable_as_is,
         )
     except ImageRejected as exc:
         result = PreparedPhoto(source=source, source_sha256=fetched.sha256, reason=exc.reason)
@@ -226,6 +241,7 @@ async def submit_once(
     *,
     key: str,
     prepared: PreparedPhoto,
+    prepare: PrepareOptions,
     item: str,
     template_id: int,
     rules: SubmitPolicy,
@@ -237,7 +253,7 @@ async def submit_once(
     """
     assert prepared.ready
     assert prepared.source_sha256
-    assert prepared.upload_path
+    image, image_sha256 = prepared.image_to_send(prepare)
     async with ledger.claim(key) as record:
         if not needs_submit(record, rules):
             assert record is not None
@@ -267,13 +283,13 @@ async def submit_once(
                 source=prepared.source,
                 item=item,
                 source_sha256=prepared.source_sha256,
-                upload_sha256=prepared.upload_sha256,
+                upload_sha256=image_sha256,
                 claimed_by_run=rules.run_id,
             )
         )
         try:
             receipt = await client.submit_variation(
-                prepared.upload_path,
+                image,
                 template_id,
                 request_id=intent.request_id,
                 notify_url=notify_url,
@@ -492,6 +508,7 @@ def row_for(
             update={"status": Status(status_if_open or "skipped"), "reason": reason}
         )
     update: dict[str, object] = {
+        "upload_sha256": record.upload_sha256 or prepared.upload_sha256,
         "request_id": record.request_id,
         "task_id": record.task_id,
         "reason": record.reason,

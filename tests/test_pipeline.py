@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -268,3 +273,34 @@ async def test_artifacts_show_results_in_the_prefect_ui(
     assert kinds["progress"].data == 100.0
     assert "data:image/jpeg;base64," in str(kinds["markdown"].data)
     assert "broken" in str(kinds["table"].data)
+
+
+@pytest.fixture
+def photo_server(tmp_path: Path) -> Iterator[str]:
+    """A plain HTTP server on 127.0.0.1 serving tmp_path/web."""
+    web = tmp_path / "web"
+    web.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(web))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_valid_url_photos_pass_through_unchanged_when_asked(
+    env: dict[str, str], sandbox: SandboxServer, tmp_path: Path, photo_server: str
+) -> None:
+    valid = make_photo(tmp_path / "web" / "valid.jpg", size=(768, 1024))
+    make_photo(tmp_path / "web" / "wide.jpg", size=(1024, 768))
+    out = tmp_path / "out"
+    sources = [f"{photo_server}/valid.jpg", f"{photo_server}/wide.jpg"]
+    state = run(sources, [20], out=str(out), pass_urls=True)
+    assert state.is_completed(), state.message
+    rows = by_item(manifest(out))
+    valid_sha = hashlib.sha256(valid.read_bytes()).hexdigest()
+    assert rows[("valid", 20)]["upload_sha256"] == valid_sha
+    assert rows[("wide", 20)]["upload_sha256"] != rows[("wide", 20)]["source_sha256"]
+    accepted = {s["sha256"] for s in sandbox.submissions()}
+    assert accepted == {rows[("valid", 20)]["upload_sha256"], rows[("wide", 20)]["upload_sha256"]}

@@ -222,6 +222,7 @@ async def run_batch(
         fit=Fit(options.fit),
         max_fetch_bytes=settings.max_fetch_bytes,
         allow_private_urls=settings.allow_private_urls,
+        pass_urls=options.pass_urls,
     )
     async with open_runtime(
         settings,

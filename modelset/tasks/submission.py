@@ -48,6 +48,7 @@ async def submit_photo(
             runtime.ledger,
             key=key,
             prepared=prepared,
+            prepare=runtime.prepare,
             item=item,
             template_id=template_id,
             rules=runtime.rules,
