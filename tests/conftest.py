@@ -82,6 +82,47 @@ def sandbox(sandbox_factory: SandboxFactory) -> SandboxServer:
     return sandbox_factory()
 
 
+def hidream_env(sandbox: SandboxServer, out: Path | None = None, **extra: str) -> dict[str, str]:
+    """The HIDREAM_* variables that point a run at ``sandbox`` (and at ``out``)."""
+    values = {
+        "HIDREAM_BASE_URL": sandbox.base_url,
+        "HIDREAM_API_TOKEN": TOKEN,
+        "HIDREAM_ALLOW_PRIVATE_URLS": "true",
+        "HIDREAM_POLL_INTERVAL": "0.2",
+        "HIDREAM_POLL_MAX_INTERVAL": "0.5",
+        **extra,
+    }
+    if out is not None:
+        values["HIDREAM_OUTPUT_DIR"] = str(out)
+    return values
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, sandbox: SandboxServer) -> dict[str, str]:
+    """This process's settings point at the test's sandbox."""
+    values = hidream_env(sandbox)
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    return values
+
+
+def wait_until_healthy(
+    url: str, process: subprocess.Popen[bytes], *, within: float, log: Path
+) -> None:
+    """Wait for ``url`` to answer 200 while ``process`` lives; fail with its log."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"{url} did not come up; see {log}")
+        time.sleep(0.3)
+
+
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One real Prefect server for the session; yields its API URL."""
@@ -114,17 +155,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"prefect server did not start; see {home / 'server.log'}")
-        time.sleep(0.5)
+    wait_until_healthy(f"{api_url}/health", process, within=120, log=home / "server.log")
     previous = {key: os.environ.get(key) for key in ("PREFECT_API_URL", "PREFECT_HOME")}
     os.environ["PREFECT_API_URL"] = api_url
     os.environ["PREFECT_HOME"] = str(home)

@@ -14,8 +14,15 @@ import httpx
 import pytest
 
 from modelset.report import read_manifest
-from tests.conftest import REPO, SandboxFactory, free_port, make_photo
-from tests.test_deployments import hidream_env, start_serve, stop
+from tests.conftest import (
+    REPO,
+    SandboxFactory,
+    free_port,
+    hidream_env,
+    make_photo,
+    wait_until_healthy,
+)
+from tests.test_deployments import start_serve, stop
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 SECRET = "callback-secret-for-tests-7d1e"
@@ -47,16 +54,7 @@ def callback_world(
         stdout=logs[0].open("wb"),
         stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            if time.monotonic() > deadline:
-                receiver.kill()
-                raise
-            time.sleep(0.3)
+    wait_until_healthy(f"http://127.0.0.1:{port}/healthz", receiver, within=30, log=logs[0])
     serving = start_serve(env, logs[1])
     env["SANDBOX_URL"] = sandbox.base_url
     yield env, out, logs

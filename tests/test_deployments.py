@@ -20,7 +20,7 @@ from prefect.deployments.flow_runs import arun_deployment
 
 from modelset.deployments.uploads import emit_upload
 from modelset.sandbox import SandboxConfig, SandboxServer
-from tests.conftest import REPO, TOKEN, make_photo
+from tests.conftest import REPO, TOKEN, hidream_env, make_photo
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -55,17 +55,6 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=30)
     except subprocess.TimeoutExpired:
         process.kill()
-
-
-def hidream_env(sandbox: SandboxServer, out: Path, **extra: str) -> dict[str, str]:
-    return {
-        "HIDREAM_BASE_URL": sandbox.base_url,
-        "HIDREAM_API_TOKEN": TOKEN,
-        "HIDREAM_ALLOW_PRIVATE_URLS": "true",
-        "HIDREAM_OUTPUT_DIR": str(out),
-        "HIDREAM_POLL_INTERVAL": "0.2",
-        **extra,
-    }
 
 
 async def wait_for_run(deployment: str, after: float, within: float = 120) -> FlowRun:

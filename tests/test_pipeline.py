@@ -23,23 +23,9 @@ from modelset.flows.generate import generate_model_sets
 from modelset.options import RunOptions
 from modelset.report import MANIFEST_FIELDS
 from modelset.sandbox import SandboxServer
-from tests.conftest import CORPUS, TOKEN, SandboxFactory, make_photo
+from tests.conftest import CORPUS, SandboxFactory, make_photo
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
-
-
-@pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, sandbox: SandboxServer) -> dict[str, str]:
-    values = {
-        "HIDREAM_BASE_URL": sandbox.base_url,
-        "HIDREAM_API_TOKEN": TOKEN,
-        "HIDREAM_ALLOW_PRIVATE_URLS": "true",
-        "HIDREAM_POLL_INTERVAL": "0.2",
-        "HIDREAM_POLL_MAX_INTERVAL": "0.5",
-    }
-    for key, value in values.items():
-        monkeypatch.setenv(key, value)
-    return values
 
 
 @pytest.fixture

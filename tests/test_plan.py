@@ -14,24 +14,10 @@ from typing import Any
 import pytest
 
 from modelset.sandbox import SandboxServer
-from tests.conftest import TOKEN, SandboxFactory, make_photo
+from tests.conftest import SandboxFactory, hidream_env, make_photo
 from tests.test_pipeline import manifest, run
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
-
-
-@pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, sandbox: SandboxServer) -> dict[str, str]:
-    values = {
-        "HIDREAM_BASE_URL": sandbox.base_url,
-        "HIDREAM_API_TOKEN": TOKEN,
-        "HIDREAM_ALLOW_PRIVATE_URLS": "true",
-        "HIDREAM_POLL_INTERVAL": "0.2",
-        "HIDREAM_POLL_MAX_INTERVAL": "0.5",
-    }
-    for key, value in values.items():
-        monkeypatch.setenv(key, value)
-    return values
 
 
 def photo_folder(root: Path, count: int) -> Path:
@@ -138,13 +124,7 @@ def test_ctrl_c_writes_the_report_and_a_rerun_finishes_without_paying_twice(
     sandbox_factory: SandboxFactory, tmp_path: Path, prefect_server: str
 ) -> None:
     slow = sandbox_factory(generation_s=6)
-    env = {
-        "HIDREAM_BASE_URL": slow.base_url,
-        "HIDREAM_API_TOKEN": TOKEN,
-        "HIDREAM_ALLOW_PRIVATE_URLS": "true",
-        "HIDREAM_POLL_INTERVAL": "0.2",
-        "PREFECT_API_URL": prefect_server,
-    }
+    env = {**hidream_env(slow), "PREFECT_API_URL": prefect_server}
     folder = photo_folder(tmp_path / "in", 8)
     out = tmp_path / "out"
     args = ["run", str(folder), "-t", "20", "--out", str(out), "--concurrency", "4"]

@@ -10,8 +10,8 @@ import pytest
 
 from modelset.deployments.uploads import emit_upload
 from modelset.sandbox import SandboxServer
-from tests.conftest import make_photo
-from tests.test_deployments import hidream_env, start_serve, stop, wait_for_run
+from tests.conftest import hidream_env, make_photo
+from tests.test_deployments import start_serve, stop, wait_for_run
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

@@ -17,8 +17,8 @@ from prefect.deployments.flow_runs import arun_deployment
 
 from modelset.report import read_manifest
 from modelset.sandbox import SandboxServer
-from tests.conftest import REPO, make_photo
-from tests.test_deployments import hidream_env, stop
+from tests.conftest import REPO, hidream_env, make_photo
+from tests.test_deployments import stop
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 PREFECT = [sys.executable, "-m", "prefect"]

@@ -122,7 +122,7 @@ class _Progress:
         self.done += 1
         self.listener.on_row(row)
         if self.artifact is not None:
-            await self.artifact.update(self.done, self.total)
+            await self.artifact.update(self.done)
 
 
 _listener: RunListener = RunListener()

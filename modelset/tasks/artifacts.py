@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from uuid import UUID
 
 from prefect.artifacts import (
@@ -23,24 +24,35 @@ _THUMBNAILS_SHOWN = 12
 
 @dataclass
 class ProgressArtifact:
-    """A progress artifact that moves during the run, updated at most every 2 s."""
+    """A progress artifact that moves during the run, updated at most every 2 s.
+
+    Updates go one at a time and always carry the latest count, so a slow earlier
+    update can never land after the final 100 %.
+    """
 
     artifact_id: UUID
     last_update: float = 0.0
+    done: int = 0
+    total: int = 1
+    _sending: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @classmethod
     async def create(cls, total: int) -> ProgressArtifact:
         artifact_id = await create_progress_artifact(  # type: ignore[misc]
             0.0, key="modelset-progress", description=f"{total} sets"
         )
-        return cls(artifact_id=artifact_id)
+        return cls(artifact_id=artifact_id, total=max(1, total))
 
-    async def update(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if done < total and now - self.last_update < _PROGRESS_EVERY_S:
+    async def update(self, done: int) -> None:
+        self.done = max(self.done, done)
+        finished = self.done >= self.total
+        if not finished and time.monotonic() - self.last_update < _PROGRESS_EVERY_S:
             return
-        self.last_update = now
-        await update_progress_artifact(self.artifact_id, 100.0 * done / total)  # type: ignore[misc]
+        async with self._sending:
+            self.last_update = time.monotonic()
+            await update_progress_artifact(  # type: ignore[misc]
+                self.artifact_id, 100.0 * self.done / self.total
+            )
 
 
 async def publish_results(rows: list[ManifestRow], workspace: Workspace) -> None:
