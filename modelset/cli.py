@@ -11,6 +11,7 @@ import asyncio
 import os
 import signal
 import sys
+import warnings
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -264,9 +265,11 @@ def run_flow(
     """
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # The progress bar and summary say what a person needs; Prefect's per-task lines
-    # still reach the Prefect server (and show with PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL).
-    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    # The progress bar and summary say what a person needs; Prefect's run logs still
+    # reach the Prefect server (and show here with PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL).
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+    # Pillow warns about quirks of files it still reads; the report gives each photo's fate.
+    warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from modelset.flows.generate import (

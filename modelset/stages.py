@@ -13,6 +13,7 @@ import io
 import logging
 import os
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Literal
 
@@ -471,13 +472,16 @@ async def _download_image(downloads: httpx.AsyncClient, url: str, target: Path) 
 
 def _judge(result: TaskResult, problems: list[str]) -> tuple[Status, str | None]:
     statuses = [sub.task_status for sub in result.sub_task_results]
-    reasons = result.failure_reasons() + problems
-    if not reasons:
+    counted = Counter(result.failure_reasons() + problems)
+    if not counted:
         return Status.SUCCEEDED, None
+    reasons = "; ".join(
+        reason if count == 1 else f"{reason} (x{count})" for reason, count in counted.items()
+    )
     if statuses and all(status is TaskStatus.REJECTED for status in statuses):
-        return Status.REJECTED, "; ".join(reasons)
+        return Status.REJECTED, reasons
     done = len(result.image_urls) - len(problems)
-    return Status.FAILED, f"{done} of {len(statuses)} images: " + "; ".join(reasons)
+    return Status.FAILED, f"{done} of {len(statuses)} images generated ({reasons})"
 
 
 def row_for(
