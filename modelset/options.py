@@ -47,6 +47,11 @@ class RunOptions(BaseModel):
         description="Split a larger batch into child runs of this many photos, run by "
         "the generate-model-sets/manual deployment on any worker.",
     )
+    budget_file: str | None = Field(
+        default=None,
+        description="Set by a sharded parent run: the file its child runs share the "
+        "max_images cap through. Leave empty.",
+    )
     deadline_s: float | None = Field(
         default=None, gt=0, description="Seconds to wait for a set (default: settings)."
     )

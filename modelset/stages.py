@@ -23,14 +23,15 @@ from pydantic import BaseModel
 
 from modelset.hidream import (
     AccountError,
+    ConnectFailed,
     DeadlineExceeded,
     HiDreamClient,
     HiDreamError,
-    OutcomeUnknown,
     RequestRejected,
     TaskNotFound,
     TaskResult,
     TaskStatus,
+    Throttled,
 )
 from modelset.images import PREPARATION_VERSION, Fit, ImageRejected, Policy, prepare_image
 from modelset.ledger import Ledger, LedgerRecord, SubmissionState, request_id_for, submission_key
@@ -259,15 +260,12 @@ async def submit_once(
         if not needs_submit(record, rules):
             assert record is not None
             return record
-        if (
-            record is not None
-            and record.state
-            in (
-                SubmissionState.INTENT,
-                SubmissionState.UNKNOWN,
-            )
-            and not (rules.refresh and record.claimed_by_run != rules.run_id)
+        if record is not None and record.state in (
+            SubmissionState.INTENT,
+            SubmissionState.UNKNOWN,
         ):
+            # An earlier send may have created a task: adopt it rather than pay again,
+            # whatever the rerun options say.
             resolved = await _resolve_unknown(client, ledger, record, rules)
             if resolved is not None:
                 return resolved
@@ -295,12 +293,17 @@ async def submit_once(
                 request_id=intent.request_id,
                 notify_url=notify_url,
             )
-        except AccountError:
-            ledger.forget(key)
-            raise
-        except OutcomeUnknown as exc:
-            return ledger.write(
-                intent.model_copy(update={"state": SubmissionState.UNKNOWN, "reason": exc.message})
+        except (AccountError, ConnectFailed, Throttled) as exc:
+            # Certainly not created: the key goes back to what it was before this send.
+            _restore(ledger, key, record)
+            if isinstance(exc, AccountError):
+                raise
+            return intent.model_copy(
+                update={
+                    "state": SubmissionState.FINISHED,
+                    "outcome": Status.FAILED.value,
+                    "reason": f"not submitted ({exc.message}); a rerun tries again",
+                }
             )
         except RequestRejected as exc:
             return ledger.write(
@@ -313,14 +316,11 @@ async def submit_once(
                 )
             )
         except HiDreamError as exc:
-            # Connect failures and exhausted retries of definite errors: no task exists.
-            ledger.forget(key)
-            return intent.model_copy(
-                update={
-                    "state": SubmissionState.FINISHED,
-                    "outcome": Status.FAILED.value,
-                    "reason": f"not submitted ({exc.message}); a rerun tries again",
-                }
+            # It may have reached the service (a lookup just now can miss a request still
+            # being processed): the next run looks it up again before any resend.
+            reason = f"{exc.message}; a rerun looks its request_id up before sending again"
+            return ledger.write(
+                intent.model_copy(update={"state": SubmissionState.UNKNOWN, "reason": reason})
             )
         return ledger.write(
             intent.model_copy(
@@ -331,6 +331,13 @@ async def submit_once(
                 }
             )
         )
+
+
+def _restore(ledger: Ledger, key: str, previous: LedgerRecord | None) -> None:
+    if previous is None:
+        ledger.forget(key)
+    else:
+        ledger.write(previous)
 
 
 async def _resolve_unknown(
@@ -398,16 +405,21 @@ async def collect_set(
     folder = workspace.out / item / str(record.template_id)
     outputs, problems = await _download_set(client, downloads, result, record.task_id, folder)
     outcome, reason = _judge(result, problems)
-    return ledger.write(
-        record.model_copy(
-            update={
-                "state": SubmissionState.FINISHED,
-                "outcome": outcome.value,
-                "reason": reason,
-                "outputs": [path.relative_to(workspace.out).as_posix() for path in outputs],
-            }
-        )
-    )
+    update: dict[str, object] = {
+        "outcome": outcome.value,
+        "reason": reason,
+        "outputs": [path.relative_to(workspace.out).as_posix() for path in outputs],
+        # A set whose images could not all be downloaded stays open: the next run
+        # downloads again instead of paying again.
+        "state": SubmissionState.SUBMITTED if problems else SubmissionState.FINISHED,
+    }
+    if problems:
+        update["reason"] = f"{reason}; a rerun downloads them again"
+    async with ledger.claim(record.key) as current:
+        if current is not None and current.task_id != record.task_id:
+            # A newer attempt (--refresh, --retry-failed) owns the key now.
+            return record.model_copy(update=update)
+        return ledger.write(record.model_copy(update=update))
 
 
 async def _download_set(
@@ -438,7 +450,11 @@ async def _download_set(
         problem = await _download_image(downloads, sub.image, target)
         if problem is not None:
             # Result URLs expire: ask for fresh ones once before giving up.
-            fresh = await client.get_result(task_id=task_id)
+            try:
+                fresh = await client.get_result(task_id=task_id)
+            except HiDreamError as exc:
+                problems.append(f"image {index}: {problem}; fresh URLs unavailable ({exc.message})")
+                continue
             url = next(
                 (s.image for s in fresh.sub_task_results if s.sub_task_id == sub.sub_task_id),
                 "",

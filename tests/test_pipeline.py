@@ -290,3 +290,23 @@ def test_valid_url_photos_pass_through_unchanged_when_asked(
     assert rows[("wide", 20)]["upload_sha256"] != rows[("wide", 20)]["source_sha256"]
     accepted = {s["sha256"] for s in sandbox.submissions()}
     assert accepted == {rows[("valid", 20)]["upload_sha256"], rows[("wide", 20)]["upload_sha256"]}
+
+
+def test_photos_with_the_same_name_never_share_an_output_folder(
+    env: dict[str, str], sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    folder = tmp_path / "in"
+    make_photo(folder / "look.jpg", colour=(200, 10, 10))
+    make_photo(folder / "look.png", colour=(10, 200, 10))
+    make_photo(folder / "look-2.jpg", colour=(10, 10, 200))
+    out = tmp_path / "out"
+    assert run([str(folder)], [20], out=str(out)).is_completed()
+    rows = manifest(out)
+    assert len({row["item"] for row in rows}) == 3
+    for row in rows:
+        assert len(row["outputs"]) == 4
+        assert all((out / path).exists() for path in row["outputs"])
+    assert run([str(folder)], [20], out=str(out)).is_completed()
+    assert {row["source"]: row["item"] for row in manifest(out)} == {
+        row["source"]: row["item"] for row in rows
+    }, "a rerun keeps every photo's folder"

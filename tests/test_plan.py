@@ -156,3 +156,17 @@ def test_ctrl_c_writes_the_report_and_a_rerun_finishes_without_paying_twice(
     assert paid_before <= 8
     assert all(row["status"] == "succeeded" for row in manifest(out))
     assert json.loads((out / "manifest.jsonl").read_text().splitlines()[0])["outputs"]
+
+
+def test_a_set_larger_than_assumed_overshoots_the_cap_by_nothing(
+    env: dict[str, str],
+    sandbox_factory: SandboxFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sixes = sandbox_factory(images_per_set=6)
+    monkeypatch.setenv("HIDREAM_BASE_URL", sixes.base_url)
+    folder = photo_folder(tmp_path / "in", 6)
+    state = run([str(folder)], [20], out=str(tmp_path / "out"), max_images=16, concurrency=32)
+    assert state.is_failed()
+    assert len(sixes.submissions()) == 2, "6 + 6 fit in 16; a third set of 6 would not"

@@ -17,6 +17,7 @@ from prefect import serve
 from prefect.client.orchestration import get_client
 from prefect.deployments.runner import RunnerDeployment
 from prefect.events import DeploymentEventTrigger, DeploymentTriggerTypes, TriggerTypes
+from prefect.exceptions import ObjectNotFound
 from prefect.flows import Flow, load_flow_from_entrypoint
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -50,10 +51,33 @@ def _runner_deployment(entry: dict[str, Any]) -> RunnerDeployment:
 def serve_all(path: Path = PREFECT_YAML) -> None:
     """Serve every deployment until interrupted, then pause their triggers."""
     deployments = load_deployments(path)
+    names = [f"{d.flow_name}/{d.name}" for d in deployments]
+    for name in asyncio.run(take_from_workers(names)):
+        print(f"{name} was deployed to a work pool; serving it here instead")
     try:
         serve(*deployments, pause_on_shutdown=True)
     finally:
-        asyncio.run(pause_triggers([f"{d.flow_name}/{d.name}" for d in deployments]))
+        asyncio.run(pause_triggers(names))
+
+
+async def take_from_workers(deployment_names: list[str]) -> list[str]:
+    """Delete same-named deployments that belong to a work pool; returns their names.
+
+    Serving updates a deployment in place but keeps a worker deployment's pull steps,
+    which point served runs at code storage that is not there; `prefect deploy --all`
+    gives them back to the workers.
+    """
+    taken = []
+    async with get_client() as client:
+        for name in deployment_names:
+            try:
+                deployment = await client.read_deployment_by_name(name)
+            except ObjectNotFound:
+                continue
+            if deployment.work_pool_name:
+                await client.delete_deployment(deployment.id)
+                taken.append(name)
+    return taken
 
 
 async def pause_triggers(deployment_names: list[str]) -> int:

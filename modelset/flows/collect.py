@@ -48,7 +48,9 @@ async def collect_model_set(task_id: str, out: str | None = None) -> State[Any]:
         record = runtime.ledger.find_by_task(task_id)
         if record is None:
             return Completed(message=f"task {task_id} was not submitted from {workspace.out}")
-        if record.state is SubmissionState.FINISHED:
+        if record.task_id != task_id:
+            return Completed(message=f"task {task_id} was superseded by a newer attempt")
+        if record.state is not SubmissionState.SUBMITTED:
             return Completed(message=f"task {task_id} was collected already")
         collected = await collect_model_set_images(
             record, record.item, runtime, wait_for_others=False

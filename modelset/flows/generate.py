@@ -207,7 +207,10 @@ async def run_batch(
     log = get_run_logger()
     workspace = Workspace(out=Path(options.out) if options.out else settings.output_dir).create()
     photos = _photos(
-        discover(sources, allow_file_urls=settings.allow_file_urls), template_ids, item
+        discover(sources, allow_file_urls=settings.allow_file_urls),
+        template_ids,
+        item,
+        known={row.source: row.item for row in read_manifest(workspace.out)},
     )
     if options.shard_size and len(photos) > options.shard_size:
         return await run_shards(photos, options, workspace, listener)
@@ -245,6 +248,7 @@ async def run_batch(
             budget=Budget(
                 cap=options.max_images if options.max_images is not None else settings.max_images,
                 default_set_size=settings.images_per_set,
+                shared=Path(options.budget_file) if options.budget_file else None,
             ),
             dry_run=options.dry_run,
             listener=listener,
@@ -257,15 +261,27 @@ async def run_batch(
 
 
 def _photos(
-    items: list[SourceItem], template_ids: list[int], name: str | None = None
+    items: list[SourceItem],
+    template_ids: list[int],
+    single_item: str | None,
+    known: dict[str, str],
 ) -> list[Photo]:
-    taken: dict[str, int] = {}
+    """Each source with the folder its sets go under: stable across reruns, never shared.
+
+    ``known`` maps sources to the names earlier runs gave them in this output folder;
+    a new source never takes one of those names, nor one given earlier in this run.
+    """
+    taken = set(known.values())
     photos = []
     for item in items:
-        given = item.item or (name if len(items) == 1 else None)
-        base = _safe_name(given or _stem(item.source))
-        taken[base] = taken.get(base, 0) + 1
-        name = base if taken[base] == 1 else f"{base}-{taken[base]}"
+        given = item.item or (single_item if len(items) == 1 else None)
+        name = known.get(item.source) if given is None else None
+        if name is None:
+            base = _safe_name(given or _stem(item.source))
+            name, suffix = base, 2
+            while name in taken and known.get(item.source) != name:
+                name, suffix = f"{base}-{suffix}", suffix + 1
+        taken.add(name)
         photos.append(Photo(item.source, name, item.template_ids or list(template_ids)))
     return photos
 
@@ -409,9 +425,9 @@ async def _run_jobs(
 
 def _interrupted_row(job: _SetJob, runtime: BatchRuntime) -> ManifestRow:
     record = runtime.ledger.read(job.key)
-    if record is None or (not job.sending and record.state is SubmissionState.FINISHED):
+    if record is None or (job.sending and record.claimed_by_run != runtime.rules.run_id):
         reason = "interrupted before it was submitted"
-        return _row(job.photo, job.template_id, record, status="skipped", reason=reason)
+        return _row(job.photo, job.template_id, None, status="skipped", reason=reason)
     row = _row(job.photo, job.template_id, record)
     if row.status is Status.SUCCEEDED:
         return row
@@ -451,10 +467,27 @@ async def _one_set(
     budget: Budget,
     progress: _Progress,
 ) -> ManifestRow:
-    """Submit (once) and collect one photo+template, holding one of the batch's slots."""
+    """Submit (once) and collect one photo+template, holding one of the batch's slots.
+
+    Whatever goes wrong with one set fails that set's row, never the batch.
+    """
     async with slots:
-        row = await _submit_and_collect(job, runtime, plan, budget)
-    await progress.advance(row)
+        try:
+            row = await _submit_and_collect(job, runtime, plan, budget)
+        except Exception as exc:
+            get_run_logger().exception("set %s/%s failed", job.photo.item, job.template_id)
+            record = runtime.ledger.read(job.key)
+            row = _row(job.photo, job.template_id, record).model_copy(
+                update={
+                    "status": Status.FAILED,
+                    "reason": f"unexpected error ({type(exc).__name__}: {exc}); a rerun "
+                    "resumes from the ledger",
+                }
+            )
+    try:
+        await progress.advance(row)
+    except Exception as exc:  # the progress artifact is a nicety, never a reason to fail
+        get_run_logger().warning("progress not updated: %s", exc)
     return row
 
 
@@ -469,17 +502,20 @@ async def _submit_and_collect(
             return _row(
                 photo, template_id, None, status="skipped", reason=f"not submitted: {plan.stopped}"
             )
-        if not budget.reserve(template_id):
+        reserved = await budget.reserve(template_id)
+        if reserved is None:
             return _row(photo, template_id, None, status="skipped", reason=budget.refusal())
+        sent: LedgerRecord | None = None
         try:
-            record = await submit_photo(job.key, photo.prepared, photo.item, template_id, runtime)
+            sent = await submit_photo(job.key, photo.prepared, photo.item, template_id, runtime)
         except AccountError as exc:
-            budget.release(template_id)
             plan.stopped = plan.account_error = exc.message
             return _row(
                 photo, template_id, None, status="skipped", reason=f"not submitted: {exc.message}"
             )
-        budget.settle(template_id, record, runtime.rules.run_id)
+        finally:
+            budget.settle(template_id, reserved, sent, runtime.rules.run_id)
+        record = sent
     assert record is not None
     if record.state is SubmissionState.SUBMITTED:
         record = await collect_model_set_images(record, photo.item, runtime) or record
@@ -500,11 +536,32 @@ async def run_shards(
     from prefect.deployments.flow_runs import arun_deployment
 
     assert options.shard_size
+    planned = RunPlan(tasks=sum(len(photo.template_ids) for photo in photos))
+    planned.images = planned.tasks * Settings().images_per_set  # at most; done ones are free
+    if not listener.on_plan(planned):
+        rows = [
+            ManifestRow(
+                source=p.source,
+                item=p.item,
+                template_id=t,
+                status=Status.PLANNED,
+                reason=planned.refused or "not confirmed",
+            )
+            for p in photos
+            for t in p.template_ids
+        ]
+        return RunSummary(
+            out=workspace.out, rows=rows, sheet=workspace.out / INDEX_HTML, plan=planned
+        )
     shard_dir = workspace.state / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     run_id = str(flow_run.get_id() or uuid.uuid4())
     child_options = options.model_copy(
-        update={"shard_size": None, "out": str(workspace.out.resolve())}
+        update={
+            "shard_size": None,
+            "out": str(workspace.out.resolve()),
+            "budget_file": str((shard_dir / f"{run_id}-budget.json").resolve()),
+        }
     ).model_dump(mode="json")
     manifests = []
     for index in range(0, len(photos), options.shard_size):

@@ -60,9 +60,13 @@ async def scan_inbox(
         return_state=True,
     )
     ledger = Ledger(workspace.ledger_dir)
-    rows = [row for row in read_manifest(workspace.out) if row.source in set(new)]
-    for source in {row.source for row in rows if _final(row, ledger)}:
-        seen[source] = _fingerprint(source)
+    outcomes: dict[str, dict[int, bool]] = {source: {} for source in new}
+    for row in read_manifest(workspace.out):
+        if row.source in outcomes and row.template_id in template_ids:
+            outcomes[row.source][row.template_id] = _final(row, ledger)
+    for source, finals in outcomes.items():
+        if len(finals) == len(set(template_ids)) and all(finals.values()):
+            seen[source] = _fingerprint(source)
     temporary = seen_path.with_suffix(".tmp")
     temporary.write_text(json.dumps(seen, indent=0), encoding="utf-8")
     os.replace(temporary, seen_path)

@@ -66,6 +66,7 @@ TEMPLATE_PAGE_SIZE = 100
 _BACKOFF_BASE = 0.5
 _BACKOFF_CAP = 8.0
 _THROTTLE_RETRIES = 20
+_RECHECK_CAP = 5.0
 
 log = logging.getLogger("modelset.hidream")
 
@@ -124,6 +125,7 @@ class HiDreamClient:
             follow_redirects=False,
         )
         self._resume_at = 0.0
+        self._recheck_delay = min(_RECHECK_CAP, read_timeout / 2)
 
     @classmethod
     def from_settings(
@@ -299,9 +301,17 @@ class HiDreamClient:
     # -- plumbing ----------------------------------------------------------------------
 
     async def _find_submission(self, request_id: str, *, cause: HiDreamError) -> Receipt | None:
-        """Resolve an outcome-unknown submit: its receipt, None if never created, else raise."""
+        """Resolve an outcome-unknown submit: its receipt, None if never created, else raise.
+
+        "Not found" is asked twice, a pause apart: a request the service is still
+        processing would be found by the second look, and must not be sent again.
+        """
         try:
-            result = await self.get_result(request_id=request_id)
+            try:
+                result = await self.get_result(request_id=request_id)
+            except TaskNotFound:
+                await asyncio.sleep(self._recheck_delay)
+                result = await self.get_result(request_id=request_id)
         except TaskNotFound:
             log.info("submit %s was not created; sending it again", request_id)
             return None

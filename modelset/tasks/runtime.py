@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import httpx
+from pydantic import SecretStr
 
 from modelset.credentials import client_from_settings
 from modelset.hidream import HiDreamClient
@@ -33,7 +34,7 @@ class BatchRuntime:
     prepare: PrepareOptions
     rules: SubmitPolicy
     concurrency_limit: str | None = None
-    notify_url: str | None = None
+    notify_url: SecretStr | None = None  # carries the callback secret
     deadline_s: float | None = None
     wakeups: dict[str, asyncio.Event] = field(default_factory=dict)
 
@@ -68,7 +69,7 @@ async def open_runtime(
             prepare=prepare,
             rules=rules,
             concurrency_limit=settings.concurrency_limit,
-            notify_url=settings.notify_url(),
+            notify_url=SecretStr(url) if (url := settings.notify_url()) else None,
             deadline_s=deadline_s,
         )
         listener = (

@@ -52,5 +52,5 @@ async def submit_photo(
             item=item,
             template_id=template_id,
             rules=runtime.rules,
-            notify_url=runtime.notify_url,
+            notify_url=runtime.notify_url.get_secret_value() if runtime.notify_url else None,
         )
