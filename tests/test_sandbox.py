@@ -536,3 +536,212 @@ def test_serve_prints_address_and_stops_on_sigterm() -> None:
     finally:
         process.kill()
     assert process.returncode in (0, -signal.SIGTERM)
+
+
+# -- faults for the reliability matrix, --state and the request_id lookup switch ------
+
+
+def test_parse_faults_knows_the_reliability_keys() -> None:
+    faults = parse_faults(
+        "malformed=0.3,unknown_status=1,expire=0.5,callback_dup=1,callback_early=0.25"
+    )
+    assert faults == Faults(
+        malformed=0.3, unknown_status=1.0, expire=0.5, callback_dup=1.0, callback_early=0.25
+    )
+
+
+def test_malformed_submit_answer_is_truncated_but_the_task_exists(make_photo: MakePhoto) -> None:
+    with faulty(malformed=1.0) as server, api_client(server) as http:
+        body = {"image": b64(make_photo()), "template_id": 20, "request_id": "req-malformed"}
+        response = http.post(SUBMIT, json=body)
+        assert response.status_code == 200
+        with pytest.raises(json.JSONDecodeError):
+            json.loads(response.content)
+        assert response.text.startswith('{"code": 0')
+        assert [s["request_id"] for s in server.submissions()] == ["req-malformed"]
+
+
+def test_malformed_results_answers_are_not_json(make_photo: MakePhoto) -> None:
+    with faulty(malformed=1.0) as server, api_client(server) as http:
+        http.post(SUBMIT, json={"image": b64(make_photo()), "template_id": 20})
+        task_id = server.submissions()[0]["task_id"]
+        bodies = [http.get(RESULTS, params={"task_id": task_id}) for _ in range(12)]
+        assert {response.status_code for response in bodies} == {200}
+        for response in bodies:
+            with pytest.raises(json.JSONDecodeError):
+                json.loads(response.content)
+        assert {r.headers["content-type"].split(";")[0] for r in bodies} == {
+            "text/html",
+            "application/json",
+        }
+
+
+def test_unknown_status_is_reported_while_processing_then_final(make_photo: MakePhoto) -> None:
+    with (
+        SandboxServer(
+            port=0, latency_ms=0, generation_s=0.6, token=TOKEN, faults=Faults(unknown_status=1)
+        ) as server,
+        api_client(server) as http,
+    ):
+        task_id = submit(http, image=b64(make_photo()), template_id=20)["result"]["task_id"]
+        seen: set[int] = set()
+        deadline = time.monotonic() + 5
+        while True:
+            results = http.get(RESULTS, params={"task_id": task_id}).json()["result"]
+            statuses = {r["task_status"] for r in results["sub_task_results"]}
+            seen |= statuses
+            if statuses == {1}:
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.03)
+        assert 7 in seen
+        assert 2 not in seen
+        assert seen <= {0, 7, 1}
+
+
+def test_expired_image_url_404s_once_then_a_fresh_query_gives_a_working_url(
+    make_photo: MakePhoto,
+) -> None:
+    with faulty(expire=1.0) as server, api_client(server) as http:
+        task_id = submit(http, image=b64(make_photo()), template_id=20)["result"]["task_id"]
+        first = wait_final(http, task_id)
+        url = first[0]["image"]
+        assert url.startswith(f"{server.base_url}/_sandbox/images/{task_id}/1.jpg?e=")
+        assert httpx.get(url, trust_env=False).status_code == 404
+        assert httpx.get(url, trust_env=False).status_code == 404, "an expired URL stays expired"
+        fresh = wait_final(http, task_id)[0]["image"]
+        assert fresh != url
+        download_jpeg(fresh)
+        download_jpeg(fresh)
+        # Every pose expires on its own first download.
+        assert httpx.get(wait_final(http, task_id)[1]["image"], trust_env=False).status_code == 404
+
+
+def test_callback_dup_delivers_twice(make_photo: MakePhoto, receiver: CallbackReceiver) -> None:
+    with faulty(callback_dup=1.0) as server, api_client(server) as http:
+        notify_url = f"{receiver.base_url}/hooks/ok/secret-dup"
+        answer = submit(http, image=b64(make_photo()), template_id=20, notify_url=notify_url)
+        task_id = answer["result"]["task_id"]
+        deadline = time.monotonic() + 5
+        while len(receiver.received) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        records = http.get("/_sandbox/callbacks").json()["callbacks"]
+        assert [(r["task_id"], r["delivered"]) for r in records] == [(task_id, True)] * 2
+        assert [body for _, body in receiver.received] == [receiver.received[0][1]] * 2
+        assert receiver.received[0][1]["sub_task_results"] == wait_final(http, task_id)
+
+
+def test_callback_early_arrives_before_the_task_is_final_with_the_final_body(
+    make_photo: MakePhoto, receiver: CallbackReceiver
+) -> None:
+    with (
+        SandboxServer(
+            port=0, latency_ms=0, generation_s=1.0, token=TOKEN, faults=Faults(callback_early=1)
+        ) as server,
+        api_client(server) as http,
+    ):
+        notify_url = f"{receiver.base_url}/hooks/ok/secret-early"
+        answer = submit(http, image=b64(make_photo()), template_id=20, notify_url=notify_url)
+        task_id = answer["result"]["task_id"]
+        deadline = time.monotonic() + 5
+        while not receiver.received:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        now = http.get(RESULTS, params={"task_id": task_id}).json()["result"]
+        assert {r["task_status"] for r in now["sub_task_results"]} <= {0, 2}
+        [(_, body)] = receiver.received
+        assert {r["task_status"] for r in body["sub_task_results"]} == {1}
+        early_url = body["sub_task_results"][0]["image"]
+        assert httpx.get(early_url, trust_env=False).status_code == 404
+        assert wait_final(http, task_id) == body["sub_task_results"]
+
+
+def test_lookup_by_request_id_can_be_switched_off(make_photo: MakePhoto) -> None:
+    with (
+        SandboxServer(
+            port=0, latency_ms=0, generation_s=0.2, token=TOKEN, lookup_by_request_id=False
+        ) as server,
+        api_client(server) as http,
+    ):
+        answer = submit(http, image=b64(make_photo()), template_id=20, request_id="req-nolookup")
+        task_id = answer["result"]["task_id"]
+        refused = http.get(RESULTS, params={"request_id": "req-nolookup"}).json()
+        assert refused["code"] == 1001
+        assert refused["message"] == "invalid parameter: task_id required"
+        by_id = http.get(RESULTS, params={"task_id": task_id}).json()
+        assert by_id["code"] == 0
+        assert by_id["result"]["task_id"] == task_id
+
+
+def test_state_file_keeps_tasks_submissions_photos_and_callbacks_across_a_restart(
+    make_photo: MakePhoto, tmp_path: Path, receiver: CallbackReceiver
+) -> None:
+    state = tmp_path / "sandbox-state.json"
+    first = SandboxServer(port=0, latency_ms=0, generation_s=2.5, token=TOKEN, state_file=state)
+    first.start()
+    try:
+        port = int(first.base_url.rsplit(":", 1)[1])
+        with api_client(first) as http:
+            done = submit(http, image=b64(make_photo(shade=3)), template_id=20, request_id="r1")
+            pending = submit(
+                http,
+                image=b64(make_photo(shade=4)),
+                template_id=21,
+                request_id="r2",
+                notify_url=f"{receiver.base_url}/hooks/ok/secret-restart",
+            )
+        before = first.submissions()
+    finally:
+        first.stop()
+    assert not receiver.received, "the callback was not yet due when the sandbox stopped"
+    saved = state.read_text()
+    assert TOKEN not in saved
+    assert (tmp_path / "sandbox-state.json.d" / "photos").is_dir()
+
+    with (
+        SandboxServer(port=port, latency_ms=0, token=TOKEN, state_file=state) as second,
+        api_client(second) as http,
+    ):
+        assert second.base_url == first.base_url
+        assert second.submissions() == before
+        assert http.get("/_sandbox/submissions").json()["submissions"] == before
+        for results in (
+            wait_final(http, done["result"]["task_id"]),
+            wait_final(http, pending["result"]["task_id"]),
+        ):
+            for result in results:
+                download_jpeg(result["image"])
+        found = http.get(RESULTS, params={"request_id": "r2"}).json()["result"]
+        assert found["task_id"] == pending["result"]["task_id"]
+        deadline = time.monotonic() + 5
+        while not receiver.received:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert receiver.received[0][1]["main_task_id"] == pending["result"]["task_id"]
+        new = submit(http, image=b64(make_photo(shade=5)), template_id=20)
+        assert [s["task_id"] for s in second.submissions()][-1] == new["result"]["task_id"]
+    reloaded = json.loads(state.read_text())
+    assert len(reloaded["submissions"]) == 3
+    assert reloaded["callbacks"][0]["delivered"] is True
+
+
+def test_callback_and_fetch_urls_are_masked_in_httpx_log_lines(
+    sandbox: SandboxServer,
+    client: httpx.Client,
+    make_photo: MakePhoto,
+    receiver: CallbackReceiver,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    notify_url = f"{receiver.base_url}/hooks/ok/secret-in-httpx-log"
+    answer = submit(client, image=b64(make_photo()), template_id=20, notify_url=notify_url)
+    preview = f"{sandbox.base_url}/_sandbox/templates/20.jpg?signature=presigned-credential"
+    assert submit(client, image=preview, template_id=20)["code"] == 0
+    wait_callback(client, answer["result"]["task_id"], attempts=1)
+    deadline = time.monotonic() + 2
+    while f"{receiver.base_url}/hooks/ok/***" not in caplog.text:
+        assert time.monotonic() < deadline, caplog.text
+        time.sleep(0.02)
+    assert "secret-in-httpx-log" not in caplog.text
+    assert "presigned-credential" not in caplog.text

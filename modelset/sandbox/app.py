@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import math
 import random
@@ -22,7 +23,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from modelset.sandbox.callbacks import CallbackRecord, deliver
+from modelset.sandbox.callbacks import CallbackRecord, deliver, masked_urls, strip_query
 from modelset.sandbox.config import SandboxConfig
 from modelset.sandbox.imagery import PhotoError, check_photo, render_template_preview
 from modelset.sandbox.protocol import (
@@ -44,6 +45,7 @@ from modelset.sandbox.store import (
     SUCCEEDED,
     TEMPLATES,
     PhotoStore,
+    StateFile,
     SubTask,
     Task,
     TaskStore,
@@ -57,6 +59,7 @@ TEMPLATES_PATH = "/api-pub/ec/v3/template/variation"
 FETCH_TIMEOUT_S = 10.0
 _CODE_KEY = "modelset.sandbox.code"
 """Scope key where a handler leaves the envelope code for the request log line."""
+_BAD_GATEWAY_PAGE = b"<html><head><title>502 Bad Gateway</title></head><body>bad gateway</body>"
 
 
 class _NoAnswer(Response):
@@ -142,15 +145,64 @@ async def _client_gone(request: Request) -> None:
         pass
 
 
+@asynccontextmanager
+async def _masked_fetch() -> AsyncIterator[None]:
+    with masked_urls(strip_query):
+        yield
+
+
+def _truncated(request: Request, body: dict[str, Any]) -> Response:
+    """HTTP 200 with the first half of a JSON envelope: an answer cut off mid-way."""
+    request.scope[_CODE_KEY] = "malformed"
+    data = json.dumps(body).encode()
+    return Response(data[: len(data) // 2], media_type="application/json")
+
+
+class _Links:
+    """Image URLs of sub-tasks drawn by the expire fault.
+
+    Each results query (or callback) hands out ``...jpg?e=N`` with a fresh N. The first
+    download of such an image answers 404 and expires every URL handed out so far; URLs
+    handed out afterwards work. Like a CDN link that expired before it was used.
+    """
+
+    def __init__(self) -> None:
+        self._issued: dict[tuple[str, int], int] = {}
+        self._valid_from: dict[tuple[str, int], int] = {}
+
+    def url(self, task: Task, pose: int) -> str:
+        url = task.image_url(pose)
+        if not task.sub_tasks[pose - 1].expires:
+            return url
+        key = (task.task_id, pose)
+        self._issued[key] = self._issued.get(key, 0) + 1
+        return f"{url}?e={self._issued[key]}"
+
+    def usable(self, task: Task, pose: int, edition: str | None) -> bool:
+        if not task.sub_tasks[pose - 1].expires:
+            return True
+        key = (task.task_id, pose)
+        if key not in self._valid_from:
+            self._valid_from[key] = self._issued.get(key, 0) + 1
+            return False
+        try:
+            return int(edition or "") >= self._valid_from[key]
+        except ValueError:
+            return False
+
+
 class Sandbox:
     """The sandbox's state and request handlers; ``.app`` is the ASGI app serving them."""
 
     def __init__(self, config: SandboxConfig) -> None:
         self.config = config
         self.tasks = TaskStore()
-        self._photos = PhotoStore(config.state_dir)
+        self._photos = PhotoStore(config.photo_dir)
         self._rng = random.Random(config.seed)
         self._callbacks: list[CallbackRecord] = []
+        self._links = _Links()
+        self._state = StateFile(config.state_file) if config.state_file else None
+        self._restore()
         self._background: set[asyncio.Task[None]] = set()
         self._closing = asyncio.Event()
         self._http = httpx.AsyncClient(trust_env=False)
@@ -174,8 +226,36 @@ class Sandbox:
         """Let stalled submit requests end; call on the server's event loop at shutdown."""
         self._closing.set()
 
+    def _restore(self) -> None:
+        """Reload tasks, submissions and callbacks from the state file, if there is one."""
+        document = self._state.load() if self._state is not None else None
+        if document is None:
+            return
+        self.tasks.restore(StateFile.tasks(document), StateFile.submissions(document))
+        self._callbacks = [CallbackRecord(**record) for record in document.get("callbacks", [])]
+        logger.info(
+            "restored %d tasks and %d callbacks from the state file",
+            len(self.tasks.tasks()),
+            len(self._callbacks),
+        )
+
+    def _persist(self) -> None:
+        """Write the state file (on the event loop, after every change)."""
+        if self._state is not None:
+            self._state.save(self.tasks, [record.to_json() for record in self._callbacks])
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        background = asyncio.create_task(work)
+        self._background.add(background)
+        background.add_done_callback(self._background.discard)
+
     @asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        # Callbacks restored from the state file that were never attempted are still due.
+        for record in self._callbacks:
+            restored = self.tasks.find(record.task_id)
+            if restored is not None and record.attempts == 0:
+                self._in_background(self._notify(restored, [record]))
         try:
             yield
         finally:
@@ -227,13 +307,11 @@ class Sandbox:
             if self._closing.is_set():
                 return PlainTextResponse("sandbox shutting down", status_code=503)
             return _NoAnswer()
-        return _envelope(
-            request,
-            OK,
-            "Success",
-            {"task_id": task.task_id, "sub_task_ids": [s.sub_task_id for s in task.sub_tasks]},
-            request_id=task.request_id,
-        )
+        result = {"task_id": task.task_id, "sub_task_ids": [s.sub_task_id for s in task.sub_tasks]}
+        if self._draw(faults.malformed):
+            envelope = {"code": OK, "message": "Success", "request_id": task.request_id}
+            return _truncated(request, {**envelope, "result": result})
+        return _envelope(request, OK, "Success", result, request_id=task.request_id)
 
     async def _fetch(self, url: str) -> bytes:
         """Download an image given by URL, at most MAX_IMAGE_BYTES within FETCH_TIMEOUT_S."""
@@ -242,6 +320,7 @@ class Sandbox:
         try:
             async with (
                 asyncio.timeout(FETCH_TIMEOUT_S),
+                _masked_fetch(),
                 self._http.stream("GET", url, follow_redirects=True) as response,
             ):
                 if response.status_code != 200:
@@ -266,10 +345,18 @@ class Sandbox:
     def _fate(self) -> SubTask:
         faults = self.config.faults
         if self._draw(faults.fail):
-            return SubTask(str(uuid.uuid4()), FAILED, "generation failed")
-        if self._draw(faults.reject):
-            return SubTask(str(uuid.uuid4()), REJECTED, "rejected by content review")
-        return SubTask(str(uuid.uuid4()), SUCCEEDED, "")
+            status, description = FAILED, "generation failed"
+        elif self._draw(faults.reject):
+            status, description = REJECTED, "rejected by content review"
+        else:
+            status, description = SUCCEEDED, ""
+        return SubTask(
+            str(uuid.uuid4()),
+            status,
+            description,
+            unknown_status=self._draw(faults.unknown_status),
+            expires=self._draw(faults.expire),
+        )
 
     def _create_task(self, form: SubmitForm, sha256: str, base_url: str) -> Task:
         task = Task(
@@ -284,33 +371,52 @@ class Sandbox:
         )
         self.tasks.add(task)
         if form.notify_url is not None:
-            record = CallbackRecord(task_id=task.task_id, url=form.notify_url)
-            self._callbacks.append(record)
-            background = asyncio.create_task(self._notify(task, record))
-            self._background.add(background)
-            background.add_done_callback(self._background.discard)
+            faults = self.config.faults
+            early = self._draw(faults.callback_early)
+            copies = 2 if self._draw(faults.callback_dup) else 1
+            records = [
+                CallbackRecord(task_id=task.task_id, url=form.notify_url, early=early)
+                for _ in range(copies)
+            ]
+            self._callbacks.extend(records)
+            self._in_background(self._notify(task, records))
+        self._persist()
         return task
 
-    async def _notify(self, task: Task, record: CallbackRecord) -> None:
-        await asyncio.sleep(max(0.0, task.finished_at - time.monotonic()))
-        # max(): the event loop may wake a timer a hair early.
+    async def _notify(self, task: Task, records: list[CallbackRecord]) -> None:
+        """Deliver the callback(s) of a task: when it is final, or halfway if early."""
+        due = task.started + task.duration / 2 if records[0].early else task.finished_at
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+        # The final body even when early; max(): a timer may wake a hair early.
         now = max(time.monotonic(), task.finished_at)
-        body = {"main_task_id": task.task_id, "sub_task_results": task.sub_task_results(now)}
-        await deliver(self._http, record, body)
+        body = {
+            "main_task_id": task.task_id,
+            "sub_task_results": task.sub_task_results(now, self._links.url),
+        }
+        for record in records:
+            await deliver(self._http, record, body)
+            self._persist()
 
     async def _results(self, request: Request) -> Response:
         await self._enter(request)
         task_id = request.query_params.get("task_id")
         request_id = request.query_params.get("request_id")
+        if self._draw(self.config.faults.malformed):
+            if self._rng.random() < 0.5:
+                request.scope[_CODE_KEY] = "malformed"
+                return Response(_BAD_GATEWAY_PAGE, media_type="text/html")
+            return _truncated(request, {"code": OK, "message": "Success", "result": {}})
         if not task_id and not request_id:
             raise invalid("task_id or request_id is required")
+        if not task_id and not self.config.lookup_by_request_id:
+            raise invalid("task_id required")
         task = self.tasks.find(task_id, request_id)
         if task is None:
             raise ApiError(TASK_NOT_FOUND, "task not found")
         result = {
             "task_id": task.task_id,
             "request_id": task.request_id,
-            "sub_task_results": task.sub_task_results(time.monotonic()),
+            "sub_task_results": task.sub_task_results(time.monotonic(), self._links.url),
         }
         return _envelope(request, OK, "Success", result)
 
@@ -348,6 +454,8 @@ class Sandbox:
             or task.status(pose - 1, time.monotonic())[0] != SUCCEEDED
         ):
             return PlainTextResponse("not found", status_code=404)
+        if not self._links.usable(task, pose, request.query_params.get("e")):
+            return PlainTextResponse("link expired", status_code=404)
         data = await run_in_threadpool(self._photos.render, task.sha256, task.template_id, pose)
         return Response(data, media_type="image/jpeg")
 
@@ -361,8 +469,12 @@ class Sandbox:
     async def _submissions(self, request: Request) -> Response:
         return JSONResponse({"submissions": self.tasks.submissions()})
 
+    def callbacks(self) -> list[dict[str, Any]]:
+        """The callbacks requested so far, secrets masked (``/_sandbox/callbacks``)."""
+        return [record.public() for record in list(self._callbacks)]
+
     async def _callback_log(self, request: Request) -> Response:
-        return JSONResponse({"callbacks": [record.public() for record in self._callbacks]})
+        return JSONResponse({"callbacks": self.callbacks()})
 
     async def _health(self, request: Request) -> Response:
         return JSONResponse({"ok": True})

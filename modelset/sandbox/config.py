@@ -24,6 +24,19 @@ class Faults(BaseModel):
     """Per sub-task: final status 3 (generation failed)."""
     reject: float = Field(default=0.0, ge=0.0, le=1.0)
     """Per sub-task: final status 4 (rejected by content review)."""
+    malformed: float = Field(default=0.0, ge=0.0, le=1.0)
+    """HTTP 200 with a body that is not a JSON envelope: per submit (after the task is
+    created: a truncated envelope) and per results query (an HTML page or truncated JSON)."""
+    unknown_status: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Per sub-task: while processing, task_status is the undocumented 7 instead of 2."""
+    expire: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Per sub-task: the image URLs handed out so far answer 404 on the first download;
+    a fresh results query hands out a URL that works."""
+    callback_dup: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Per task with a notify_url: the callback is delivered twice."""
+    callback_early: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Per task with a notify_url: the callback (with the final body) is delivered halfway
+    through generation, before the task is final."""
 
 
 def parse_faults(spec: str) -> Faults:
@@ -77,4 +90,19 @@ class SandboxConfig(BaseModel):
     """Sent as Retry-After (whole seconds, at least 1) with HTTP 429."""
     state_dir: Path | None = None
     """Where uploaded photos and rendered images are stored; None means a temporary
-    directory removed when the server stops."""
+    directory removed when the server stops (or ``<state_file>.d`` with a state file)."""
+    state_file: Path | None = None
+    """JSON file keeping tasks, submissions and callbacks across restarts: written
+    atomically on every change, read at start."""
+    lookup_by_request_id: bool = True
+    """False: a results query by request_id alone answers 1001 (task_id required), like
+    a service without that lookup."""
+
+    @property
+    def photo_dir(self) -> Path | None:
+        """Where photos live: ``state_dir``, else next to the state file, else temporary."""
+        if self.state_dir is not None:
+            return self.state_dir
+        if self.state_file is not None:
+            return self.state_file.with_name(self.state_file.name + ".d")
+        return None

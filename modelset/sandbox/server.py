@@ -14,6 +14,7 @@ from typing import Any, Self
 import httpx
 import uvicorn
 
+from modelset.asgi import QuietH11
 from modelset.sandbox.app import SUBMIT_PATH, Sandbox
 from modelset.sandbox.config import SandboxConfig
 from modelset.sandbox.store import Submission
@@ -40,6 +41,7 @@ class _Uvicorn(uvicorn.Server):
                 port=sandbox.config.port,
                 lifespan="on",
                 ws="none",
+                http=QuietH11,
                 access_log=False,  # the app logs its own line per request
                 log_config=None,
                 timeout_graceful_shutdown=1,
@@ -93,6 +95,10 @@ class SandboxServer:
     def submissions(self) -> list[Submission]:
         """The accepted submissions so far, oldest first."""
         return self._sandbox.tasks.submissions()
+
+    def callbacks(self) -> list[dict[str, Any]]:
+        """The callbacks requested so far, as ``/_sandbox/callbacks`` lists them."""
+        return self._sandbox.callbacks()
 
     def start(self) -> Self:
         """Start serving; returns once the server answers."""

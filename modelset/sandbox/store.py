@@ -1,11 +1,15 @@
-"""What the sandbox remembers: tasks and submissions in memory, photos on disk."""
+"""What the sandbox remembers: tasks and submissions in memory (and in the state file,
+if one is set), photos on disk."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -15,6 +19,9 @@ from modelset.sandbox.imagery import render_pose
 
 WAITING, SUCCEEDED, PROCESSING, FAILED, REJECTED = 0, 1, 2, 3, 4
 FINAL = frozenset({SUCCEEDED, FAILED, REJECTED})
+UNDOCUMENTED = 7
+"""Reported instead of PROCESSING by sub-tasks drawn by the unknown_status fault."""
+STATE_VERSION = 1
 
 TEMPLATES: dict[int, str] = {
     template_id: "woman" if template_id % 2 == 0 else "man" for template_id in range(1, 25)
@@ -37,6 +44,10 @@ class SubTask:
     sub_task_id: str
     final_status: int
     description: str
+    unknown_status: bool = False
+    """Reports UNDOCUMENTED instead of PROCESSING (unknown_status fault)."""
+    expires: bool = False
+    """Its image URLs expire at the first download (expire fault)."""
 
 
 @dataclass(frozen=True)
@@ -64,25 +75,46 @@ class Task:
             return self.sub_tasks[index].final_status, 1.0
         if elapsed < 0.1 * self.duration:
             return WAITING, 0.0
-        return PROCESSING, round(elapsed / self.duration, 2)
+        processing = UNDOCUMENTED if self.sub_tasks[index].unknown_status else PROCESSING
+        return processing, round(elapsed / self.duration, 2)
 
     def image_url(self, pose: int) -> str:
         return f"{self.base_url}/_sandbox/images/{self.task_id}/{pose}.jpg"
 
-    def sub_task_results(self, now: float) -> list[dict[str, Any]]:
+    def sub_task_results(
+        self, now: float, link: Callable[[Task, int], str] | None = None
+    ) -> list[dict[str, Any]]:
+        """The sub-tasks as the results endpoint shows them; ``link(task, pose)`` makes
+        the image URLs (default: :meth:`image_url`)."""
         results: list[dict[str, Any]] = []
         for index, sub_task in enumerate(self.sub_tasks):
             status, completion = self.status(index, now)
+            image = ""
+            if status == SUCCEEDED:
+                image = link(self, index + 1) if link is not None else self.image_url(index + 1)
             results.append(
                 {
                     "sub_task_id": sub_task.sub_task_id,
                     "task_status": status,
                     "task_completion": completion,
-                    "image": self.image_url(index + 1) if status == SUCCEEDED else "",
+                    "image": image,
                     "description": sub_task.description if status in FINAL else "",
                 }
             )
         return results
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready form; ``started`` is stored as wall-clock time (monotonic clocks
+        do not survive a restart)."""
+        data = asdict(self)
+        data["started"] = time.time() - (time.monotonic() - self.started)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Task:
+        started = time.monotonic() - (time.time() - float(data["started"]))
+        sub_tasks = tuple(SubTask(**sub) for sub in data["sub_tasks"])
+        return cls(**{**data, "started": started, "sub_tasks": sub_tasks})
 
 
 class TaskStore:
@@ -118,6 +150,68 @@ class TaskStore:
 
     def submissions(self) -> list[Submission]:
         return [Submission(**submission) for submission in self._submissions]
+
+    def tasks(self) -> list[Task]:
+        """Every task, oldest first."""
+        return list(self._tasks.values())
+
+    def restore(self, tasks: list[Task], submissions: list[Submission]) -> None:
+        """Put back tasks and the submissions log read from a state file."""
+        for task in tasks:
+            self._tasks[task.task_id] = task
+            self._by_request_id.setdefault(task.request_id, task)
+        self._submissions.extend(submissions)
+
+
+class StateFile:
+    """The ``--state`` file: tasks, submissions and callbacks as one JSON document.
+
+    Written whole and atomically (temporary file + rename) on every change, so a
+    sandbox killed at any moment leaves the previous or the new state, never half.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> dict[str, Any] | None:
+        """The saved document, or None when there is none yet."""
+        try:
+            data: dict[str, Any] = json.loads(self.path.read_bytes())
+        except FileNotFoundError:
+            return None
+        if data.get("version") != STATE_VERSION:
+            raise ValueError(
+                f"{self.path}: unsupported sandbox state version {data.get('version')}"
+            )
+        return data
+
+    def save(self, store: TaskStore, callbacks: list[dict[str, Any]]) -> None:
+        document = {
+            "version": STATE_VERSION,
+            "saved": datetime.now(UTC).isoformat(),
+            "tasks": [task.to_json() for task in store.tasks()],
+            "submissions": store.submissions(),
+            "callbacks": callbacks,
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomically(self.path, json.dumps(document).encode())
+
+    @staticmethod
+    def tasks(document: dict[str, Any]) -> list[Task]:
+        return [Task.from_json(task) for task in document.get("tasks", [])]
+
+    @staticmethod
+    def submissions(document: dict[str, Any]) -> list[Submission]:
+        return [
+            Submission(
+                request_id=entry["request_id"],
+                sha256=entry["sha256"],
+                template_id=entry["template_id"],
+                task_id=entry["task_id"],
+                time=entry["time"],
+            )
+            for entry in document.get("submissions", [])
+        ]
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
