@@ -150,10 +150,22 @@ def sandbox(
         str,
         typer.Option(
             help="Fault rates, e.g. "
-            '"throttle=0.1,server_error=0.05,no_credits=0,stall=0,fail=0,reject=0".'
+            '"throttle=0.1,server_error=0.05,no_credits=0,stall=0,fail=0,reject=0"; also '
+            "malformed, unknown_status, expire, callback_dup, callback_early "
+            "(docs/sandbox.md).",
         ),
     ] = "",
     seed: Annotated[int | None, typer.Option(help="Seed for reproducible faults.")] = None,
+    state: Annotated[
+        Path | None, typer.Option("--state", help="Keep tasks across restarts in this file.")
+    ] = None,
+    request_id_lookup: Annotated[
+        bool,
+        typer.Option(
+            "--request-id-lookup/--no-request-id-lookup",
+            help="Answer result queries by request_id (the real service may not).",
+        ),
+    ] = True,
 ) -> None:
     """Run the local HiDream sandbox (the upstream contract, with latency and faults)."""
     from modelset.sandbox import SandboxConfig, parse_faults, serve
@@ -172,6 +184,8 @@ def sandbox(
             images_per_set=images_per_set,
             faults=parsed,
             seed=seed,
+            state_file=state,
+            lookup_by_request_id=request_id_lookup,
         )
     )
 

@@ -36,6 +36,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, request_response
 from starlette.types import Receive, Scope, Send
 
+from modelset.asgi import QuietH11
 from modelset.credentials import client_from_settings
 from modelset.errors import UsageError
 from modelset.hidream import (
@@ -401,6 +402,7 @@ def serve_receiver(host: str, port: int, settings: Settings) -> None:
             host=host,
             port=port,
             access_log=False,
+            http=QuietH11,
             log_config=None,
             lifespan="on",
             ws="none",

@@ -262,17 +262,32 @@ class HiDreamClient:
         loop = asyncio.get_running_loop()
         ends_at = loop.time() + (self.poll_deadline if deadline is None else deadline)
         interval = self.poll_interval
+        result: TaskResult | None = None
+        outage: HiDreamError | None = None
         while True:
-            result = await self.get_result(task_id=task_id)
-            if on_progress is not None:
-                on_progress(result)
-            if result.finished:
-                return result
+            try:
+                result = await self.get_result(task_id=task_id)
+                outage = None
+            except (ConnectFailed, ServiceError, Throttled) as exc:
+                # The task runs on regardless of our reads: an outage shorter than the
+                # deadline must not cost the set.
+                outage = exc
+                log.info("result of %s unavailable (%s); still waiting", task_id, exc.message)
+            if result is not None and outage is None:
+                if on_progress is not None:
+                    on_progress(result)
+                if result.finished:
+                    return result
             remaining = ends_at - loop.time()
             if remaining <= 0:
+                if outage is not None:
+                    detail = f"the service did not answer: {outage.message}"
+                elif result is not None:
+                    detail = f"{result.completion:.0%} done{_unknown_statuses(result)}"
+                else:
+                    detail = "no answer"
                 raise DeadlineExceeded(
-                    f"task {task_id} not finished by the deadline "
-                    f"({result.completion:.0%} done{_unknown_statuses(result)})",
+                    f"task {task_id} not finished by the deadline ({detail})",
                     last_result=result,
                 )
             await _sleep_or_wake(min(interval, remaining), wake)
