@@ -70,7 +70,10 @@ async def scan_inbox(
     temporary = seen_path.with_suffix(".tmp")
     temporary.write_text(json.dumps(seen, indent=0), encoding="utf-8")
     os.replace(temporary, seen_path)
-    return state
+    # A new state, not the subflow's: returning that would become "1/1 states failed".
+    if state.is_completed():
+        return Completed(message=state.message)
+    return Failed(message=state.message)
 
 
 def _fingerprint(source: str) -> str:
