@@ -1,0 +1,259 @@
+"""``python -m bench [--quick] [--n N] [--concurrency C] [--only P1,P3] [--repeat K]``.
+
+Starts a Prefect server (own temporary PREFECT_HOME) and, per measured run, a fresh
+sandbox (latency 200 ms, generation 2 s, 4 images per set), each in its own process on
+127.0.0.1; generates the input photos once into ``bench/.cache/``; measures P1-P5 and prints
+them with their goals. Raw numbers go to ``bench/.cache/results/``. Method and history:
+docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from bench.figures import (
+    Bench,
+    Config,
+    Figure,
+    PipelineRun,
+    p1_throughput,
+    p2_preparation,
+    p3_memory,
+    p3_small_run,
+    p4_rerun,
+    p5_fixed_cost,
+)
+from bench.measure import machine
+from bench.photos import CACHE, ensure_photos
+from bench.servers import PrefectServer, migrate_home
+
+FIGURES = ("P1", "P2", "P3", "P4", "P5")
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
+errors = Console(stderr=True, highlight=False)
+
+
+def parse(argv: list[str] | None) -> Config:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="N=200 and fewer repeats (<3 min)")
+    parser.add_argument("--n", type=int, help="photos in P1's batch (default 1000; quick 200)")
+    parser.add_argument(
+        "--n-small",
+        type=int,
+        help="P3's small batch (default N/10, at least 1.25x the concurrency: 100; quick 40)",
+    )
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--repeat", type=int, default=1, help="P1 pairs, alternating order")
+    parser.add_argument("--only", default=",".join(FIGURES), help="figures to measure, e.g. P1,P3")
+    parser.add_argument(
+        "--pipeline-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for every `modelset run` (to try a setting); repeatable",
+    )
+    parser.add_argument(
+        "--wrap",
+        default="",
+        metavar="CMD",
+        help="run every `modelset run` under CMD, e.g. a profiler: "
+        '"py-spy record -o /tmp/run.svg --"',
+    )
+    args = parser.parse_args(argv)
+    only = {part.strip().upper() for part in args.only.split(",") if part.strip()}
+    if unknown := only - set(FIGURES):
+        parser.error(f"--only: unknown figure(s) {', '.join(sorted(unknown))}")
+    n = args.n or (200 if args.quick else 1000)
+    extra_env = {}
+    for pair in args.pipeline_env:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            parser.error(f"--pipeline-env {pair!r}: expected KEY=VALUE")
+        extra_env[key] = value
+    # The small batch must not be below the concurrency: memory bound by the sets in
+    # flight would then differ between the two sizes, and P3 is about growth with N.
+    floor = args.concurrency + args.concurrency // 4
+    return Config(
+        quick=args.quick,
+        n=n,
+        n_small=args.n_small or min(n, max(n // 10, floor)),
+        n_prep=20 if args.quick else 100,
+        concurrency=args.concurrency,
+        repeat=max(1, args.repeat),
+        p5_repeat=1 if args.quick else 3,
+        settle_max_s=20.0 if args.quick else 120.0,
+        only=only,
+        pipeline_env=extra_env,
+        wrap=shlex.split(args.wrap),
+    )
+
+
+def note(message: str) -> None:
+    errors.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {message}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse(argv)
+    started = time.perf_counter()
+    host = machine()
+    console.print(f"[bold]modelset benchmark[/] ({'quick' if config.quick else 'full'})")
+    console.print(f"machine: {host.describe()}")
+    if config.pipeline_env:
+        console.print(f"pipeline environment: {config.pipeline_env}")
+    if config.wrap:
+        console.print(f"pipeline runs under: {shlex.join(config.wrap)}")
+    work = Path(tempfile.mkdtemp(prefix="modelset-bench-"))
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    logs = CACHE / "logs" / stamp
+    logs.mkdir(parents=True)
+    server = PrefectServer(logs)
+    bench = Bench(
+        config=config,
+        work=work,
+        logs=logs,
+        server=server,
+        client_home=work / "client-prefect-home",
+        ephemeral_home=CACHE / "prefect-ephemeral-home",
+    )
+    needs_server = config.wants("P1", "P3", "P4", "P5")
+    figures: dict[str, Figure] = {}
+    try:
+        # Start what takes a while side by side: the server, the ephemeral home's one-time
+        # migration, the photos.
+        server_error: list[BaseException] = []
+
+        def start_server() -> None:
+            try:
+                server.start()
+            except BaseException as exc:
+                server_error.append(exc)
+
+        starter = threading.Thread(target=start_server, daemon=True)
+        if needs_server:
+            note(f"starting a Prefect server on {server.api_url}")
+            starter.start()
+        migration = (
+            migrate_home(bench.ephemeral_home, logs / "migrate-ephemeral-home.log")
+            if config.wants("P5")
+            else None
+        )
+        note(f"photos: {config.n} in {CACHE}")
+        made = time.perf_counter()
+        ensure_photos(config.n)
+        if config.wants("P3"):
+            ensure_photos(config.n_small)
+        note(f"photos ready in {time.perf_counter() - made:.1f} s")
+        if needs_server:
+            starter.join()
+            if server_error:
+                raise server_error[0]
+            note(f"Prefect server ready in {server.started_in_s:.1f} s")
+        if migration is not None:
+            migration.wait()
+
+        small: PipelineRun | None = None
+        large: PipelineRun | None = None
+        prefect_cpu: tuple[float, float] | None = None
+        if config.wants("P3"):
+            note(f"P3: pipeline on N={config.n_small}")
+            small = p3_small_run(bench)
+        if config.wants("P1", "P3", "P4"):
+            note(
+                f"P1: baseline and pipeline on N={config.n}"
+                if config.wants("P1")
+                else f"pipeline on N={config.n}"
+            )
+            figure, large, prefect_cpu = p1_throughput(bench, with_baseline=config.wants("P1"))
+            if config.wants("P1"):
+                figures["P1"] = figure
+        if config.wants("P2"):
+            note("P2: preparation CPU, in process")
+            figures["P2"] = p2_preparation(
+                bench,
+                prefect_cpu[0] if prefect_cpu else None,
+                prefect_cpu[1] if prefect_cpu else None,
+            )
+        if config.wants("P3") and small is not None and large is not None:
+            figures["P3"] = p3_memory(bench, small, large)
+        if config.wants("P4") and large is not None:
+            note("P4: rerun of the same batch")
+            figures["P4"] = p4_rerun(bench, large)
+        if large is not None:
+            large.sandbox.stop()
+        if config.wants("P5"):
+            note("P5: one photo in a fresh process")
+            figures["P5"] = p5_fixed_cost(bench)
+    finally:
+        bench.stop_all()
+        server.stop()
+    elapsed = time.perf_counter() - started
+    report(figures, config, elapsed)
+    save(bench, figures, host.describe(), elapsed, stamp)
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def report(figures: dict[str, Figure], config: Config, elapsed: float) -> None:
+    table = Table(title="modelset vs a hand-written script", show_lines=True)
+    table.add_column("figure")
+    table.add_column("measured")
+    table.add_column("goal")
+    table.add_column("result")
+    colours = {
+        "pass": "green",
+        "falls short": "red",
+        "invalid": "bold red",
+        "reported": "cyan",
+        "not run": "dim",
+    }
+    for key in FIGURES:
+        if key not in figures:
+            continue
+        figure = figures[key]
+        table.add_row(
+            f"{key} {figure.title}",
+            figure.measured,
+            figure.goal,
+            f"[{colours.get(figure.verdict, 'white')}]{figure.verdict}[/]",
+        )
+    console.print(table)
+    for key in FIGURES:
+        if key in figures and figures[key].details:
+            console.print(f"[bold]{key}[/]")
+            for line in figures[key].details:
+                console.print(f"  - {line}")
+    console.print(
+        f"bench {'--quick ' if config.quick else ''}took {elapsed:.0f} s "
+        "(timings are noisy on a shared 2-core machine: see 'other processes' CPU above)"
+    )
+
+
+def save(bench: Bench, figures: dict[str, Figure], host: str, elapsed: float, stamp: str) -> None:
+    folder = CACHE / "results"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{stamp}-{'quick' if bench.config.quick else 'full'}.json"
+    record: dict[str, Any] = {
+        "machine": host,
+        "config": {**bench.config.__dict__, "only": sorted(bench.config.only)},
+        "elapsed_s": elapsed,
+        "figures": {key: figure.__dict__ for key, figure in figures.items()},
+        "raw": bench.raw,
+    }
+    path.write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
+    console.print(f"raw numbers: {path}; logs: {bench.logs}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,596 @@
+"""The five figures of issue 5, each measured with its goal.
+
+P1 throughput, P2 preparation CPU, P3 memory, P4 rerun, P5 fixed cost. ``bench.__main__``
+runs them in an order that lets one pipeline run serve P1, P3 and P4 (see
+docs/performance.md for the method).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from PIL import Image
+
+from bench.measure import (
+    Run,
+    peak_rss_mib,
+    reset_peak_rss,
+    run_measured,
+    time_import,
+    tree,
+    wait_until_idle,
+)
+from bench.photos import ensure_photos, photo_paths
+from bench.servers import BIN, PrefectServer, Sandbox, clean_environment
+
+TEMPLATE = 20
+OTHER_TEMPLATE = 21  # for in-process reference runs: no render cache shared with a measured run
+
+
+@dataclass
+class Config:
+    quick: bool
+    n: int  # P1 batch (and P3's large N, and P4's batch)
+    n_small: int  # P3's small N
+    n_prep: int  # P2 photos
+    concurrency: int
+    repeat: int  # P1 pairs (baseline + pipeline), alternating order
+    p5_repeat: int
+    settle_max_s: float  # how long to let the Prefect server finish writing after a run
+    only: set[str]
+    pipeline_env: dict[str, str] = field(default_factory=dict)
+    wrap: list[str] = field(default_factory=list)  # e.g. a profiler's command line
+
+    def wants(self, *keys: str) -> bool:
+        return any(key in self.only for key in keys)
+
+
+@dataclass
+class Figure:
+    key: str
+    title: str
+    measured: str
+    goal: str
+    verdict: str  # "pass", "falls short", "reported", "not run"
+    details: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PipelineRun:
+    run: Run
+    out: Path
+    sandbox: Sandbox
+    submissions: int
+    server_cpu_s: float  # during the run
+    server_tail_s: float  # settle time after it returned
+    server_tail_cpu_s: float
+    server_peak_rss_mib: float
+    sandbox_cpu_s: float
+    images: int
+    statuses: dict[str, int]
+
+
+@dataclass
+class Bench:
+    config: Config
+    work: Path
+    logs: Path
+    server: PrefectServer
+    client_home: Path
+    ephemeral_home: Path
+    raw: dict[str, Any] = field(default_factory=dict)
+    figures: dict[str, Figure] = field(default_factory=dict)
+    started: list[Sandbox] = field(default_factory=list)
+    _counter: int = 0
+
+    def _name(self, what: str) -> str:
+        self._counter += 1
+        return f"{self._counter:02d}-{what}"
+
+    # -- running things ----------------------------------------------------------------
+
+    def sandbox(self, what: str) -> Sandbox:
+        sandbox = Sandbox(self.logs, name=self._name(f"sandbox-{what}"))
+        self.started.append(sandbox)
+        return sandbox.start()
+
+    def stop_all(self) -> None:
+        for sandbox in self.started:
+            sandbox.stop()
+
+    def pipeline_env(self, sandbox: Sandbox, *, ephemeral: bool = False) -> dict[str, str]:
+        env = clean_environment()
+        env.update(sandbox.client_env())
+        if ephemeral:
+            env["PREFECT_HOME"] = str(self.ephemeral_home)
+            env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "90"
+        else:
+            env["PREFECT_HOME"] = str(self.client_home)
+            env["PREFECT_API_URL"] = self.server.api_url
+        return env
+
+    def settle(self) -> tuple[float, float]:
+        return wait_until_idle(self.server.pid, max_s=self.config.settle_max_s)
+
+    def run_pipeline(
+        self,
+        sources: list[str],
+        what: str,
+        *,
+        sandbox: Sandbox | None = None,
+        out: Path | None = None,
+        concurrency: int | None = None,
+        extra_env: dict[str, str] | None = None,
+        ephemeral: bool = False,
+    ) -> PipelineRun:
+        sandbox = sandbox or self.sandbox(what)
+        out = out or self.work / self._name(f"out-{what}")
+        self.settle()
+        before = len(sandbox.submissions())
+        server_pids = tree(self.server.pid)
+        reset_peak_rss(server_pids)
+        env = self.pipeline_env(sandbox, ephemeral=ephemeral)
+        env.update(self.config.pipeline_env)
+        env.update(extra_env or {})
+        if self.config.wrap:  # so that `--wrap "python -m bench.stagetimer"` finds bench/
+            env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+        command = [
+            *self.config.wrap,
+            str(BIN / "modelset"),
+            "run",
+            *sources,
+            "-t",
+            str(TEMPLATE),
+            "--out",
+            str(out),
+            "--concurrency",
+            str(concurrency or self.config.concurrency),
+            "--yes",
+        ]
+        run = run_measured(
+            command,
+            env=env,
+            cwd=self.work,
+            log=self.logs / f"{self._name(what)}.log",
+            watch={"server": self.server.pid, "sandbox": sandbox.pid},
+        )
+        tail_s, tail_cpu = (0.0, 0.0) if ephemeral else self.settle()
+        statuses, images = manifest_counts(out)
+        return PipelineRun(
+            run=run,
+            out=out,
+            sandbox=sandbox,
+            submissions=len(sandbox.submissions()) - before,
+            server_cpu_s=run.watched_cpu_s.get("server", 0.0),
+            server_tail_s=tail_s,
+            server_tail_cpu_s=tail_cpu,
+            server_peak_rss_mib=peak_rss_mib(server_pids),
+            sandbox_cpu_s=run.watched_cpu_s.get("sandbox", 0.0),
+            images=images,
+            statuses=statuses,
+        )
+
+    def run_baseline(self, photos: Path, what: str) -> tuple[Run, dict[str, Any], float]:
+        sandbox = self.sandbox(what)
+        try:
+            self.settle()
+            out = self.work / self._name(f"out-{what}")
+            env = clean_environment()
+            command = [
+                str(BIN / "python"),
+                "-m",
+                "bench.baseline",
+                "--base-url",
+                sandbox.base_url,
+                "--token",
+                sandbox.token,
+                "--concurrency",
+                str(self.config.concurrency),
+                "-t",
+                str(TEMPLATE),
+                "--out",
+                str(out),
+                str(photos),
+            ]
+            env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+            run = run_measured(
+                command,
+                env=env,
+                cwd=self.work,
+                log=self.logs / f"{self._name(what)}.log",
+                watch={"sandbox": sandbox.pid},
+            )
+            summary: dict[str, Any] = {}
+            for line in run.log.read_text(errors="replace").splitlines():
+                if line.startswith("{"):
+                    summary = json.loads(line)
+            return run, summary, run.watched_cpu_s.get("sandbox", 0.0)
+        finally:
+            sandbox.stop()
+
+
+def manifest_counts(out: Path) -> tuple[dict[str, int], int]:
+    statuses: dict[str, int] = {}
+    images = 0
+    path = out / "manifest.jsonl"
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                row = json.loads(line)
+                statuses[row["status"]] = statuses.get(row["status"], 0) + 1
+                images += len(row.get("outputs") or [])
+    return statuses, images
+
+
+def _verdict(ok: bool) -> str:
+    return "pass" if ok else "falls short"
+
+
+def invalid(result: PipelineRun, photos: int, images_per_set: int = 4) -> str | None:
+    """Why a pipeline run cannot count (it failed, or made fewer images), or None."""
+    expected = photos * images_per_set
+    if result.run.returncode != 0 or result.images < expected:
+        return (
+            f"INVALID RUN: exit {result.run.returncode}, {result.images} of {expected} images "
+            f"{result.statuses}; log {result.run.log}: ...{result.run.tail(3)[-300:]}"
+        )
+    return None
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+# -- P2: preparation CPU ---------------------------------------------------------------------
+
+
+def bare_pillow(path: Path) -> bytes:
+    """The reference: one decode, the same crop to 3:4 (and resize past 2048), JPEG q92."""
+    with Image.open(path) as opened:
+        image = opened.convert("RGB")
+    width, height = image.size
+    if abs(width / height - 0.75) > 0.01:
+        if width / height > 0.75:
+            new_width = round(height * 3 / 4)
+            left = (width - new_width) // 2
+            image = image.crop((left, 0, left + new_width, height))
+        else:
+            image = image.crop((0, 0, width, round(width * 4 / 3)))
+    if max(image.size) > 2048:
+        scale = 2048 / max(image.size)
+        size = (round(image.width * scale), round(image.height * scale))
+        image = image.resize(size, Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=92)
+    return buffer.getvalue()
+
+
+def p2_preparation(
+    bench: Bench, prefect_cpu_per_photo: float | None, server_cpu_per_photo: float | None
+) -> Figure:
+    from modelset.images import Fit, Policy, prepare_image
+    from modelset.sources import fetch
+    from modelset.stages import PrepareOptions, Workspace, prepare_photo
+
+    config = bench.config
+    photos = photo_paths(ensure_photos(config.n_prep))
+    options = PrepareOptions(policy=Policy.FIX, fit=Fit.CROP)
+    warm = photos[:3]
+    for path in warm:
+        bare_pillow(path)
+    rounds: dict[str, list[float]] = {"bare": [], "core": [], "prepare_image": [], "fetch": []}
+    for round_index in range(2):
+        workspace = Workspace(out=Path(tempfile.mkdtemp(dir=bench.work))).create()
+        if round_index == 0:
+            for path in warm:
+                prepare_photo(str(path), workspace, options)
+            workspace = Workspace(out=Path(tempfile.mkdtemp(dir=bench.work))).create()
+        order = ["bare", "core"] if round_index == 0 else ["core", "bare"]
+        for what in order:
+            started = time.process_time()
+            for path in photos:
+                if what == "bare":
+                    bare_pillow(path)
+                else:
+                    prepared = prepare_photo(str(path), workspace, options)
+                    assert prepared.ready, prepared.reason
+            rounds[what].append((time.process_time() - started) / len(photos))
+        scratch = Path(tempfile.mkdtemp(dir=bench.work))
+        started = time.process_time()
+        for path in photos:
+            fetch(str(path), scratch)
+        rounds["fetch"].append((time.process_time() - started) / len(photos))
+        started = time.process_time()
+        for index, path in enumerate(photos):
+            prepare_image(path, scratch / f"{index}.jpg", policy=Policy.FIX, fit=Fit.CROP)
+        rounds["prepare_image"].append((time.process_time() - started) / len(photos))
+        shutil.rmtree(workspace.out, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
+    best = {what: min(values) for what, values in rounds.items()}
+    ratio = best["core"] / best["bare"]
+    bench.raw["P2"] = {"per_photo_cpu_s": rounds, "best": best, "photos": len(photos)}
+    prefect = (
+        f"+{prefect_cpu_per_photo * 1000:.0f} ms in the flow process and "
+        f"{(server_cpu_per_photo or 0.0) * 1000:.0f} ms in the server"
+        if prefect_cpu_per_photo is not None
+        else "n/a (needs P1)"
+    )
+    return Figure(
+        "P2",
+        "preparation CPU per photo",
+        f"{best['core'] * 1000:.0f} ms vs bare Pillow {best['bare'] * 1000:.0f} ms "
+        f"= {ratio:.2f}x; Prefect per photo: {prefect}",
+        "core <= 1.3x bare",
+        _verdict(ratio <= 1.3),
+        [
+            f"{len(photos)} photos (a third not 3:4), best of 2 rounds, time.process_time",
+            f"core = modelset.stages.prepare_photo: fetch+hash {best['fetch'] * 1000:.0f} ms, "
+            f"prepare_image {best['prepare_image'] * 1000:.0f} ms, thumbnail+records "
+            f"{(best['core'] - best['fetch'] - best['prepare_image']) * 1000:.0f} ms",
+            "Prefect per photo, from P1: (pipeline process CPU - baseline process CPU) / N, "
+            "and the Prefect server's CPU during and right after the run / N",
+        ],
+    )
+
+
+# -- P1, P3, P4 ------------------------------------------------------------------------------
+
+
+def p1_throughput(
+    bench: Bench, *, with_baseline: bool
+) -> tuple[Figure, PipelineRun, tuple[float, float] | None]:
+    config = bench.config
+    photos = ensure_photos(config.n)
+    baseline_walls: list[float] = []
+    pipeline_walls: list[float] = []
+    baseline_cpus: list[float] = []
+    pipeline_runs: list[PipelineRun] = []
+    details: list[str] = []
+    for index in range(config.repeat):
+        order = ["baseline", "pipeline"] if index % 2 == 0 else ["pipeline", "baseline"]
+        if not with_baseline:
+            order = ["pipeline"]
+        for what in order:
+            if what == "baseline":
+                run, summary, sandbox_cpu = bench.run_baseline(photos, f"p1-baseline-{index}")
+                baseline_walls.append(run.wall_s)
+                baseline_cpus.append(run.cpu_s)
+                details.append(
+                    f"baseline #{index + 1}: {run.wall_s:.1f} s wall, {run.cpu_s:.1f} s CPU, "
+                    f"{run.peak_rss_mib:.0f} MiB peak, {summary.get('images', '?')} images, "
+                    f"sandbox CPU {sandbox_cpu:.1f} s, other processes {run.other_cpu_s:.1f} s "
+                    f"CPU, exit {run.returncode}"
+                )
+                bench.raw.setdefault("P1", {}).setdefault("baseline", []).append(
+                    {**run.__dict__, "log": str(run.log), "summary": summary}
+                )
+            else:
+                if pipeline_runs:
+                    pipeline_runs[-1].sandbox.stop()
+                result = bench.run_pipeline([str(photos)], f"p1-pipeline-{index}")
+                pipeline_runs.append(result)
+                run = result.run
+                pipeline_walls.append(run.wall_s)
+                details.append(
+                    f"pipeline #{index + 1}: {run.wall_s:.1f} s wall, {run.cpu_s:.1f} s CPU, "
+                    f"{run.peak_rss_mib:.0f} MiB peak, {result.images} images "
+                    f"{result.statuses}, Prefect server CPU {result.server_cpu_s:.1f} s "
+                    f"+ {result.server_tail_cpu_s:.1f} s in the {result.server_tail_s:.0f} s "
+                    f"after, sandbox CPU {result.sandbox_cpu_s:.1f} s, other processes "
+                    f"{run.other_cpu_s:.1f} s CPU, exit {run.returncode}"
+                )
+                bench.raw.setdefault("P1", {}).setdefault("pipeline", []).append(
+                    _pipeline_raw(result)
+                )
+    last = pipeline_runs[-1]
+    broken = [reason for r in pipeline_runs if (reason := invalid(r, config.n))]
+    broken += [
+        f"INVALID BASELINE RUN: exit {b['returncode']}, log {b['log']}"
+        for b in bench.raw.get("P1", {}).get("baseline", [])
+        if b["returncode"] != 0
+    ]
+    details.extend(broken)
+    if not baseline_walls:
+        figure = Figure(
+            "P1",
+            f"throughput, N={config.n}, concurrency {config.concurrency}",
+            f"pipeline {_median(pipeline_walls):.1f} s (baseline not run)",
+            "pipeline <= 1.25x baseline",
+            "not run",
+            details,
+        )
+        return figure, last, None
+    ratio = _median(pipeline_walls) / _median(baseline_walls)
+    pipeline_cpu = _median([r.run.cpu_s for r in pipeline_runs])
+    prefect_cpu = (pipeline_cpu - _median(baseline_cpus)) / config.n
+    server_cpu = _median([r.server_cpu_s + r.server_tail_cpu_s for r in pipeline_runs]) / config.n
+    details.append(
+        f"per photo: pipeline process {pipeline_cpu / config.n * 1000:.0f} ms CPU, baseline "
+        f"{_median(baseline_cpus) / config.n * 1000:.0f} ms, Prefect server "
+        f"{server_cpu * 1000:.0f} ms"
+    )
+    figure = Figure(
+        "P1",
+        f"throughput, N={config.n}, concurrency {config.concurrency}",
+        f"pipeline {_median(pipeline_walls):.1f} s vs baseline {_median(baseline_walls):.1f} s "
+        f"= {ratio:.2f}x",
+        "pipeline <= 1.25x baseline",
+        "invalid" if broken else _verdict(ratio <= 1.25),
+        details,
+    )
+    bench.raw["P1"]["ratio"] = ratio
+    return figure, last, (prefect_cpu, server_cpu)
+
+
+def _pipeline_raw(result: PipelineRun) -> dict[str, Any]:
+    return {
+        **{k: v for k, v in result.run.__dict__.items() if k != "log"},
+        "log": str(result.run.log),
+        "out": str(result.out),
+        "submissions": result.submissions,
+        "server_cpu_s": result.server_cpu_s,
+        "server_tail_s": result.server_tail_s,
+        "server_tail_cpu_s": result.server_tail_cpu_s,
+        "server_peak_rss_mib": result.server_peak_rss_mib,
+        "sandbox_cpu_s": result.sandbox_cpu_s,
+        "images": result.images,
+        "statuses": result.statuses,
+    }
+
+
+def p3_small_run(bench: Bench) -> PipelineRun:
+    photos = ensure_photos(bench.config.n_small)
+    result = bench.run_pipeline([str(photos)], "p3-small")
+    result.sandbox.stop()
+    bench.raw["P3_small"] = _pipeline_raw(result)
+    return result
+
+
+def p3_memory(bench: Bench, small: PipelineRun, large: PipelineRun) -> Figure:
+    config = bench.config
+    ratio = large.run.peak_rss_mib / small.run.peak_rss_mib
+    server_ratio = large.server_peak_rss_mib / max(1.0, small.server_peak_rss_mib)
+    broken = [
+        reason
+        for reason in (invalid(small, config.n_small), invalid(large, config.n))
+        if reason is not None
+    ]
+    return Figure(
+        "P3",
+        f"peak RSS, N={config.n} vs N={config.n_small}",
+        f"flow process {large.run.peak_rss_mib:.0f} MiB vs {small.run.peak_rss_mib:.0f} MiB "
+        f"= {ratio:.2f}x; Prefect server {large.server_peak_rss_mib:.0f} vs "
+        f"{small.server_peak_rss_mib:.0f} MiB = {server_ratio:.2f}x",
+        "flow process <= 1.2x",
+        "invalid" if broken else _verdict(ratio <= 1.2),
+        [
+            "flow process: ru_maxrss from wait4; server: VmHWM, reset before each run",
+            f"the N={config.n} run is P1's pipeline run",
+            *broken,
+        ],
+    )
+
+
+def p4_rerun(bench: Bench, first: PipelineRun) -> Figure:
+    photos = ensure_photos(bench.config.n)
+    task_runs_before = count_task_runs(bench.server.api_url)
+    again = bench.run_pipeline([str(photos)], "p4-rerun", sandbox=first.sandbox, out=first.out)
+    task_runs = count_task_runs(bench.server.api_url) - task_runs_before
+    share = again.run.wall_s / first.run.wall_s
+    bench.raw["P4"] = {**_pipeline_raw(again), "task_runs": task_runs, "share": share}
+    ok = again.submissions == 0 and share <= 0.10
+    broken = invalid(again, bench.config.n)
+    return Figure(
+        "P4",
+        f"rerun of the same N={bench.config.n} batch",
+        f"{again.submissions} submissions, {again.run.wall_s:.1f} s = {share:.1%} of the "
+        f"first run's {first.run.wall_s:.1f} s",
+        "0 submissions, <= 10%",
+        "invalid" if broken else _verdict(ok),
+        [
+            f"task runs the rerun created: {task_runs}; exit {again.run.returncode}; "
+            f"{again.run.cpu_s:.1f} s CPU; {again.run.peak_rss_mib:.0f} MiB peak; "
+            f"statuses {again.statuses}",
+            *([broken] if broken else []),
+        ],
+    )
+
+
+def count_task_runs(api_url: str) -> int:
+    try:
+        with httpx.Client(trust_env=False, timeout=30) as client:
+            answer = client.post(f"{api_url}/task_runs/count", json={})
+            answer.raise_for_status()
+            return int(answer.json())
+    except (httpx.HTTPError, ValueError):
+        return -1
+
+
+# -- P5: fixed cost --------------------------------------------------------------------------
+
+
+async def _one_round_trip(sandbox: Sandbox, photo: Path, out: Path) -> float:
+    """Seconds the sandbox alone makes one photo take: catalogue, submit, polls, downloads."""
+    from bench.baseline import download
+    from modelset.hidream import HiDreamClient
+    from modelset.images import prepare_image
+
+    upload = prepare_image(photo, out / "upload.jpg")
+    async with (
+        HiDreamClient(sandbox.token, base_url=sandbox.base_url) as client,
+        httpx.AsyncClient(timeout=60) as http,
+    ):
+        started = time.perf_counter()
+        await client.list_templates()
+        receipt = await client.submit_variation(upload.path, OTHER_TEMPLATE)
+        result = await client.wait_for_result(receipt.task_id)
+        for index, url in enumerate(result.image_urls, start=1):
+            await download(http, url, out / f"{index}.jpg")
+        return time.perf_counter() - started
+
+
+def p5_fixed_cost(bench: Bench) -> Figure:
+    config = bench.config
+    photos = photo_paths(ensure_photos(config.n))
+    sandbox = bench.sandbox("p5")
+    try:
+        scratch = Path(tempfile.mkdtemp(dir=bench.work))
+        references = [
+            asyncio.run(_one_round_trip(sandbox, photos[-1 - i], scratch))
+            for i in range(config.p5_repeat)
+        ]
+        reference = min(references)
+        server_runs = [
+            bench.run_pipeline([str(photos[i])], f"p5-server-{i}", sandbox=sandbox)
+            for i in range(config.p5_repeat)
+        ]
+        ephemeral = bench.run_pipeline(
+            [str(photos[config.p5_repeat])], "p5-ephemeral", sandbox=sandbox, ephemeral=True
+        )
+    finally:
+        sandbox.stop()
+    walls = [r.run.wall_s for r in server_runs]
+    broken = [reason for r in [*server_runs, ephemeral] if (reason := invalid(r, 1)) is not None]
+    fixed = _median(walls) - reference
+    ephemeral_fixed = ephemeral.run.wall_s - reference
+    env = clean_environment()
+    imports = time_import("modelset.flows.generate", env, bench.work) if not config.quick else None
+    details = [
+        f"sandbox-bound time of one photo (catalogue + submit + polls + 4 downloads, "
+        f"in-process, same client): {reference:.2f} s (latency 200 ms, generation 2 s)",
+        "fresh `modelset run` against the server: "
+        + ", ".join(f"{w:.2f} s" for w in walls)
+        + f" (median {_median(walls):.2f} s), exit "
+        + ",".join(str(r.run.returncode) for r in server_runs),
+        f"ephemeral: {ephemeral.run.wall_s:.2f} s wall, exit {ephemeral.run.returncode}, "
+        f"PREFECT_HOME migrated beforehand (as make setup does)",
+    ]
+    details.extend(broken)
+    if imports is not None:
+        details.append(f"`import modelset.flows.generate` in a fresh interpreter: {imports:.2f} s")
+    bench.raw["P5"] = {
+        "reference_s": references,
+        "server_walls_s": walls,
+        "ephemeral_wall_s": ephemeral.run.wall_s,
+        "import_s": imports,
+        "server_runs": [_pipeline_raw(r) for r in server_runs],
+        "ephemeral": _pipeline_raw(ephemeral),
+    }
+    return Figure(
+        "P5",
+        "fixed cost of one photo in a fresh process",
+        f"{fixed:.2f} s on a running server (ephemeral mode {ephemeral_fixed:.2f} s, reported)",
+        "<= 4.5 s",
+        "invalid" if broken else _verdict(fixed <= 4.5),
+        details,
+    )
