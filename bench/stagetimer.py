@@ -10,11 +10,8 @@ Prefect's per-task-run cost) and measures the event loop's lag. At exit it print
 ``STAGES {json}`` line and one ``LAG`` line (p50/max per 5 s) to stderr, which the bench
 keeps in the run's log.
 
-To try two proposed changes without editing ``modelset/`` (docs/performance.md):
-
-- ``BENCH_NO_TAGS=1``: the tasks carry no tags (no tag-concurrency lease round trips);
-- ``BENCH_COLLECT_PLAIN=1``: collecting a set is plain code, not a task run;
-- ``BENCH_NO_TASKS=1``: no task run per set at all (submit and collect as plain code).
+``BENCH_NO_TASKS=1`` tries one more step without editing ``modelset/``: no task run per
+set at all (the submit as plain code; docs/performance.md).
 
 A profiling aid: it patches module attributes and breaks if their names change.
 """
@@ -105,12 +102,11 @@ def install() -> None:
     flow: Any = importlib.import_module("modelset.flows.generate")
     client: Any = importlib.import_module("modelset.hidream.client")
     stages: Any = importlib.import_module("modelset.stages")
-    catalogue: Any = importlib.import_module("modelset.tasks.catalogue")
     photos: Any = importlib.import_module("modelset.tasks.photos")
-    results: Any = importlib.import_module("modelset.tasks.results")
+    runtime: Any = importlib.import_module("modelset.tasks.runtime")
     submission: Any = importlib.import_module("modelset.tasks.submission")
 
-    for name in ("submit_once", "collect_set", "_download_image"):
+    for name in ("submit_once", "collect_once", "collect_set", "_download_image"):
         _timed_async(stages, name)
     _timed_sync(stages, "prepare_photo")
     for name in ("submit_variation", "wait_for_result", "get_result"):
@@ -118,27 +114,15 @@ def install() -> None:
     # The task modules imported the stages by name: point them at the timed ones.
     photos.prepare_photo = stages.prepare_photo
     submission.submit_once = stages.submit_once
-    results.collect_set = stages.collect_set
+    runtime.collect_once = stages.collect_once
 
     if os.environ.get("BENCH_NO_TASKS"):
         flow.submit_photo = submission.submit_photo.fn
-        flow.collect_model_set_images = results.collect_model_set_images.fn
-    if os.environ.get("BENCH_COLLECT_PLAIN"):
-        flow.collect_model_set_images = results.collect_model_set_images.fn
-    if os.environ.get("BENCH_NO_TAGS"):
-        for task in (
-            flow.submit_photo,
-            flow.collect_model_set_images,
-            flow.prepare_photos,
-            catalogue.template_catalogue,
-        ):
-            if hasattr(task, "tags"):
-                task.tags = set()
 
     for name in ("run_batch", "_prepare_all", "_generate", "check_templates", "publish_results"):
         _timed_async(flow, name)
     _timed_async(flow, "submit_photo", "TASK submit-photo")
-    _timed_async(flow, "collect_model_set_images", "TASK collect-set")
+    _timed_async(flow, "collect", "collect (plain code)")
     _timed_async(flow, "prepare_photos", "TASK prepare-photos")
 
     generate: Callable[..., Any] = flow._generate

@@ -33,14 +33,20 @@ from modelset.hidream import (
     TaskStatus,
     Throttled,
 )
-from modelset.images import PREPARATION_VERSION, Fit, ImageRejected, Policy, prepare_image
+from modelset.images import (
+    PREPARATION_VERSION,
+    THUMBNAIL_SIZE,
+    Fit,
+    ImageRejected,
+    Policy,
+    prepare_image,
+)
 from modelset.ledger import Ledger, LedgerRecord, SubmissionState, request_id_for, submission_key
 from modelset.report import STATE_DIR, ManifestRow, Status
 from modelset.sources import FetchError, fetch
 
 log = logging.getLogger("modelset.stages")
 
-THUMBNAIL_SIZE = (240, 320)
 TASK_MARKER = ".task_id"
 _HASH_CHUNK = 1024 * 1024
 
@@ -164,9 +170,16 @@ def prepare_photo(source: str, workspace: Workspace, options: PrepareOptions) ->
     if cached is not None:
         return cached
     upload_path = workspace.uploads / f"{fetched.sha256}-{options.name}.upload"
+    preview = workspace.thumbnails / f"{fetched.sha256}.jpg"
     try:
-        prepared = prepare_image(fetched.path, upload_path, policy=options.policy, fit=options.fit)
-        thumbnail = _write_thumbnail(prepared.path, workspace, fetched.sha256)
+        prepared = prepare_image(
+            fetched.path,
+            upload_path,
+            policy=options.policy,
+            fit=options.fit,
+            thumbnail=None if preview.exists() else preview,
+        )
+        thumbnail = _write_thumbnail(prepared.path, preview, workspace)
         result = PreparedPhoto(
             source=source,
             source_sha256=fetched.sha256,
@@ -186,8 +199,8 @@ def prepare_photo(source: str, workspace: Workspace, options: PrepareOptions) ->
     return result
 
 
-def _write_thumbnail(upload: Path, workspace: Workspace, source_sha256: str) -> str:
-    target = workspace.thumbnails / f"{source_sha256}.jpg"
+def _write_thumbnail(upload: Path, target: Path, workspace: Workspace) -> str:
+    """The preview's path in the report; made from the upload if preparing did not."""
     if not target.exists():
         with Image.open(upload) as image:
             image.draft("RGB", THUMBNAIL_SIZE)
@@ -377,6 +390,48 @@ async def _resolve_unknown(
 
 
 # -- collect ---------------------------------------------------------------------------
+
+
+async def collect_once(
+    client: HiDreamClient,
+    downloads: httpx.AsyncClient,
+    ledger: Ledger,
+    record: LedgerRecord,
+    *,
+    workspace: Workspace,
+    item: str,
+    deadline_s: float | None = None,
+    wakeups: dict[str, asyncio.Event] | None = None,
+    wait_for_others: bool = True,
+) -> LedgerRecord | None:
+    """Collect a submitted set, one collector per set.
+
+    A batch holds the set's collection lock while it waits; with ``wait_for_others``
+    False (the callback collector), a set someone is already collecting is left to them
+    and None is returned. ``wakeups`` gets an event per waited task, for callbacks to set.
+    """
+    assert record.task_id is not None
+    async with ledger.collecting(record.key, wait=wait_for_others) as held:
+        if not held:
+            return None
+        current = ledger.read(record.key) or record
+        if current.state is SubmissionState.FINISHED and current.task_id == record.task_id:
+            return current  # another collector finished it meanwhile
+        waiting = wakeups if wakeups is not None else {}
+        wake = waiting.setdefault(record.task_id, asyncio.Event())
+        try:
+            return await collect_set(
+                client,
+                downloads,
+                ledger,
+                record,
+                workspace=workspace,
+                item=item,
+                deadline_s=deadline_s,
+                wake=wake,
+            )
+        finally:
+            waiting.pop(record.task_id, None)
 
 
 async def collect_set(

@@ -1018,3 +1018,17 @@ def test_truncated_images_stay_refused_even_if_pillow_is_told_otherwise(
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
     with pytest.raises(ImageRejected, match="truncated"):
         prepare_image(src, tmp_path / "out.jpg")
+
+
+def test_fix_writes_a_preview_from_the_decoded_pixels(tmp_path: Path) -> None:
+    source = tmp_path / "wide.jpg"
+    Image.new("RGB", (1600, 1000), (200, 30, 30)).save(source, "JPEG")
+    preview = tmp_path / "preview.jpg"
+    prepare_image(source, tmp_path / "up.jpg", thumbnail=preview)
+    with Image.open(preview) as image:
+        assert image.format == "JPEG"
+        assert image.width <= 240
+        assert image.height <= 320
+        assert abs(image.width / image.height - 0.75) <= 0.02
+        red, green, _ = image.convert("RGB").getpixel((image.width // 2, image.height // 2))
+        assert red > 150 > green

@@ -24,8 +24,7 @@ from modelset.stages import (
     Workspace,
     row_for,
 )
-from modelset.tasks.results import collect_model_set_images
-from modelset.tasks.runtime import open_runtime
+from modelset.tasks.runtime import collect, open_runtime
 
 
 @flow(name="collect-model-set", persist_result=False, log_prints=False)
@@ -52,9 +51,7 @@ async def collect_model_set(task_id: str, out: str | None = None) -> State[Any]:
             return Completed(message=f"task {task_id} was superseded by a newer attempt")
         if record.state is not SubmissionState.SUBMITTED:
             return Completed(message=f"task {task_id} was collected already")
-        collected = await collect_model_set_images(
-            record, record.item, runtime, wait_for_others=False
-        )
+        collected = await collect(record, record.item, runtime, wait_for_others=False)
     if collected is None:
         return Completed(message=f"a running batch is collecting task {task_id}")
     thumbnail = workspace.thumbnails / f"{collected.source_sha256}.jpg"

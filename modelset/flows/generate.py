@@ -44,8 +44,7 @@ from modelset.stages import (
 from modelset.tasks.artifacts import ProgressArtifact, publish_results
 from modelset.tasks.catalogue import check_templates
 from modelset.tasks.photos import prepare_photos
-from modelset.tasks.results import collect_model_set_images
-from modelset.tasks.runtime import BatchRuntime, open_runtime
+from modelset.tasks.runtime import BatchRuntime, collect, open_runtime
 from modelset.tasks.submission import submit_photo
 
 PREPARE_CHUNK = 16
@@ -233,6 +232,7 @@ async def run_batch(
         prepare=prepare,
         rules=rules,
         deadline_s=options.deadline_s,
+        concurrency=options.concurrency,
         need_client=not options.dry_run,
     ) as runtime:
         if runtime.client is not None:
@@ -518,7 +518,7 @@ async def _submit_and_collect(
         record = sent
     assert record is not None
     if record.state is SubmissionState.SUBMITTED:
-        record = await collect_model_set_images(record, photo.item, runtime) or record
+        record = await collect(record, photo.item, runtime) or record
     return _row(photo, template_id, record)
 
 

@@ -7,13 +7,14 @@ docs/images.md for the rules and what happens to awkward files.
 from .check import ImageCheck, inspect_image
 from .errors import ImageRejected
 from .options import Fit, Policy
-from .prepare import PREPARATION_VERSION, PreparedImage, prepare_image
+from .prepare import PREPARATION_VERSION, THUMBNAIL_SIZE, PreparedImage, prepare_image
 from .rules import ASPECT_TOLERANCE, MAX_LONG_SIDE
 
 __all__ = [
     "ASPECT_TOLERANCE",
     "MAX_LONG_SIDE",
     "PREPARATION_VERSION",
+    "THUMBNAIL_SIZE",
     "Fit",
     "ImageCheck",
     "ImageRejected",

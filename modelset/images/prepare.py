@@ -62,8 +62,12 @@ def prepare_image(
     max_side: int = MAX_LONG_SIDE,
     quality: int = DEFAULT_QUALITY,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    thumbnail: Path | None = None,
 ) -> PreparedImage:
     """Write the upload for ``source`` to ``dest`` (atomically) and describe it.
+
+    With ``thumbnail`` (FIX only), also write a small JPEG preview of the upload there,
+    from the pixels already decoded.
 
     FIX: upright, 8-bit sRGB RGB on white, cropped (or padded) to 3:4, long side
     at most ``max_side``, no metadata, JPEG at ``quality``.
@@ -81,6 +85,10 @@ def prepare_image(
             return _strict(opened, dest, max_pixels=max_pixels)
         image = _fixed(opened, fit=fit, max_side=max_side, max_pixels=max_pixels)
     data = _encode_jpeg(image, quality=quality)
+    if thumbnail is not None:
+        preview = image.copy()
+        preview.thumbnail(THUMBNAIL_SIZE, Image.Resampling.BILINEAR, reducing_gap=2.0)
+        write_bytes(thumbnail, _encode_jpeg(preview, quality=THUMBNAIL_QUALITY))
     return PreparedImage(
         path=dest,
         sha256=write_bytes(dest, data),
@@ -91,6 +99,10 @@ def prepare_image(
         unchanged=False,
         check=opened.check,
     )
+
+
+THUMBNAIL_SIZE: Final = (240, 320)
+THUMBNAIL_QUALITY: Final = 80
 
 
 def _validate(*, max_side: int, quality: int, max_pixels: int) -> None:

@@ -1,1 +1,1 @@
-"""Thin Prefect tasks over the core stages: retries, cache keys, tags, artifacts."""
+"""Thin Prefect tasks over the core stages: retries, cache keys, artifacts."""

@@ -33,7 +33,6 @@ def _catalogue_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     name="template-catalogue",
     cache_key_fn=_catalogue_key,
     cache_expiration=timedelta(hours=1),
-    tags=["modelset"],
 )
 async def template_catalogue(client: HiDreamClient) -> list[int]:
     """Every template id the service offers (cached for an hour per upstream)."""

@@ -19,7 +19,7 @@ from modelset.tasks.runtime import BatchRuntime
 _CPU_LIMITER = anyio.CapacityLimiter(max(1, os.cpu_count() or 1))
 
 
-@task(name="prepare-photos", cache_policy=NO_CACHE, tags=["modelset", "images"])
+@task(name="prepare-photos", cache_policy=NO_CACHE)
 async def prepare_photos(sources: list[str], runtime: BatchRuntime) -> list[PreparedPhoto]:
     """Fetch, validate and prepare each photo; a bad photo is a reason, not an error."""
     prepared: list[PreparedPhoto] = []

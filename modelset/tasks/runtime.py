@@ -13,9 +13,9 @@ from pydantic import SecretStr
 
 from modelset.credentials import client_from_settings
 from modelset.hidream import HiDreamClient
-from modelset.ledger import Ledger
+from modelset.ledger import Ledger, LedgerRecord
 from modelset.settings import MissingTokenError, Settings
-from modelset.stages import PrepareOptions, SubmitPolicy, Workspace
+from modelset.stages import PrepareOptions, SubmitPolicy, Workspace, collect_once
 
 TASK_FINISHED_EVENT = "hidream.task.finished"
 TASK_RESOURCE_PREFIX = "hidream.task."
@@ -47,6 +47,7 @@ async def open_runtime(
     prepare: PrepareOptions,
     rules: SubmitPolicy,
     deadline_s: float | None = None,
+    concurrency: int | None = None,
     need_client: bool = True,
 ) -> AsyncIterator[BatchRuntime]:
     """The clients and ledger of one flow run, closed when it ends.
@@ -55,6 +56,8 @@ async def open_runtime(
     With a callback receiver configured, finished-task events wake the waits at once.
     """
     client: HiDreamClient | None = None
+    if concurrency is not None:  # the connection pool follows the run's concurrency
+        settings = settings.model_copy(update={"concurrency": concurrency})
     try:
         client = await client_from_settings(settings)
     except MissingTokenError:
@@ -105,3 +108,22 @@ async def _wake_on_callbacks(runtime: BatchRuntime) -> None:
         raise
     except Exception as exc:  # polling still finds every result
         log.warning("not following callback events (%s); polling only", type(exc).__name__)
+
+
+async def collect(
+    record: LedgerRecord, item: str, runtime: BatchRuntime, *, wait_for_others: bool = True
+) -> LedgerRecord | None:
+    """Wait for and download one submitted set (plain code, not a task run: see
+    docs/performance.md; the client retries its reads itself)."""
+    assert runtime.client is not None
+    return await collect_once(
+        runtime.client,
+        runtime.downloads,
+        runtime.ledger,
+        record,
+        workspace=runtime.workspace,
+        item=item,
+        deadline_s=runtime.deadline_s,
+        wakeups=runtime.wakeups,
+        wait_for_others=wait_for_others,
+    )

@@ -33,7 +33,6 @@ def retry_unless_refused(task: Task[Any, Any], task_run: TaskRun, state: State[A
     retries=2,
     retry_delay_seconds=[1, 5],
     retry_condition_fn=retry_unless_refused,
-    tags=["modelset", "hidream-submit"],
 )
 async def submit_photo(
     key: str, prepared: PreparedPhoto, item: str, template_id: int, runtime: BatchRuntime
