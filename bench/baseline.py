@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import os
 import sys
@@ -36,11 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from PIL import Image
 
 from modelset.hidream import HiDreamClient, HiDreamError
 from modelset.images import Fit, Policy
-from modelset.stages import PreparedPhoto, PrepareOptions, Workspace, prepare_photo
+from modelset.stages import PreparedPhoto, PrepareOptions, Workspace, download_image, prepare_photo
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
@@ -71,24 +69,6 @@ def discover(paths: list[str]) -> list[Path]:
         else:
             found.append(path)
     return found
-
-
-async def download(http: httpx.AsyncClient, url: str, target: Path) -> str | None:
-    try:
-        response = await http.get(url)
-    except httpx.HTTPError as exc:
-        return f"download failed ({type(exc).__name__})"
-    if response.status_code != 200:
-        return f"download failed (HTTP {response.status_code})"
-    try:
-        with Image.open(io.BytesIO(response.content)) as image:
-            image.verify()
-    except Exception:
-        return "downloaded file is not a valid image"
-    partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
-    partial.write_bytes(response.content)
-    os.replace(partial, target)
-    return None
 
 
 class Baseline:
@@ -154,7 +134,11 @@ class Baseline:
                     problems.append(f"image {index}: {sub.description}")
                     continue
                 target = folder / f"{index}.jpg"
-                problem = await download(self.http, sub.image, target)
+                # One more try, as the pipeline does (with fresh URLs): a keep-alive
+                # connection the server just closed fails a request now and then.
+                problem = await download_image(self.http, sub.image, target)
+                if problem is not None:
+                    problem = await download_image(self.http, sub.image, target)
                 if problem is None:
                     outputs.append(str(target.relative_to(self.workspace.out)))
                 else:

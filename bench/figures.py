@@ -521,9 +521,9 @@ def count_task_runs(api_url: str) -> int:
 
 async def _one_round_trip(sandbox: Sandbox, photo: Path, out: Path) -> float:
     """Seconds the sandbox alone makes one photo take: catalogue, submit, polls, downloads."""
-    from bench.baseline import download
     from modelset.hidream import HiDreamClient
     from modelset.images import prepare_image
+    from modelset.stages import download_image
 
     upload = prepare_image(photo, out / "upload.jpg")
     async with (
@@ -535,7 +535,7 @@ async def _one_round_trip(sandbox: Sandbox, photo: Path, out: Path) -> float:
         receipt = await client.submit_variation(upload.path, OTHER_TEMPLATE)
         result = await client.wait_for_result(receipt.task_id)
         for index, url in enumerate(result.image_urls, start=1):
-            await download(http, url, out / f"{index}.jpg")
+            await download_image(http, url, out / f"{index}.jpg")
         return time.perf_counter() - started
 
 

@@ -106,7 +106,7 @@ def install() -> None:
     runtime: Any = importlib.import_module("modelset.tasks.runtime")
     submission: Any = importlib.import_module("modelset.tasks.submission")
 
-    for name in ("submit_once", "collect_once", "collect_set", "_download_image"):
+    for name in ("submit_once", "collect_once", "collect_set", "download_image"):
         _timed_async(stages, name)
     _timed_sync(stages, "prepare_photo")
     for name in ("submit_variation", "wait_for_result", "get_result"):

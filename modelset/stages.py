@@ -502,7 +502,7 @@ async def _download_set(
         if same_task and target.exists() and target.stat().st_size > 0:
             outputs.append(target)
             continue
-        problem = await _download_image(downloads, sub.image, target)
+        problem = await download_image(downloads, sub.image, target)
         if problem is not None:
             # Result URLs expire: ask for fresh ones once before giving up.
             try:
@@ -514,7 +514,7 @@ async def _download_set(
                 (s.image for s in fresh.sub_task_results if s.sub_task_id == sub.sub_task_id),
                 "",
             )
-            problem = await _download_image(downloads, url, target) if url else problem
+            problem = await download_image(downloads, url, target) if url else problem
         if problem is None:
             outputs.append(target)
         else:
@@ -522,7 +522,7 @@ async def _download_set(
     return outputs, problems
 
 
-async def _download_image(downloads: httpx.AsyncClient, url: str, target: Path) -> str | None:
+async def download_image(downloads: httpx.AsyncClient, url: str, target: Path) -> str | None:
     """Download one image, verified to decode; the problem, or None when it is on disk."""
     try:
         response = await downloads.get(url)
