@@ -1030,5 +1030,6 @@ def test_fix_writes_a_preview_from_the_decoded_pixels(tmp_path: Path) -> None:
         assert image.width <= 240
         assert image.height <= 320
         assert abs(image.width / image.height - 0.75) <= 0.02
-        red, green, _ = image.convert("RGB").getpixel((image.width // 2, image.height // 2))
-        assert red > 150 > green
+        pixel = image.convert("RGB").getpixel((image.width // 2, image.height // 2))
+        assert isinstance(pixel, tuple)
+        assert pixel[0] > 150 > pixel[1]
