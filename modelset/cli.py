@@ -320,7 +320,7 @@ def run_flow(
                 f"this run would submit {plan.tasks} tasks generating up to {plan.images} "
                 f"images ({plan.already_done} already done)"
             )
-            if not sys.stdin.isatty():
+            if sys.stdin is None or not sys.stdin.isatty():
                 plan.refused = (
                     f"{what}, above the confirmation threshold of "
                     f"{settings.confirm_threshold}: pass --yes or --max-images"
