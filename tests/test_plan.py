@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -170,3 +171,54 @@ def test_a_set_larger_than_assumed_overshoots_the_cap_by_nothing(
     state = run([str(folder)], [20], out=str(tmp_path / "out"), max_images=16, concurrency=32)
     assert state.is_failed()
     assert len(sixes.submissions()) == 2, "6 + 6 fit in 16; a third set of 6 would not"
+
+
+def answer_prompt(args: list[str], env: dict[str, str], answer: bytes) -> tuple[int, str]:
+    """Run `modelset` on a pseudo-terminal, answer its question, return (exit code, screen)."""
+    controller, terminal = os.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "modelset", *args],
+        env={**os.environ, **env, "COLUMNS": "120"},
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+    )
+    os.close(terminal)
+    screen = b""
+    deadline = time.monotonic() + 120
+    answered = False
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([controller], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # the terminal closed: the process ended
+                break
+            if not chunk:
+                break
+            screen += chunk
+        if not answered and b"Go on?" in screen:
+            os.write(controller, answer)
+            answered = True
+        if process.poll() is not None and not ready:
+            break
+    os.close(controller)
+    return process.wait(timeout=30), screen.decode(errors="replace")
+
+
+def test_a_large_interactive_run_asks_first(
+    env: dict[str, str], sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    folder = photo_folder(tmp_path / "in", 3)
+    args = ["run", str(folder), "-t", "20", "--out", str(tmp_path / "out")]
+    asked = {**env, "HIDREAM_CONFIRM_THRESHOLD": "8"}
+
+    declined, screen = answer_prompt(args, asked, b"n\n")
+    assert "would submit 3 tasks generating up to 12 images" in screen
+    assert declined == 0
+    assert "nothing submitted" in screen
+    assert sandbox.submissions() == []
+
+    accepted, screen = answer_prompt(args, asked, b"y\n")
+    assert accepted == 0, screen
+    assert len(sandbox.submissions()) == 3
