@@ -30,6 +30,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from modelset.atomic import write_text
+
 LEDGER_KEY_VERSION = 1
 _LOCK_POLL_SECONDS = 0.05
 _TASK_INDEX = "by-task"
@@ -108,13 +110,7 @@ class Ledger:
         record = record.model_copy(
             update={"updated": datetime.now(UTC).isoformat(), "claimed_by": self._owner}
         )
-        path = self._record_path(record.key)
-        temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-        with temporary.open("w", encoding="utf-8") as handle:
-            handle.write(record.model_dump_json())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        write_text(self._record_path(record.key), record.model_dump_json())
         if record.task_id is not None:
             self._index_task(record.task_id, record.key)
         return record
@@ -122,10 +118,7 @@ class Ledger:
     def _index_task(self, task_id: str, key: str) -> None:
         entry = self.root / _TASK_INDEX / task_id
         if not entry.exists():
-            entry.parent.mkdir(exist_ok=True)
-            temporary = entry.with_name(f".{task_id}.{uuid.uuid4().hex}")
-            temporary.write_text(key, encoding="utf-8")
-            os.replace(temporary, entry)
+            write_text(entry, key)
 
     def forget(self, key: str) -> None:
         """Drop a record whose send certainly created nothing (callers hold the claim)."""

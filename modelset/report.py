@@ -9,13 +9,14 @@ from __future__ import annotations
 import csv
 import fcntl
 import html
-import os
-import uuid
+import io
 from collections.abc import Iterable
 from enum import StrEnum
 from pathlib import Path
 
 from pydantic import BaseModel, Field
+
+from modelset.atomic import write_text
 
 MANIFEST_JSONL = "manifest.jsonl"
 MANIFEST_CSV = "manifest.csv"
@@ -102,32 +103,25 @@ def update_report(out: Path, rows: list[ManifestRow]) -> Path:
 def write_report(out: Path, rows: list[ManifestRow], *, title: str = "modelset") -> Path:
     """Write the manifest (both forms) and the contact sheet; returns the sheet's path."""
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(
+    write_text(
         out / MANIFEST_JSONL,
         "".join(row.model_dump_json(include=set(MANIFEST_FIELDS)) + "\n" for row in rows),
     )
     _write_csv(out / MANIFEST_CSV, rows)
     sheet = out / INDEX_HTML
-    _atomic_write(sheet, contact_sheet(rows, title=title))
+    write_text(sheet, contact_sheet(rows, title=title))
     return sheet
 
 
 def _write_csv(path: Path, rows: list[ManifestRow]) -> None:
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    with temporary.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=MANIFEST_FIELDS)
-        writer.writeheader()
-        for row in rows:
-            values = row.model_dump(include=set(MANIFEST_FIELDS), mode="json")
-            values["outputs"] = ";".join(row.outputs)
-            writer.writerow(values)
-    os.replace(temporary, path)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=MANIFEST_FIELDS)
+    writer.writeheader()
+    for row in rows:
+        values = row.model_dump(include=set(MANIFEST_FIELDS), mode="json")
+        values["outputs"] = ";".join(row.outputs)
+        writer.writerow(values)
+    write_text(path, text.getvalue())
 
 
 _STATUS_COLOURS = {

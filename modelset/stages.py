@@ -11,8 +11,6 @@ import asyncio
 import hashlib
 import io
 import logging
-import os
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Literal
@@ -21,6 +19,7 @@ import httpx
 from PIL import Image
 from pydantic import BaseModel
 
+from modelset.atomic import write_bytes, write_text
 from modelset.hidream import (
     AccountError,
     ConnectFailed,
@@ -193,9 +192,7 @@ def prepare_photo(source: str, workspace: Workspace, options: PrepareOptions) ->
     finally:
         if fetched.temporary:
             fetched.path.unlink(missing_ok=True)
-    _atomic_write_text(
-        _prepared_record(workspace, fetched.sha256, options), result.model_dump_json()
-    )
+    write_text(_prepared_record(workspace, fetched.sha256, options), result.model_dump_json())
     return result
 
 
@@ -205,16 +202,10 @@ def _write_thumbnail(upload: Path, target: Path, workspace: Workspace) -> str:
         with Image.open(upload) as image:
             image.draft("RGB", THUMBNAIL_SIZE)
             image.thumbnail(THUMBNAIL_SIZE)
-            temporary = target.with_name(f".{uuid.uuid4().hex}.jpg")
-            image.convert("RGB").save(temporary, "JPEG", quality=80)
-            os.replace(temporary, target)
+            encoded = io.BytesIO()
+            image.convert("RGB").save(encoded, "JPEG", quality=80)
+        write_bytes(target, encoded.getvalue())
     return target.relative_to(workspace.out).as_posix()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
 
 
 # -- submit ----------------------------------------------------------------------------
@@ -492,7 +483,7 @@ async def _download_set(
     if not same_task:
         for stale in folder.glob("*.jpg"):
             stale.unlink()
-        _atomic_write_text(marker, task_id)
+        write_text(marker, task_id)
     outputs: list[Path] = []
     problems: list[str] = []
     for index, sub in enumerate(result.sub_task_results, start=1):
@@ -535,9 +526,7 @@ async def download_image(downloads: httpx.AsyncClient, url: str, target: Path) -
             image.verify()
     except Exception:  # Pillow raises many types for a broken file
         return "downloaded file is not a valid image"
-    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
-    temporary.write_bytes(response.content)
-    os.replace(temporary, target)
+    write_bytes(target, response.content)
     return None
 
 

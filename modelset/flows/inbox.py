@@ -9,7 +9,6 @@ the budget, outcome unknown, never sent) comes up again the next night.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from prefect import flow, get_run_logger
 from prefect.client.schemas.objects import State
 from prefect.states import Completed, Failed
 
+from modelset.atomic import write_text
 from modelset.flows.generate import UNATTENDED_NEEDS_CAP, generate_model_sets, started_unattended
 from modelset.ledger import Ledger, SubmissionState
 from modelset.options import RunOptions
@@ -67,9 +67,7 @@ async def scan_inbox(
     for source, finals in outcomes.items():
         if len(finals) == len(set(template_ids)) and all(finals.values()):
             seen[source] = _fingerprint(source)
-    temporary = seen_path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(seen, indent=0), encoding="utf-8")
-    os.replace(temporary, seen_path)
+    write_text(seen_path, json.dumps(seen, indent=0))
     # A new state, not the subflow's: returning that would become "1/1 states failed".
     if state.is_completed():
         return Completed(message=state.message)

@@ -9,12 +9,13 @@ from typing import Final, Literal
 from PIL import Image, ImageFile
 from pydantic import BaseModel, ConfigDict
 
+from modelset.atomic import copy_stream, write_bytes
+
 from .check import ImageCheck, OpenedImage, decoder_applied_orientation, open_image, reading
 from .colour import WHITE, resamplable, to_srgb
 from .errors import ImageRejected
 from .geometry import TRANSPOSE, Box, Size, draft_request, plan, stored_box, stored_size
 from .options import Fit, Policy
-from .output import copy_stream, write_bytes
 from .rules import DEFAULT_MAX_PIXELS, MAX_LONG_SIDE, MIN_SHORT_SIDE
 from .strip import strip_jpeg, strip_png
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -15,6 +13,7 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any, TypedDict
 
+from modelset.atomic import write_bytes
 from modelset.sandbox.imagery import render_pose
 
 WAITING, SUCCEEDED, PROCESSING, FAILED, REJECTED = 0, 1, 2, 3, 4
@@ -194,7 +193,7 @@ class StateFile:
             "callbacks": callbacks,
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomically(self.path, json.dumps(document).encode())
+        write_bytes(self.path, json.dumps(document).encode(), durable=False)
 
     @staticmethod
     def tasks(document: dict[str, Any]) -> list[Task]:
@@ -212,13 +211,6 @@ class StateFile:
             )
             for entry in document.get("submissions", [])
         ]
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Concurrent writers of the same content never expose a half-written file."""
-    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    partial.write_bytes(data)
-    os.replace(partial, path)
 
 
 class PhotoStore:
@@ -239,7 +231,7 @@ class PhotoStore:
         digest = hashlib.sha256(data).hexdigest()
         path = self._photos / digest
         if not path.exists():
-            _write_atomically(path, data)
+            write_bytes(path, data, durable=False)
         return digest
 
     def render(self, sha256: str, template_id: int, pose: int) -> bytes:
@@ -248,7 +240,7 @@ class PhotoStore:
         if path.exists():
             return path.read_bytes()
         data = render_pose((self._photos / sha256).read_bytes(), template_id, pose)
-        _write_atomically(path, data)
+        write_bytes(path, data, durable=False)
         return data
 
     def close(self) -> None:
