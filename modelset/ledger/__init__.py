@@ -1,0 +1,243 @@
+"""The exactly-once ledger: what was paid for, keyed by what was paid for.
+
+A submission's key is the upstream (base URL), the template_id, the sha256 of the
+*source* photo and the preparation policy with its version number. The key gives a
+stable ``request_id`` (one per paid attempt: ``--refresh`` and ``--retry-failed`` start a
+new attempt on purpose).
+
+One JSON record per key lives in ``<out>/.modelset/ledger/``, on whatever store the
+output location is. Sending takes a :meth:`Ledger.claim`, an exclusive hold on the key
+for the whole of intent -> send -> receipt, so two runs (or two tasks of one run) never
+both send it: a ``flock`` on a local folder, a lease on a bucket (``locks.py``). Every
+record write is a create-if-absent or a compare-and-swap on the ETag read when the claim
+began, so even a holder that lost its lease cannot overwrite a newer record. A record
+left in state ``intent`` with its hold free means the sender died with the outcome
+unknown: it is resolved by looking the request_id up, never by sending blindly.
+
+The upload index (``by-upload/``) claims the hash of what is sent, so a photo whose
+prepared upload is byte-identical to one already paid for points at that set instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterable
+from datetime import UTC, datetime
+from typing import TypeVar, TypeVarTuple
+
+import anyio
+
+from modelset.ledger.locks import DEFAULT_LEASE_S, FlockLocks, Hold, LeaseLocks, Locks, owner_name
+from modelset.ledger.records import (
+    LedgerRecord,
+    SubmissionState,
+    request_id_for,
+    submission_key,
+    upload_key,
+)
+from modelset.storage import (
+    AlreadyExists,
+    NotFound,
+    PreconditionFailed,
+    Store,
+    read_many,
+    read_or_none,
+)
+
+__all__ = [
+    "ClaimLost",
+    "Ledger",
+    "LedgerClaim",
+    "LedgerRecord",
+    "SubmissionState",
+    "open_ledger",
+    "request_id_for",
+    "submission_key",
+    "upload_key",
+]
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+LEDGER_PREFIX = ".modelset/ledger"
+_TASK_INDEX = "by-task"
+_UPLOAD_INDEX = "by-upload"
+
+
+class ClaimLost(Exception):
+    """The claim's hold was lost (a lease not renewed) or its record changed under it."""
+
+
+class LedgerClaim:
+    """The right to change one key's record, for as long as the claim lasts."""
+
+    def __init__(
+        self, ledger: Ledger, key: str, etag: str | None, record: LedgerRecord | None, hold: Hold
+    ) -> None:
+        self._ledger = ledger
+        self.key = key
+        self._etag = etag
+        self.record = record
+        self.hold = hold
+
+    def time_left(self) -> float:
+        """Seconds the hold is still good for (infinite for a flock)."""
+        return self.hold.time_left()
+
+    async def write(self, record: LedgerRecord) -> LedgerRecord:
+        """Replace the record, only if nobody else wrote it since the claim began."""
+        record = record.model_copy(
+            update={"updated": datetime.now(UTC).isoformat(), "claimed_by": self._ledger.owner}
+        )
+        data = record.model_dump_json().encode()
+        self._etag = await self._ledger.run(self._put, data)
+        self.record = record
+        if record.task_id is not None:
+            await self._ledger.run(self._ledger.index_task, record.task_id, record.key)
+        return record
+
+    async def forget(self) -> None:
+        """Drop the record (its send certainly created nothing)."""
+        if self._etag is not None:
+            await self._ledger.run(self._ledger.store.delete, self._ledger.record_key(self.key))
+            self._etag = None
+        self.record = None
+
+    def _put(self, data: bytes) -> str:
+        store, name = self._ledger.store, self._ledger.record_key(self.key)
+        try:
+            if self._etag is None:
+                return store.create(name, data)
+            return store.swap(name, data, self._etag)
+        except (AlreadyExists, PreconditionFailed):
+            raise ClaimLost(
+                f"the ledger record {self.key} changed under this run's claim"
+            ) from None
+
+
+class Ledger:
+    """The records of one output location, safe for concurrent runs on any machines that
+    share it."""
+
+    def __init__(self, store: Store, locks: Locks) -> None:
+        self.store = store
+        self.locks = locks
+        self.owner = owner_name()
+
+    def record_key(self, key: str) -> str:
+        return f"{LEDGER_PREFIX}/{key}.json"
+
+    async def run(self, function: Callable[[*Ts], T], *args: *Ts) -> T:
+        """Call a store verb: inline on a folder, in a worker thread on a bucket."""
+        if self.store.is_local:
+            return function(*args)
+        return await anyio.to_thread.run_sync(function, *args)
+
+    def read(self, key: str) -> LedgerRecord | None:
+        blob = read_or_none(self.store, self.record_key(key))
+        return None if blob is None else LedgerRecord.model_validate_json(blob.data)
+
+    def read_many(self, keys: Iterable[str]) -> dict[str, LedgerRecord | None]:
+        """Many records at once (concurrent requests on a bucket)."""
+        names = {key: self.record_key(key) for key in keys}
+        found = read_many(self.store, list(names.values()))
+        return {
+            key: None
+            if (blob := found[name]) is None
+            else LedgerRecord.model_validate_json(blob.data)
+            for key, name in names.items()
+        }
+
+    def index_task(self, task_id: str, key: str) -> None:
+        with contextlib.suppress(AlreadyExists):
+            self.store.create(f"{LEDGER_PREFIX}/{_TASK_INDEX}/{task_id}", key.encode())
+
+    def find_by_task(self, task_id: str) -> LedgerRecord | None:
+        """The record whose submit created ``task_id`` (for callbacks, which name only it)."""
+        try:
+            key = self.store.read(f"{LEDGER_PREFIX}/{_TASK_INDEX}/{task_id}").data.decode().strip()
+        except (NotFound, ValueError):
+            return None
+        return self.read(key)
+
+    def accepted(self) -> LedgerRecord | None:
+        """Some record the service accepted (it holds a task_id), or None."""
+        for name in self.store.list(f"{LEDGER_PREFIX}/{_TASK_INDEX}"):
+            record = self.read(self.store.read(name).data.decode().strip())
+            if record is not None and record.task_id is not None:
+                return record
+        return None
+
+    def upload_owner(self, upload: str) -> str | None:
+        """The key that paid (or is paying) for this upload hash, if any."""
+        blob = read_or_none(self.store, f"{LEDGER_PREFIX}/{_UPLOAD_INDEX}/{upload}")
+        return None if blob is None else blob.data.decode().strip()
+
+    async def claim_upload(self, upload: str, key: str) -> str:
+        """Claim an upload hash for ``key``; returns the key that owns it (``key`` if won).
+
+        An owner whose record is gone (its send certainly created nothing) is replaced.
+        """
+
+        def attempt() -> str:
+            name = f"{LEDGER_PREFIX}/{_UPLOAD_INDEX}/{upload}"
+            for _ in range(10):
+                try:
+                    self.store.create(name, key.encode())
+                    return key
+                except AlreadyExists:
+                    pass
+                current = read_or_none(self.store, name)
+                if current is None:
+                    continue
+                owner = current.data.decode().strip()
+                if owner == key or self.read(owner) is not None:
+                    return owner
+                try:
+                    self.store.swap(name, key.encode(), current.etag)
+                    return key
+                except PreconditionFailed:
+                    continue
+            return key
+
+        result: str = await self.run(attempt)
+        return result
+
+    async def release_upload(self, upload: str, key: str) -> None:
+        """Give an upload hash back (this key's send certainly created nothing)."""
+
+        def release() -> None:
+            name = f"{LEDGER_PREFIX}/{_UPLOAD_INDEX}/{upload}"
+            current = read_or_none(self.store, name)
+            if current is not None and current.data.decode().strip() == key:
+                self.store.delete(name)
+
+        await self.run(release)
+
+    @contextlib.asynccontextmanager
+    async def claim(self, key: str) -> AsyncIterator[LedgerClaim]:
+        """Hold the key exclusively for sending; the claim carries its current record."""
+        async with self.locks.hold(key, wait=True) as hold:
+            assert hold is not None
+            blob = await self.run(read_or_none, self.store, self.record_key(key))
+            record = None if blob is None else LedgerRecord.model_validate_json(blob.data)
+            yield LedgerClaim(self, key, None if blob is None else blob.etag, record, hold)
+
+    @contextlib.asynccontextmanager
+    async def collecting(self, key: str, *, wait: bool) -> AsyncIterator[bool]:
+        """Hold the right to download the key's set; False if someone else holds it.
+
+        A batch holds it while it waits on a task, so the callback-triggered collector
+        leaves that task to the batch.
+        """
+        async with self.locks.hold(f"{key}.collect", wait=wait) as hold:
+            yield hold is not None
+
+
+def open_ledger(store: Store, *, lease_s: float = DEFAULT_LEASE_S) -> Ledger:
+    """A folder's ledger locks with ``flock``; a bucket's with leases."""
+    if store.is_local:
+        folder = store.local_path(LEDGER_PREFIX)
+        assert folder is not None
+        return Ledger(store, FlockLocks(folder))
+    return Ledger(store, LeaseLocks(store, LEDGER_PREFIX, lease_s))

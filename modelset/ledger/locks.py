@@ -1,0 +1,166 @@
+"""How a ledger key is held exclusively: a ``flock`` on a folder, a lease on a bucket.
+
+A :class:`Hold` says how long it is still good for (``time_left``) and sets ``lost``
+when it can no longer be trusted. A ``flock`` is never lost: the kernel drops it only
+when its process dies. A lease is an object of its own, created with create-if-absent
+and renewed by compare-and-swap every third of its duration; a failed renewal sets
+``lost`` and the holder stops sending. An expired lease means its holder is gone (it
+would have renewed), so the next claimer takes it over with a compare-and-swap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import math
+import os
+import socket
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import anyio
+
+from modelset.storage import AlreadyExists, NotFound, PreconditionFailed, StorageError, Store
+
+DEFAULT_LEASE_S = 15 * 60.0
+_POLL_FIRST_S = 0.05
+_POLL_MAX_S = 1.0
+
+
+def owner_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class Hold:
+    """An exclusive hold on one name, while the ``hold`` context lasts."""
+
+    expires: float = math.inf  # wall-clock seconds
+    lost: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def time_left(self) -> float:
+        return self.expires - time.time()
+
+
+class Locks(Protocol):
+    def hold(self, name: str, *, wait: bool) -> contextlib.AbstractAsyncContextManager[Hold | None]:
+        """Hold ``name`` exclusively; None when ``wait`` is False and someone holds it."""
+        ...
+
+
+class FlockLocks:
+    """A lock file per name in a local folder; the kernel frees it when a process dies."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, name: str, *, wait: bool) -> AsyncIterator[Hold | None]:
+        descriptor = os.open(self.folder / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            delay = _POLL_FIRST_S
+            while True:
+                try:
+                    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if not wait:
+                        yield None
+                        return
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, _POLL_FIRST_S * 4)
+            try:
+                yield Hold()
+            finally:
+                fcntl.flock(descriptor, fcntl.LOCK_UN)
+        finally:
+            os.close(descriptor)
+
+
+class LeaseLocks:
+    """A lease object per name on a store that honours conditional writes."""
+
+    def __init__(self, store: Store, prefix: str, duration_s: float = DEFAULT_LEASE_S) -> None:
+        self.store = store
+        self.prefix = prefix
+        self.duration_s = duration_s
+        self.owner = owner_name()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, name: str, *, wait: bool) -> AsyncIterator[Hold | None]:
+        key = f"{self.prefix}/{name}.lease"
+        etag = await self._acquire(key, wait=wait)
+        if etag is None:
+            yield None
+            return
+        hold = Hold(expires=time.time() + self.duration_s)
+        renewing = asyncio.create_task(self._renew(key, etag, hold))
+        try:
+            yield hold
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                etag = await renewing
+            if not hold.lost.is_set():
+                await self._release(key, etag)
+
+    def _body(self, expires: float) -> bytes:
+        return json.dumps({"owner": self.owner, "expires": expires}).encode()
+
+    async def _acquire(self, key: str, *, wait: bool) -> str | None:
+        delay = _POLL_FIRST_S
+        while True:
+            etag = await anyio.to_thread.run_sync(self._try_acquire, key)
+            if etag is not None or not wait:
+                return etag
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _POLL_MAX_S)
+
+    def _try_acquire(self, key: str) -> str | None:
+        body = self._body(time.time() + self.duration_s)
+        try:
+            return self.store.create(key, body)
+        except AlreadyExists:
+            pass
+        try:
+            current = self.store.read(key)
+        except NotFound:
+            return None  # released and removed meanwhile: try again
+        try:
+            expires = float(json.loads(current.data)["expires"])
+        except (ValueError, KeyError, TypeError):
+            expires = 0.0  # an unreadable lease protects nothing
+        if expires > time.time():
+            return None
+        try:
+            return self.store.swap(key, body, current.etag)
+        except PreconditionFailed:
+            return None  # someone else took it over first
+
+    async def _renew(self, key: str, etag: str, hold: Hold) -> str:
+        """Renew every third of the duration until cancelled; returns the last ETag."""
+        try:
+            while True:
+                await asyncio.sleep(self.duration_s / 3)
+                expires = time.time() + self.duration_s
+                etag = await anyio.to_thread.run_sync(
+                    self.store.swap, key, self._body(expires), etag
+                )
+                hold.expires = expires
+        except asyncio.CancelledError:
+            return etag
+        except StorageError:
+            hold.lost.set()
+            return etag
+
+    async def _release(self, key: str, etag: str) -> None:
+        # A released lease is an expired one: the next claimer swaps it, and a slow
+        # holder can never delete a lease someone else took over.
+        with contextlib.suppress(StorageError):
+            await anyio.to_thread.run_sync(self.store.swap, key, self._body(0.0), etag)

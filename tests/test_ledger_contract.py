@@ -1,0 +1,249 @@
+"""One contract for both ledgers: a folder's (``flock``) and a bucket's (leases on moto's S3).
+
+What a caller relies on: a claim is exclusive while it lasts; every record write is a
+create-if-absent or a compare-and-swap, so a writer whose claim went stale cannot
+overwrite a newer record; the task and upload indexes point at the key that paid. The
+bucket's leases add their own promises: an expired lease is taken over, a live one is
+waited for, and a renewal that fails marks the hold lost so the holder stops sending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from modelset.hidream import HiDreamClient
+from modelset.ledger import (
+    ClaimLost,
+    Ledger,
+    LedgerRecord,
+    SubmissionState,
+    open_ledger,
+    request_id_for,
+)
+from modelset.ledger.locks import LeaseLocks
+from modelset.sandbox import SandboxServer
+from modelset.stages import PreparedPhoto, PrepareOptions, SubmitPolicy, submit_once
+from modelset.storage import Store, open_store
+from tests.conftest import TOKEN, SandboxFactory, make_photo
+
+KEY = "a" * 64
+
+
+@pytest.fixture(params=["folder", "bucket"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "folder":
+        yield open_store(tmp_path / "out")
+    else:
+        yield open_store(request.getfixturevalue("bucket"))
+
+
+def record(key: str = KEY, state: SubmissionState = SubmissionState.INTENT, **extra: object):
+    return LedgerRecord(
+        key=key,
+        state=state,
+        request_id=request_id_for(key, 1),
+        template_id=20,
+        source_sha256="b" * 64,
+        **extra,
+    )
+
+
+async def test_a_claim_creates_then_swaps_the_record(store: Store) -> None:
+    ledger = open_ledger(store)
+    assert ledger.read(KEY) is None
+    async with ledger.claim(KEY) as claim:
+        assert claim.record is None
+        await claim.write(record())
+        await claim.write(record(state=SubmissionState.SUBMITTED, task_id="t-1"))
+    found = ledger.read(KEY)
+    assert found is not None and found.state is SubmissionState.SUBMITTED
+    assert ledger.find_by_task("t-1") == found
+    assert ledger.find_by_task("t-unknown") is None
+    assert ledger.accepted() == found
+
+
+async def test_claims_of_one_key_never_overlap(store: Store) -> None:
+    ledger = open_ledger(store)
+    inside: list[int] = []
+    overlaps = 0
+
+    async def one(index: int) -> None:
+        nonlocal overlaps
+        async with ledger.claim(KEY) as claim:
+            inside.append(index)
+            if len(inside) > 1:
+                overlaps += 1
+            attempt = 0 if claim.record is None else claim.record.attempt
+            await asyncio.sleep(0.02)
+            await claim.write(record(attempt=attempt + 1))
+            inside.remove(index)
+
+    await asyncio.gather(*(one(i) for i in range(5)))
+    assert overlaps == 0
+    final = ledger.read(KEY)
+    assert final is not None and final.attempt == 5  # every claim saw the one before it
+
+
+async def test_a_record_changed_under_a_claim_is_not_overwritten(store: Store) -> None:
+    ledger = open_ledger(store)
+    async with ledger.claim(KEY) as claim:
+        await claim.write(record())
+        # Someone who does not hold the claim writes the record (a stale holder, a bug):
+        store.write(f".modelset/ledger/{KEY}.json", record(attempt=7).model_dump_json().encode())
+        with pytest.raises(ClaimLost):
+            await claim.write(record(state=SubmissionState.SUBMITTED, task_id="late"))
+    found = ledger.read(KEY)
+    assert found is not None and found.attempt == 7 and found.task_id is None
+
+
+async def test_a_claim_on_a_fresh_key_loses_to_a_concurrent_create(store: Store) -> None:
+    ledger = open_ledger(store)
+    async with ledger.claim(KEY) as claim:
+        assert claim.record is None
+        store.create(f".modelset/ledger/{KEY}.json", record(attempt=3).model_dump_json().encode())
+        with pytest.raises(ClaimLost):
+            await claim.write(record())
+    found = ledger.read(KEY)
+    assert found is not None and found.attempt == 3
+
+
+async def test_forget_drops_the_record(store: Store) -> None:
+    ledger = open_ledger(store)
+    async with ledger.claim(KEY) as claim:
+        await claim.write(record())
+        await claim.forget()
+    assert ledger.read(KEY) is None
+    async with ledger.claim(KEY) as claim:
+        assert claim.record is None
+
+
+async def test_collecting_is_exclusive_and_can_be_declined(store: Store) -> None:
+    ledger = open_ledger(store)
+    async with ledger.collecting(KEY, wait=False) as first:
+        assert first
+        async with ledger.collecting(KEY, wait=False) as second:
+            assert not second
+    async with ledger.collecting(KEY, wait=False) as again:
+        assert again
+
+
+async def test_an_upload_hash_has_one_owner(store: Store) -> None:
+    ledger = open_ledger(store)
+    upload, first, second = "u" * 64, "1" * 64, "2" * 64
+    for key in (first, second):  # an upload is claimed once its key's intent is on record
+        async with ledger.claim(key) as claim:
+            await claim.write(record(key))
+    owners = await asyncio.gather(
+        ledger.claim_upload(upload, first), ledger.claim_upload(upload, second)
+    )
+    assert len(set(owners)) == 1
+    [owner] = set(owners)
+    assert ledger.upload_owner(upload) == owner
+    # An owner whose send certainly created nothing gives the upload back.
+    await ledger.release_upload(upload, owner)
+    other = second if owner == first else first
+    assert await ledger.claim_upload(upload, other) == other
+
+
+async def test_an_owner_without_a_record_is_replaced(store: Store) -> None:
+    ledger = open_ledger(store)
+    upload, gone, second = "u" * 64, "1" * 64, "2" * 64
+    assert await ledger.claim_upload(upload, gone) == gone  # its record was never written
+    assert await ledger.claim_upload(upload, second) == second
+
+
+# -- leases (bucket) -------------------------------------------------------------------
+
+
+def lease_key(name: str = KEY) -> str:
+    return f".modelset/ledger/{name}.lease"
+
+
+def leased(bucket: str, duration_s: float = 900.0) -> tuple[Store, Ledger]:
+    store = open_store(bucket)
+    return store, Ledger(store, LeaseLocks(store, ".modelset/ledger", duration_s))
+
+
+def ghost_lease(store: Store, expires: float) -> None:
+    body = json.dumps({"owner": "ghost:1", "expires": expires}).encode()
+    store.write(lease_key(), body)
+
+
+async def test_an_expired_lease_is_taken_over(bucket: str) -> None:
+    store, ledger = leased(bucket)
+    ghost_lease(store, time.time() - 1)  # its holder died and stopped renewing
+    async with asyncio.timeout(5), ledger.claim(KEY) as claim:
+        assert claim.time_left() > 800
+    assert json.loads(store.read(lease_key()).data)["expires"] == 0.0  # released
+
+
+async def test_a_live_lease_is_waited_for(bucket: str) -> None:
+    store, ledger = leased(bucket)
+    ghost_lease(store, time.time() + 1.5)
+    started = time.monotonic()
+    async with ledger.claim(KEY):
+        waited = time.monotonic() - started
+    assert waited >= 1.0, f"claimed a key held by a live lease after {waited:.2f} s"
+
+
+async def test_a_failed_renewal_marks_the_hold_lost(bucket: str) -> None:
+    store, ledger = leased(bucket, duration_s=0.6)
+    async with ledger.claim(KEY) as claim:
+        assert not claim.hold.lost.is_set()
+        await asyncio.sleep(0.5)  # renewed at 0.2 s and 0.4 s
+        assert not claim.hold.lost.is_set()
+        ghost_lease(store, time.time() + 60)  # taken over behind our back
+        async with asyncio.timeout(2):
+            await claim.hold.lost.wait()
+    # The holder that lost its lease does not release the new holder's lease.
+    assert json.loads(store.read(lease_key()).data)["owner"] == "ghost:1"
+
+
+async def test_a_lost_lease_stops_the_send_and_a_rerun_finds_it(
+    bucket: str, sandbox_factory: SandboxFactory, tmp_path: Path
+) -> None:
+    """The holder stops sending when its lease goes; the next claimer resolves the intent
+    by request_id and never sends it again."""
+    sandbox: SandboxServer = sandbox_factory(latency_ms=1500)
+    photo = make_photo(tmp_path / "look.jpg")
+    prepared = PreparedPhoto(
+        source=str(photo), source_sha256="c" * 64, upload_path=photo, upload_sha256="d" * 64
+    )
+    store, ledger = leased(bucket, duration_s=0.9)
+    client = HiDreamClient(TOKEN, base_url=sandbox.base_url)
+
+    async def send(run_id: str) -> LedgerRecord:
+        return await submit_once(
+            client,
+            ledger,
+            key=KEY,
+            prepared=prepared,
+            prepare=PrepareOptions(),
+            item="look",
+            template_id=20,
+            rules=SubmitPolicy(run_id=run_id),
+        )
+
+    async def steal_lease() -> None:
+        await asyncio.sleep(0.45)  # after the intent is written, while the send is slow
+        ghost_lease(store, time.time() + 0.6)
+
+    async with client:
+        first, _ = await asyncio.gather(send("run-1"), steal_lease())
+        assert first.state is SubmissionState.UNKNOWN
+        assert "lease was lost" in (first.reason or "")
+        on_record = ledger.read(KEY)
+        assert on_record is not None and on_record.state is SubmissionState.INTENT
+        await asyncio.sleep(2.5)  # the sandbox finishes the request the holder abandoned
+        second = await send("run-2")
+    assert second.state is SubmissionState.SUBMITTED
+    # Whether or not the abandoned request reached the service, it is paid for once: found
+    # by its request_id, or (never created) sent by the second run.
+    [paid] = sandbox.submissions()
+    assert second.task_id == paid["task_id"]
