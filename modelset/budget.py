@@ -3,23 +3,24 @@
 A task counts as the template's set size once a submit answer has shown it (the length
 of ``sub_task_ids``), and as ``HIDREAM_IMAGES_PER_SET`` until then. Room is reserved
 before each submit and settled with the real count after it, so racing submits cannot
-overshoot. The child runs of a sharded batch share one budget through a file under a
-``flock``, so the cap holds for the batch as a whole.
+overshoot. The child runs of a sharded batch share one budget through an object in the
+output location, changed only by compare-and-swap, so the cap holds for the batch as a
+whole on a folder or a bucket.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
-import json
-import os
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
+from typing import TypeVar
 
+import anyio
 from pydantic import BaseModel, Field
 
 from modelset.ledger import LedgerRecord
+from modelset.storage import Store, update
+
+T = TypeVar("T")
 
 _PROBE_WAIT_S = 0.05
 
@@ -32,15 +33,16 @@ class _Tally(BaseModel):
 
 
 class Budget:
-    def __init__(self, cap: int | None, default_set_size: int, shared: Path | None = None):
+    def __init__(
+        self, cap: int | None, default_set_size: int, shared: tuple[Store, str] | None = None
+    ):
         self.cap = cap
         self.default_set_size = default_set_size
         self._shared = shared
         self._tally = _Tally()
 
     def set_size(self, template_id: int) -> int:
-        with self._tally_held() as tally:
-            return tally.set_sizes.get(template_id, self.default_set_size)
+        return self._transact(lambda tally: tally.set_sizes.get(template_id, self.default_set_size))
 
     async def reserve(self, template_id: int) -> int | None:
         """Room for one task of this template (the images reserved), or None past the cap.
@@ -48,24 +50,31 @@ class Budget:
         Under a cap, while a template's set size is unknown only one of its submits is in
         flight, so a set larger than assumed can overshoot by one set at most.
         """
+
+        def attempt(tally: _Tally) -> int | bool | None:
+            known = template_id in tally.set_sizes
+            if not (known or self.cap is None or not tally.probing.get(template_id)):
+                return False  # wait for the probing submit to settle
+            size = tally.set_sizes.get(template_id, self.default_set_size)
+            if self.cap is not None and tally.spent + tally.reserved + size > self.cap:
+                return None
+            tally.reserved += size
+            if not known:
+                tally.probing[template_id] = tally.probing.get(template_id, 0) + 1
+            return size
+
         while True:
-            with self._tally_held() as tally:
-                known = template_id in tally.set_sizes
-                if known or self.cap is None or not tally.probing.get(template_id):
-                    size = tally.set_sizes.get(template_id, self.default_set_size)
-                    if self.cap is not None and tally.spent + tally.reserved + size > self.cap:
-                        return None
-                    tally.reserved += size
-                    if not known:
-                        tally.probing[template_id] = tally.probing.get(template_id, 0) + 1
-                    return size
+            room = await self._run(attempt)
+            if room is not False:
+                return None if room is None else int(room)
             await asyncio.sleep(_PROBE_WAIT_S)
 
-    def settle(
+    async def settle(
         self, template_id: int, reserved: int, record: LedgerRecord | None, run_id: str
     ) -> None:
         """Replace a reservation by what this run actually paid for (None: nothing)."""
-        with self._tally_held() as tally:
+
+        def apply(tally: _Tally) -> None:
             tally.reserved -= reserved
             if tally.probing.get(template_id):
                 tally.probing[template_id] -= 1
@@ -74,30 +83,29 @@ class Budget:
                 if record.claimed_by_run == run_id:
                     tally.spent += len(record.sub_task_ids)
 
+        await self._run(apply)
+
     def refusal(self) -> str:
         return (
             f"budget: the cap of {self.cap} images is reached; "
             "rerun with a larger --max-images to continue"
         )
 
-    @contextlib.contextmanager
-    def _tally_held(self) -> Iterator[_Tally]:
+    async def _run(self, change: Callable[[_Tally], T]) -> T:
+        if self._shared is None or self._shared[0].is_local:
+            return self._transact(change)
+        return await anyio.to_thread.run_sync(self._transact, change)
+
+    def _transact(self, change: Callable[[_Tally], T]) -> T:
+        """Apply ``change`` to the tally: in memory, or to the shared one on the store
+        with a compare-and-swap (retried when another run changed it first)."""
         if self._shared is None:
-            yield self._tally
-            return
-        with self._shared.open("a+", encoding="utf-8") as handle:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-            try:
-                handle.seek(0)
-                text = handle.read()
-                tally = _Tally.model_validate_json(text) if text.strip() else _Tally()
-                before = tally.model_copy(deep=True)
-                yield tally
-                if tally != before:
-                    handle.seek(0)
-                    handle.truncate()
-                    handle.write(json.dumps(tally.model_dump(mode="json")))
-                    handle.flush()
-                    os.fsync(handle.fileno())
-            finally:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            return change(self._tally)
+        store, key = self._shared
+
+        def apply(data: bytes | None) -> tuple[bytes, T]:
+            tally = _Tally.model_validate_json(data) if data else _Tally()
+            value = change(tally)
+            return tally.model_dump_json().encode(), value
+
+        return update(store, key, apply)

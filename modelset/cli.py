@@ -199,7 +199,12 @@ def run(
     template: Annotated[
         list[int], typer.Option("--template", "-t", help="Template id; repeat for several.")
     ],
-    out: Annotated[Path | None, typer.Option(help="Output folder (same across reruns).")] = None,
+    out: Annotated[
+        str | None,
+        typer.Option(
+            help="Output location, the same across reruns: a folder or s3://bucket/prefix."
+        ),
+    ] = None,
     concurrency: Annotated[int | None, typer.Option(help="Sets in flight at once.")] = None,
     policy: Annotated[
         Literal["fix", "strict"], typer.Option(help="fix photos, or send only valid ones.")
@@ -224,6 +229,10 @@ def run(
     ] = False,
 ) -> None:
     """Generate model image sets for photos, exactly once per photo and template."""
+    from modelset.storage import open_store
+
+    with reported_errors():
+        open_store(out or Settings().output_dir)  # an unsupported location fails before Prefect
     options = RunOptions(
         policy=policy,
         fit=fit,
@@ -234,7 +243,7 @@ def run(
         resubmit_unknown=resubmit_unknown,
         dry_run=dry_run,
         max_images=max_images,
-        out=str(out) if out else None,
+        out=out,
     )
     summary = run_flow(sources, template, options, yes=yes)
     raise typer.Exit(exit_code(summary))
@@ -260,7 +269,7 @@ def demo(
         )
         console.print(f"sandbox listening on {server.base_url}")
         summary = run_flow([str(photos)], DEMO_TEMPLATES, RunOptions(out=str(out)))
-    console.print(f"\ncontact sheet: [bold]{summary.sheet.resolve()}[/]")
+    console.print(f"\ncontact sheet: [bold]{summary.sheet}[/]")
     raise typer.Exit(exit_code(summary))
 
 
@@ -386,7 +395,12 @@ def print_summary(summary: RunSummary) -> None:
         )
     if plan.account_error:
         errors.print(f"[bold red]account:[/] {plan.account_error}")
-    console.print(f"output folder: [bold]{summary.out.resolve()}[/]")
+    console.print(f"output: [bold]{summary.out}[/]")
+    console.print(f"report: [bold]{summary.sheet}[/]", highlight=False, soft_wrap=True)
+    if summary.link:
+        console.print(
+            f"report link (valid 7 days): {summary.link}", highlight=False, soft_wrap=True
+        )
 
 
 def exit_code(summary: RunSummary) -> int:
@@ -441,3 +455,56 @@ def notify_upload(
     except FileNotFoundError as exc:
         fail(str(exc), EXIT_USAGE)
     console.print(f"emitted modelset.photo.uploaded ({event_id})")
+
+
+@app.command()
+def doctor(
+    out: Annotated[
+        str | None,
+        typer.Option(help="The output location to check (default: HIDREAM_OUTPUT_DIR)."),
+    ] = None,
+    template: Annotated[
+        list[int] | None,
+        typer.Option("--template", "-t", help="A template id that must exist; repeat."),
+    ] = None,
+    prefect_yaml: Annotated[
+        Path | None,
+        typer.Option(
+            "--prefect-yaml",
+            help="The prefect.yaml whose work pools to check (default: the repository's, "
+            "else ./prefect.yaml).",
+        ),
+    ] = None,
+) -> None:
+    """Check what a run needs (token, templates, output, Prefect, callbacks); pays nothing.
+
+    One line per check. Exit code 0 when what the configured mode needs is fine, 3 when
+    the service refuses the account, 2 otherwise.
+    """
+    from pydantic import ValidationError
+    from rich.text import Text
+
+    from modelset.doctor import exit_code as doctor_exit_code
+    from modelset.doctor import run_checks
+
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        fail(f"the HIDREAM_* settings are invalid: {exc}", EXIT_USAGE)
+    results = asyncio.run(
+        run_checks(settings, out=out, template_ids=template or [], prefect_yaml=prefect_yaml)
+    )
+    for result in results:
+        if result.skipped:
+            mark, style = "-", "dim"
+        elif result.ok:
+            mark, style = "✓", "green"
+        elif result.needed or result.refused:
+            mark, style = "✗", "bold red"
+        else:
+            mark, style = "!", "yellow"
+        line = Text.assemble((mark, style), " ", (result.name, "bold"), ": ", result.detail)
+        if result.hint:
+            line.append(f" → {result.hint}", style="cyan")
+        console.print(line, soft_wrap=True, highlight=False)
+    raise typer.Exit(doctor_exit_code(results))

@@ -39,7 +39,9 @@ class RunOptions(BaseModel):
         default=None, ge=0, description="Never pay for more generated images than this."
     )
     out: str | None = Field(
-        default=None, description="Output folder (default: HIDREAM_OUTPUT_DIR)."
+        default=None,
+        description="Output location: an absolute folder, or s3://, gs://, az://bucket/prefix "
+        "(default: HIDREAM_OUTPUT_DIR).",
     )
     shard_size: int | None = Field(
         default=None,
@@ -47,10 +49,10 @@ class RunOptions(BaseModel):
         description="Split a larger batch into child runs of this many photos, run by "
         "the generate-model-sets/manual deployment on any worker.",
     )
-    budget_file: str | None = Field(
+    shard_of: str | None = Field(
         default=None,
-        description="Set by a sharded parent run: the file its child runs share the "
-        "max_images cap through. Leave empty.",
+        description="Set by a sharded parent run: its run id, through which its child "
+        "runs share the max_images cap and report an account error. Leave empty.",
     )
     deadline_s: float | None = Field(
         default=None, gt=0, description="Seconds to wait for a set (default: settings)."

@@ -1,13 +1,13 @@
-"""The report in the output folder: ``manifest.jsonl``, ``manifest.csv`` and ``index.html``.
+"""The report in the output location: ``manifest.jsonl``, ``manifest.csv`` and ``index.html``.
 
-One row per photo and template. A rerun into the same folder rewrites the manifest with
+One row per photo and template. A rerun into the same location rewrites the manifest with
 every row's latest state; rows of photos the rerun did not touch are kept.
 """
 
 from __future__ import annotations
 
+import base64
 import csv
-import fcntl
 import html
 import io
 from collections.abc import Iterable
@@ -16,12 +16,13 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from modelset.atomic import write_text
+from modelset.storage import Store, locate, open_store, read_many, read_or_none, update
 
 MANIFEST_JSONL = "manifest.jsonl"
 MANIFEST_CSV = "manifest.csv"
 INDEX_HTML = "index.html"
 STATE_DIR = ".modelset"
+_REWRITE_ROUNDS = 5
 MANIFEST_FIELDS = (
     "source",
     "item",
@@ -64,15 +65,24 @@ class ManifestRow(BaseModel):
         return (self.source, self.template_id)
 
 
-def read_manifest(out: Path) -> list[ManifestRow]:
-    path = out / MANIFEST_JSONL
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            rows.append(ManifestRow.model_validate_json(line))
-    return rows
+def read_manifest(where: Store | str | Path) -> list[ManifestRow]:
+    """The rows of a location's manifest (a store, a folder or a bucket URL)."""
+    store = where if not isinstance(where, str | Path) else open_store(where)
+    blob = read_or_none(store, MANIFEST_JSONL)
+    return [] if blob is None else _parse_rows(blob.data)
+
+
+def _parse_rows(data: bytes) -> list[ManifestRow]:
+    return [
+        ManifestRow.model_validate_json(line)
+        for line in data.decode("utf-8").splitlines()
+        if line.strip()
+    ]
+
+
+def _manifest_bytes(rows: Iterable[ManifestRow]) -> bytes:
+    text = "".join(row.model_dump_json(include=set(MANIFEST_FIELDS)) + "\n" for row in rows)
+    return text.encode("utf-8")
 
 
 def merge_rows(previous: Iterable[ManifestRow], latest: Iterable[ManifestRow]) -> list[ManifestRow]:
@@ -83,37 +93,81 @@ def merge_rows(previous: Iterable[ManifestRow], latest: Iterable[ManifestRow]) -
     return list(merged.values())
 
 
-def update_report(out: Path, rows: list[ManifestRow]) -> Path:
-    """Merge ``rows`` into the folder's report under a lock; returns the sheet's path.
+def update_report(store: Store, rows: list[ManifestRow]) -> str:
+    """Merge ``rows`` into the location's report; returns where the sheet is.
 
-    Several runs (shards, the callback collector) may write one folder's report; the
-    lock makes each read-merge-write whole, so no run's rows are lost.
+    Several runs (shards, concurrent runs, the callback collector) may write one
+    location's report. The manifest is merged with a compare-and-swap, so no run's rows
+    are lost; the CSV and the sheet are written from the merged rows, and written again
+    while the manifest moved on under them, so the last ones written match it.
     """
-    lock_path = out / STATE_DIR / "report.lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with lock_path.open("a") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        try:
-            merged = merge_rows(read_manifest(out), rows)
-            return write_report(out, merged, title=f"modelset: {out}")
-        finally:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+    thumbnails = {row.row_key: row.thumbnail for row in rows if row.thumbnail}
+
+    def merge(current: bytes | None) -> tuple[bytes, list[ManifestRow]]:
+        merged = merge_rows(_parse_rows(current) if current else [], rows)
+        return _manifest_bytes(merged), merged
+
+    merged = update(store, MANIFEST_JSONL, merge)
+    for _ in range(_REWRITE_ROUNDS):
+        written = read_or_none(store, MANIFEST_JSONL)
+        _write_views(store, merged, thumbnails)
+        latest = read_or_none(store, MANIFEST_JSONL)
+        if latest is None or written is None or latest.etag == written.etag:
+            break
+        merged = _parse_rows(latest.data)
+    return locate(store, INDEX_HTML)
 
 
-def write_report(out: Path, rows: list[ManifestRow], *, title: str = "modelset") -> Path:
-    """Write the manifest (both forms) and the contact sheet; returns the sheet's path."""
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(
-        out / MANIFEST_JSONL,
-        "".join(row.model_dump_json(include=set(MANIFEST_FIELDS)) + "\n" for row in rows),
-    )
-    _write_csv(out / MANIFEST_CSV, rows)
-    sheet = out / INDEX_HTML
-    write_text(sheet, contact_sheet(rows, title=title))
-    return sheet
+def write_report(store: Store, rows: list[ManifestRow]) -> str:
+    """Write the manifest (both forms) and the contact sheet; returns the sheet's place."""
+    store.write(MANIFEST_JSONL, _manifest_bytes(rows))
+    _write_views(store, rows, {row.row_key: row.thumbnail for row in rows if row.thumbnail})
+    return locate(store, INDEX_HTML)
 
 
-def _write_csv(path: Path, rows: list[ManifestRow]) -> None:
+def _write_views(
+    store: Store, rows: list[ManifestRow], thumbnails: dict[tuple[str, int], str]
+) -> None:
+    for row in rows:
+        if row.thumbnail is None and row.source_sha256:
+            key = thumbnails.get(row.row_key) or _input_thumbnail(row.source_sha256)
+            path = store.local_path(key)
+            row.thumbnail = key if path is None or path.exists() else None
+    _write_csv(store, rows)
+    title = f"modelset: {store.url}"
+    if store.is_local:
+        page = contact_sheet(rows, title=title)
+    else:
+        page = contact_sheet(rows, title=title, images=_embedded_images(store, rows))
+    store.write(INDEX_HTML, page.encode("utf-8"))
+
+
+def _input_thumbnail(source_sha256: str) -> str:
+    return f"{STATE_DIR}/thumbs/{source_sha256}.jpg"
+
+
+def _embedded_images(store: Store, rows: list[ManifestRow]) -> dict[str, str]:
+    """``data:`` URIs of every thumbnail the sheet shows, by the key it would link.
+
+    A private bucket's sheet opened through a presigned URL cannot load other objects,
+    so the thumbnails travel inside it; its links stay relative.
+    """
+    wanted: dict[str, str] = {}
+    for row in rows:
+        if row.thumbnail:
+            wanted[row.thumbnail] = row.thumbnail
+        for output in row.outputs:
+            wanted[output] = f"{STATE_DIR}/thumbs/{output}"
+    found = read_many(store, list(set(wanted.values())))
+    images = {}
+    for shown, key in wanted.items():
+        blob = found.get(key)
+        if blob is not None:
+            images[shown] = "data:image/jpeg;base64," + base64.b64encode(blob.data).decode()
+    return images
+
+
+def _write_csv(store: Store, rows: list[ManifestRow]) -> None:
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=MANIFEST_FIELDS)
     writer.writeheader()
@@ -121,7 +175,7 @@ def _write_csv(path: Path, rows: list[ManifestRow]) -> None:
         values = row.model_dump(include=set(MANIFEST_FIELDS), mode="json")
         values["outputs"] = ";".join(row.outputs)
         writer.writerow(values)
-    write_text(path, text.getvalue())
+    store.write(MANIFEST_CSV, text.getvalue().encode("utf-8"))
 
 
 _STATUS_COLOURS = {
@@ -143,14 +197,20 @@ margin:2px;background:#f6f8fa}.status{font-weight:600}.reason{color:#57606a;max-
 """
 
 
-def contact_sheet(rows: list[ManifestRow], *, title: str) -> str:
-    """A self-contained page: each input beside its generated set, status and reason."""
+def contact_sheet(
+    rows: list[ManifestRow], *, title: str, images: dict[str, str] | None = None
+) -> str:
+    """A self-contained page: each input beside its generated set, status and reason.
+
+    ``images`` maps a thumbnail's or an output's key to what the page shows for it (a
+    ``data:`` URI); without it, images load from their keys, relative to the page.
+    """
     summary = "".join(
         f"<span>{html.escape(status)}: <b>{count}</b></span>"
         for status, count in summarize(rows).items()
         if count
     )
-    body = "\n".join(_sheet_row(row) for row in rows)
+    body = "\n".join(_sheet_row(row, images) for row in rows)
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
@@ -160,14 +220,15 @@ def contact_sheet(rows: list[ManifestRow], *, title: str) -> str:
     )
 
 
-def _sheet_row(row: ManifestRow) -> str:
+def _sheet_row(row: ManifestRow, shown: dict[str, str] | None) -> str:
+    def src(key: str) -> str:
+        return html.escape(key if shown is None else shown.get(key, key))
+
     thumbnail = (
-        f"<img src='{html.escape(row.thumbnail)}' alt='input' loading='lazy'>"
-        if row.thumbnail
-        else ""
+        f"<img src='{src(row.thumbnail)}' alt='input' loading='lazy'>" if row.thumbnail else ""
     )
     images = "".join(
-        f"<a href='{html.escape(path)}'><img src='{html.escape(path)}' loading='lazy'"
+        f"<a href='{html.escape(path)}'><img src='{src(path)}' loading='lazy'"
         f" alt='{html.escape(Path(path).name)}'></a>"
         for path in row.outputs
     )

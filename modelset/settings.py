@@ -8,17 +8,17 @@ Prefect so the core can be used and tested without a server).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from modelset.errors import UsageError
 
 PUBLIC_BASE_URL = "https://www.hidreamai.com"
 CALLBACK_PATH = "/hidream/callback/"
+OUT_PARAMETER = "out"  # the notify_url's query parameter naming the output location
 
 
 class MissingTokenError(UsageError):
@@ -51,7 +51,10 @@ class Settings(BaseSettings):
         default=None, description="Optional X-accept-language header."
     )
 
-    output_dir: Path = Field(default=Path("output"), description="Default report folder.")
+    output_dir: str = Field(
+        default="output",
+        description="Default output location: a folder, or s3://, gs://, az://bucket/prefix.",
+    )
     concurrency: int = Field(default=8, ge=1, le=256, description="Photos in flight at once.")
     max_images: int | None = Field(
         default=None, ge=0, description="Cap on generated images a run may pay for."
@@ -91,19 +94,39 @@ class Settings(BaseSettings):
     poll_deadline: float = Field(
         default=1800.0, gt=0, description="Seconds to wait for a set before giving up."
     )
+    ledger_lease: float = Field(
+        default=15 * 60.0,
+        gt=0,
+        description="Seconds a claim on a bucket's ledger holds without renewal (renewed "
+        "every third of it); must outlast a whole send.",
+    )
     concurrency_limit: str | None = Field(
         default=None,
         description="Name of a Prefect global concurrency limit that API calls take a slot of.",
     )
 
-    def notify_url(self) -> str | None:
+    @model_validator(mode="after")
+    def _lease_outlasts_a_send(self) -> Settings:
+        if self.ledger_lease <= self.send_window():
+            raise ValueError(
+                f"HIDREAM_LEDGER_LEASE ({self.ledger_lease:g} s) must be longer than a whole "
+                f"send ({self.send_window():g} s: (connect + read timeout) x attempts)"
+            )
+        return self
+
+    def send_window(self) -> float:
+        """The longest a submit can take, every attempt included."""
+        return (self.connect_timeout + self.read_timeout) * self.max_attempts
+
+    def notify_url(self, location: str | None = None) -> str | None:
         """Where the service should call back: the receiver's URL with the secret path."""
         if not self.callback_url or self.callback_secret is None:
             return None
         secret = self.callback_secret.get_secret_value()
         if not secret:
             return None
-        return f"{self.callback_url.rstrip('/')}{CALLBACK_PATH}{quote(secret, safe='')}"
+        url = f"{self.callback_url.rstrip('/')}{CALLBACK_PATH}{quote(secret, safe='')}"
+        return url if location is None else f"{url}?{urlencode({OUT_PARAMETER: location})}"
 
     def require_token(self) -> SecretStr:
         """The configured token, or a :class:`MissingTokenError` naming the variable."""

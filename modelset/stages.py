@@ -8,18 +8,22 @@ policy. ``submit_once``: exactly once through the :class:`~modelset.ledger.Ledge
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import logging
+import tempfile
 from collections import Counter
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
+import anyio
 import httpx
 from PIL import Image
 from pydantic import BaseModel
 
-from modelset.atomic import write_bytes, write_text
+from modelset.atomic import write_bytes
 from modelset.hidream import (
     AccountError,
     ConnectFailed,
@@ -40,49 +44,64 @@ from modelset.images import (
     Policy,
     prepare_image,
 )
-from modelset.ledger import Ledger, LedgerRecord, SubmissionState, request_id_for, submission_key
+from modelset.ledger import (
+    ClaimLost,
+    Ledger,
+    LedgerClaim,
+    LedgerRecord,
+    SubmissionState,
+    request_id_for,
+    submission_key,
+    upload_key,
+)
 from modelset.report import STATE_DIR, ManifestRow, Status
 from modelset.sources import FetchError, fetch
+from modelset.storage import Store, open_store, read_many, read_or_none
 
 log = logging.getLogger("modelset.stages")
 
+T = TypeVar("T")
+
 TASK_MARKER = ".task_id"
+PREPARED_PREFIX = f"{STATE_DIR}/prepared"
+THUMBS_PREFIX = f"{STATE_DIR}/thumbs"
+OUTPUT_THUMBNAIL = (96, 128)
 _HASH_CHUNK = 1024 * 1024
 
 
-class Workspace(BaseModel):
-    """The folders of one output directory."""
+class Workspace:
+    """An output location (folder or bucket) and this machine's scratch folder.
 
-    out: Path
+    Everything a later run or another worker reads back goes to ``store``; what only this
+    run needs locally (fetched copies of remote sources, uploads before they are sent)
+    goes to ``scratch``: on a folder that is ``.modelset/`` beside the report, on a bucket
+    a temporary folder that :func:`open_workspace` removes at the end of the run.
+    """
 
-    @property
-    def state(self) -> Path:
-        return self.out / STATE_DIR
-
-    @property
-    def ledger_dir(self) -> Path:
-        return self.state / "ledger"
-
-    @property
-    def uploads(self) -> Path:
-        return self.state / "uploads"
-
-    @property
-    def fetched(self) -> Path:
-        return self.state / "fetched"
+    def __init__(self, store: Store, scratch: Path) -> None:
+        self.store = store
+        self.scratch = scratch
+        self.uploads = scratch / "uploads"
+        self.fetched = scratch / "fetched"
+        self.uploads.mkdir(parents=True, exist_ok=True)
+        self.fetched.mkdir(parents=True, exist_ok=True)
 
     @property
-    def thumbnails(self) -> Path:
-        return self.state / "thumbs"
+    def out(self) -> str:
+        """The location as a person names it (a path or ``s3://bucket/prefix``)."""
+        return self.store.url
 
-    @property
-    def prepared(self) -> Path:
-        return self.state / "prepared"
 
-    def create(self) -> Workspace:
-        for folder in (self.ledger_dir, self.uploads, self.fetched, self.thumbnails, self.prepared):
-            folder.mkdir(parents=True, exist_ok=True)
-        return self
+@contextlib.contextmanager
+def open_workspace(location: str | Path) -> Iterator[Workspace]:
+    """The workspace of an output location, its scratch folder removed afterwards."""
+    store = open_store(location)
+    local = store.local_path(STATE_DIR)
+    if local is not None:
+        yield Workspace(store, local)
+        return
+    with tempfile.TemporaryDirectory(prefix="modelset-") as scratch:
+        yield Workspace(store, Path(scratch))
 
 
 class PrepareOptions(BaseModel):
@@ -104,15 +123,19 @@ class PreparedPhoto(BaseModel):
 
     source: str
     source_sha256: str | None = None
-    upload_path: Path | None = None
+    upload_path: Path | None = None  # on this machine's scratch; may be gone on a rerun
     upload_sha256: str | None = None
-    thumbnail: str | None = None  # relative to the output folder
+    thumbnail: str | None = None  # a key of the output location
     reason: str | None = None
     sendable_as_is: bool = False  # the source itself meets every rule of the API
 
     @property
     def ready(self) -> bool:
-        return self.upload_path is not None and self.reason is None
+        return self.upload_sha256 is not None and self.reason is None
+
+    @property
+    def upload_present(self) -> bool:
+        return self.upload_path is not None and self.upload_path.exists()
 
     def image_to_send(self, options: PrepareOptions) -> tuple[str | Path, str]:
         """What the submit carries, and its sha256: the source URL when it may pass."""
@@ -135,25 +158,37 @@ def hash_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _prepared_record(workspace: Workspace, source_sha256: str, options: PrepareOptions) -> Path:
-    return workspace.prepared / f"{source_sha256}-{options.name}-v{PREPARATION_VERSION}.json"
+def _prepared_key(source_sha256: str, options: PrepareOptions) -> str:
+    return f"{PREPARED_PREFIX}/{source_sha256}-{options.name}-v{PREPARATION_VERSION}.json"
 
 
-def cached_preparation(
-    workspace: Workspace, source: str, source_sha256: str, options: PrepareOptions
-) -> PreparedPhoto | None:
-    """A photo prepared by an earlier run (same bytes, same policy), if its upload remains."""
-    path = _prepared_record(workspace, source_sha256, options)
-    try:
-        cached = PreparedPhoto.model_validate_json(path.read_bytes())
-    except FileNotFoundError:
-        return None
-    if cached.upload_path is not None and not cached.upload_path.exists():
-        return None
-    return cached.model_copy(update={"source": source})
+def thumbnail_key(source_sha256: str) -> str:
+    return f"{THUMBS_PREFIX}/{source_sha256}.jpg"
 
 
-def prepare_photo(source: str, workspace: Workspace, options: PrepareOptions) -> PreparedPhoto:
+def cached_preparations(
+    workspace: Workspace, photos: list[tuple[str, str]], options: PrepareOptions
+) -> dict[str, PreparedPhoto]:
+    """Photos prepared by earlier runs (same bytes, same policy), by source.
+
+    ``photos`` are (source, source sha256) pairs. A cached photo whose upload is not on
+    this machine any more is still good for planning; it is prepared again only if it
+    has to be sent.
+    """
+    keys = {source: _prepared_key(digest, options) for source, digest in photos}
+    found = read_many(workspace.store, list(keys.values()))
+    cached = {}
+    for source, key in keys.items():
+        blob = found.get(key)
+        if blob is not None:
+            photo = PreparedPhoto.model_validate_json(blob.data)
+            cached[source] = photo.model_copy(update={"source": source})
+    return cached
+
+
+def prepare_photo(
+    source: str, workspace: Workspace, options: PrepareOptions, *, use_cache: bool = True
+) -> PreparedPhoto:
     """Fetch, validate and prepare one photo. Photo problems are returned, never raised."""
     try:
         fetched = fetch(
@@ -165,11 +200,15 @@ def prepare_photo(source: str, workspace: Workspace, options: PrepareOptions) ->
         )
     except FetchError as exc:
         return PreparedPhoto(source=source, reason=f"fetch failed: {exc}")
-    cached = cached_preparation(workspace, source, fetched.sha256, options)
-    if cached is not None:
-        return cached
+    if use_cache:
+        cached = cached_preparations(workspace, [(source, fetched.sha256)], options).get(source)
+        if cached is not None and (cached.upload_present or not cached.ready):
+            if fetched.temporary:
+                fetched.path.unlink(missing_ok=True)
+            return cached
     upload_path = workspace.uploads / f"{fetched.sha256}-{options.name}.upload"
-    preview = workspace.thumbnails / f"{fetched.sha256}.jpg"
+    preview_key = thumbnail_key(fetched.sha256)
+    preview = workspace.store.local_path(preview_key) or workspace.uploads / f"{fetched.sha256}.jpg"
     try:
         prepared = prepare_image(
             fetched.path,
@@ -178,13 +217,16 @@ def prepare_photo(source: str, workspace: Workspace, options: PrepareOptions) ->
             fit=options.fit,
             thumbnail=None if preview.exists() else preview,
         )
-        thumbnail = _write_thumbnail(prepared.path, preview, workspace)
+        _write_thumbnail(prepared.path, preview)
+        if not workspace.store.is_local:
+            workspace.store.write_file(preview_key, preview)
+            preview.unlink(missing_ok=True)
         result = PreparedPhoto(
             source=source,
             source_sha256=fetched.sha256,
             upload_path=prepared.path,
             upload_sha256=prepared.sha256,
-            thumbnail=thumbnail,
+            thumbnail=preview_key,
             sendable_as_is=prepared.check.sendable_as_is,
         )
     except ImageRejected as exc:
@@ -192,20 +234,24 @@ def prepare_photo(source: str, workspace: Workspace, options: PrepareOptions) ->
     finally:
         if fetched.temporary:
             fetched.path.unlink(missing_ok=True)
-    write_text(_prepared_record(workspace, fetched.sha256, options), result.model_dump_json())
+    workspace.store.write(_prepared_key(fetched.sha256, options), result.model_dump_json().encode())
     return result
 
 
-def _write_thumbnail(upload: Path, target: Path, workspace: Workspace) -> str:
-    """The preview's path in the report; made from the upload if preparing did not."""
+def _write_thumbnail(upload: Path, target: Path) -> None:
+    """Make the preview from the upload if preparing did not."""
     if not target.exists():
-        with Image.open(upload) as image:
-            image.draft("RGB", THUMBNAIL_SIZE)
-            image.thumbnail(THUMBNAIL_SIZE)
-            encoded = io.BytesIO()
-            image.convert("RGB").save(encoded, "JPEG", quality=80)
-        write_bytes(target, encoded.getvalue())
-    return target.relative_to(workspace.out).as_posix()
+        write_bytes(target, thumbnail_jpeg(upload, THUMBNAIL_SIZE))
+
+
+def thumbnail_jpeg(image_file: Path | io.BytesIO, size: tuple[int, int]) -> bytes:
+    """A small JPEG of an image, decoded at a reduced scale where the format allows."""
+    with Image.open(image_file) as image:
+        image.draft("RGB", size)
+        image.thumbnail(size)
+        encoded = io.BytesIO()
+        image.convert("RGB").save(encoded, "JPEG", quality=80)
+    return encoded.getvalue()
 
 
 # -- submit ----------------------------------------------------------------------------
@@ -216,6 +262,8 @@ class SubmitPolicy(BaseModel):
     refresh: bool = False
     retry_failed: bool = False
     resubmit_unknown: bool = False
+    # A send (every attempt of it) must fit in what is left of the claim's lease.
+    send_window_s: float = 0.0
 
 
 def key_for(base_url: str, template_id: int, source_sha256: str, options: PrepareOptions) -> str:
@@ -225,6 +273,17 @@ def key_for(base_url: str, template_id: int, source_sha256: str, options: Prepar
         source_sha256=source_sha256,
         policy=options.name,
         version=PREPARATION_VERSION,
+    )
+
+
+def upload_key_for(
+    base_url: str, template_id: int, upload_sha256: str, options: PrepareOptions
+) -> str:
+    return upload_key(
+        base_url=base_url,
+        template_id=template_id,
+        upload_sha256=upload_sha256,
+        policy=options.name,
     )
 
 
@@ -255,28 +314,34 @@ async def submit_once(
 ) -> LedgerRecord:
     """Send one photo+template at most once; returns its ledger record.
 
+    The record returned has another key when the same upload was paid for under that
+    key (the same picture with other bytes): the caller points at that set.
     Raises :class:`AccountError` (the batch must stop); every other outcome is recorded.
     """
     assert prepared.ready
     assert prepared.source_sha256
     image, image_sha256 = prepared.image_to_send(prepare)
-    async with ledger.claim(key) as record:
+    async with ledger.claim(key) as claim:
+        record = claim.record
         if not needs_submit(record, rules):
             assert record is not None
             return record
+        upload = upload_key_for(client.base_url, template_id, image_sha256, prepare)
         if record is not None and record.state in (
             SubmissionState.INTENT,
             SubmissionState.UNKNOWN,
         ):
             # An earlier send may have created a task: adopt it rather than pay again,
             # whatever the rerun options say.
-            resolved = await _resolve_unknown(client, ledger, record, rules)
+            resolved = await _resolve_unknown(client, claim, record, rules)
             if resolved is not None:
                 return resolved
             attempt = record.attempt
         else:
             attempt = 1 if record is None else record.attempt + 1
-        intent = ledger.write(
+        if claim.time_left() < rules.send_window_s:
+            return _not_sent(record, key, "the ledger lease is too short for a whole send")
+        intent = await claim.write(
             LedgerRecord(
                 key=key,
                 attempt=attempt,
@@ -290,16 +355,35 @@ async def submit_once(
                 claimed_by_run=rules.run_id,
             )
         )
+        if record is None and not rules.refresh:
+            # Claimed after the intent is on record, so a concurrent claimer of the same
+            # upload always finds its owner's record and never takes the upload over.
+            owner = await ledger.claim_upload(upload, key)
+            if owner != key and (paid := await ledger.run(ledger.read, owner)) is not None:
+                await claim.forget()
+                return paid
         try:
-            receipt = await client.submit_variation(
-                image,
-                template_id,
-                request_id=intent.request_id,
-                notify_url=notify_url,
+            receipt = await _send_while_held(
+                claim,
+                client.submit_variation(
+                    image, template_id, request_id=intent.request_id, notify_url=notify_url
+                ),
+            )
+        except ClaimLost:
+            # The lease could not be renewed: stop sending. Whoever claims the key next
+            # finds the intent and looks its request_id up.
+            return intent.model_copy(
+                update={
+                    "state": SubmissionState.UNKNOWN,
+                    "reason": "the ledger lease was lost mid-send; a rerun looks the "
+                    "request_id up before sending again",
+                }
             )
         except (AccountError, ConnectFailed, Throttled) as exc:
             # Certainly not created: the key goes back to what it was before this send.
-            _restore(ledger, key, record)
+            await _restore(claim, record)
+            if record is None:
+                await ledger.release_upload(upload, key)
             if isinstance(exc, AccountError):
                 raise
             return intent.model_copy(
@@ -310,7 +394,7 @@ async def submit_once(
                 }
             )
         except RequestRejected as exc:
-            return ledger.write(
+            return await claim.write(
                 intent.model_copy(
                     update={
                         "state": SubmissionState.FINISHED,
@@ -323,10 +407,10 @@ async def submit_once(
             # It may have reached the service (a lookup just now can miss a request still
             # being processed): the next run looks it up again before any resend.
             reason = f"{exc.message}; a rerun looks its request_id up before sending again"
-            return ledger.write(
+            return await claim.write(
                 intent.model_copy(update={"state": SubmissionState.UNKNOWN, "reason": reason})
             )
-        return ledger.write(
+        return await claim.write(
             intent.model_copy(
                 update={
                     "state": SubmissionState.SUBMITTED,
@@ -337,15 +421,44 @@ async def submit_once(
         )
 
 
-def _restore(ledger: Ledger, key: str, previous: LedgerRecord | None) -> None:
+async def _send_while_held(claim: LedgerClaim, send: Awaitable[T]) -> T:
+    """Await ``send``, cancelling it if the claim's hold is lost first (ClaimLost)."""
+    sending = asyncio.ensure_future(send)
+    lost = asyncio.ensure_future(claim.hold.lost.wait())
+    try:
+        await asyncio.wait({sending, lost}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        lost.cancel()
+    if not sending.done():
+        sending.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await sending
+        raise ClaimLost("the ledger lease was lost")
+    return sending.result()
+
+
+def _not_sent(record: LedgerRecord | None, key: str, why: str) -> LedgerRecord:
+    base = record or LedgerRecord(
+        key=key, state=SubmissionState.FINISHED, request_id="", template_id=0, source_sha256=""
+    )
+    return base.model_copy(
+        update={
+            "state": SubmissionState.FINISHED,
+            "outcome": Status.FAILED.value,
+            "reason": f"not submitted ({why}); a rerun tries again",
+        }
+    )
+
+
+async def _restore(claim: LedgerClaim, previous: LedgerRecord | None) -> None:
     if previous is None:
-        ledger.forget(key)
+        await claim.forget()
     else:
-        ledger.write(previous)
+        await claim.write(previous)
 
 
 async def _resolve_unknown(
-    client: HiDreamClient, ledger: Ledger, record: LedgerRecord, rules: SubmitPolicy
+    client: HiDreamClient, claim: LedgerClaim, record: LedgerRecord, rules: SubmitPolicy
 ) -> LedgerRecord | None:
     """An earlier send whose answer was lost: its task if found, None if safe to resend."""
     if client.lookup_by_request_id:
@@ -357,7 +470,7 @@ async def _resolve_unknown(
             log.info("looking up %s failed: %s", record.request_id, exc.message)
         else:
             if result.task_id is not None:
-                return ledger.write(
+                return await claim.write(
                     record.model_copy(
                         update={
                             "state": SubmissionState.SUBMITTED,
@@ -369,7 +482,7 @@ async def _resolve_unknown(
                 )
     if rules.resubmit_unknown:
         return None
-    return ledger.write(
+    return await claim.write(
         record.model_copy(
             update={
                 "state": SubmissionState.UNKNOWN,
@@ -405,7 +518,7 @@ async def collect_once(
     async with ledger.collecting(record.key, wait=wait_for_others) as held:
         if not held:
             return None
-        current = ledger.read(record.key) or record
+        current = await ledger.run(ledger.read, record.key) or record
         if current.state is SubmissionState.FINISHED and current.task_id == record.task_id:
             return current  # another collector finished it meanwhile
         waiting = wakeups if wakeups is not None else {}
@@ -448,24 +561,26 @@ async def collect_set(
         return record.model_copy(
             update={"reason": f"could not learn the result ({exc.message}); a rerun resumes"}
         )
-    folder = workspace.out / item / str(record.template_id)
-    outputs, problems = await _download_set(client, downloads, result, record.task_id, folder)
+    folder = f"{item}/{record.template_id}"
+    outputs, problems = await _download_set(
+        client, downloads, result, record.task_id, workspace.store, folder
+    )
     outcome, reason = _judge(result, problems)
     update: dict[str, object] = {
         "outcome": outcome.value,
         "reason": reason,
-        "outputs": [path.relative_to(workspace.out).as_posix() for path in outputs],
+        "outputs": outputs,
         # A set whose images could not all be downloaded stays open: the next run
         # downloads again instead of paying again.
         "state": SubmissionState.SUBMITTED if problems else SubmissionState.FINISHED,
     }
     if problems:
         update["reason"] = f"{reason}; a rerun downloads them again"
-    async with ledger.claim(record.key) as current:
-        if current is not None and current.task_id != record.task_id:
+    async with ledger.claim(record.key) as claim:
+        if claim.record is not None and claim.record.task_id != record.task_id:
             # A newer attempt (--refresh, --retry-failed) owns the key now.
             return record.model_copy(update=update)
-        return ledger.write(record.model_copy(update=update))
+        return await claim.write(record.model_copy(update=update))
 
 
 async def _download_set(
@@ -473,27 +588,31 @@ async def _download_set(
     downloads: httpx.AsyncClient,
     result: TaskResult,
     task_id: str,
-    folder: Path,
-) -> tuple[list[Path], list[str]]:
-    folder.mkdir(parents=True, exist_ok=True)
+    store: Store,
+    folder: str,
+) -> tuple[list[str], list[str]]:
+    """Download a set's images into ``folder``; returns their keys and the problems."""
     # Files already there are kept only if they came from this very task: a refreshed
     # or retried set replaces an older task's images.
-    marker = folder / TASK_MARKER
-    same_task = marker.exists() and marker.read_text(encoding="utf-8").strip() == task_id
+    marker = read_or_none(store, f"{folder}/{TASK_MARKER}")
+    same_task = marker is not None and marker.data.decode().strip() == task_id
+    present = set(await anyio.to_thread.run_sync(store.list, folder))
     if not same_task:
-        for stale in folder.glob("*.jpg"):
-            stale.unlink()
-        write_text(marker, task_id)
-    outputs: list[Path] = []
+        for stale in sorted(present):
+            if stale.endswith(".jpg"):
+                store.delete(stale)
+        present = set()
+        store.write(f"{folder}/{TASK_MARKER}", task_id.encode())
+    outputs: list[str] = []
     problems: list[str] = []
     for index, sub in enumerate(result.sub_task_results, start=1):
         if not sub.succeeded:
             continue
-        target = folder / f"{index}.jpg"
-        if same_task and target.exists() and target.stat().st_size > 0:
+        target = f"{folder}/{index}.jpg"
+        if target in present:
             outputs.append(target)
             continue
-        problem = await download_image(downloads, sub.image, target)
+        problem = await download_image(downloads, sub.image, store, target)
         if problem is not None:
             # Result URLs expire: ask for fresh ones once before giving up.
             try:
@@ -505,7 +624,7 @@ async def _download_set(
                 (s.image for s in fresh.sub_task_results if s.sub_task_id == sub.sub_task_id),
                 "",
             )
-            problem = await download_image(downloads, url, target) if url else problem
+            problem = await download_image(downloads, url, store, target) if url else problem
         if problem is None:
             outputs.append(target)
         else:
@@ -513,8 +632,14 @@ async def _download_set(
     return outputs, problems
 
 
-async def download_image(downloads: httpx.AsyncClient, url: str, target: Path) -> str | None:
-    """Download one image, verified to decode; the problem, or None when it is on disk."""
+async def download_image(
+    downloads: httpx.AsyncClient, url: str, store: Store, target: str
+) -> str | None:
+    """Download one image, verified to decode; the problem, or None when it is stored.
+
+    On a bucket a small thumbnail is stored beside it (``.modelset/thumbs/<target>``), for
+    the report to embed: a private bucket's images do not load in a browser.
+    """
     try:
         response = await downloads.get(url)
     except httpx.HTTPError as exc:
@@ -526,8 +651,20 @@ async def download_image(downloads: httpx.AsyncClient, url: str, target: Path) -
             image.verify()
     except Exception:  # Pillow raises many types for a broken file
         return "downloaded file is not a valid image"
-    write_bytes(target, response.content)
+    if store.is_local:
+        store.write(target, response.content)
+        return None
+    await anyio.to_thread.run_sync(_store_with_thumbnail, store, target, response.content)
     return None
+
+
+def output_thumbnail_key(output: str) -> str:
+    return f"{THUMBS_PREFIX}/{output}"
+
+
+def _store_with_thumbnail(store: Store, target: str, data: bytes) -> None:
+    store.write(output_thumbnail_key(target), thumbnail_jpeg(io.BytesIO(data), OUTPUT_THUMBNAIL))
+    store.write(target, data)
 
 
 def _judge(result: TaskResult, problems: list[str]) -> tuple[Status, str | None]:

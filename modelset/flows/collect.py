@@ -7,13 +7,14 @@ collection lock while it waits, and this flow leaves such a set to it.
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 from typing import Any
 
+import anyio
 from prefect import flow, get_run_logger
 from prefect.client.schemas.objects import State
 from prefect.states import Completed, Failed
 
+from modelset.flows.generate import output_location
 from modelset.ledger import SubmissionState
 from modelset.report import Status, update_report
 from modelset.settings import Settings
@@ -21,7 +22,7 @@ from modelset.stages import (
     PreparedPhoto,
     PrepareOptions,
     SubmitPolicy,
-    Workspace,
+    open_workspace,
     row_for,
 )
 from modelset.tasks.runtime import collect, open_runtime
@@ -33,44 +34,45 @@ async def collect_model_set(task_id: str, out: str | None = None) -> State[Any]:
 
     Args:
         task_id: the HiDream task whose callback arrived.
-        out: the output folder of the submitting run (default: HIDREAM_OUTPUT_DIR).
+        out: the output location of the submitting run, as its callback URL names it
+            (default: HIDREAM_OUTPUT_DIR).
     """
     settings = Settings()
     log = get_run_logger()
-    workspace = Workspace(out=Path(out) if out else settings.output_dir).create()
-    async with open_runtime(
-        settings,
-        workspace,
-        prepare=PrepareOptions(),
-        rules=SubmitPolicy(run_id=str(uuid.uuid4())),
-    ) as runtime:
-        record = runtime.ledger.find_by_task(task_id)
-        if record is None:
-            return Completed(message=f"task {task_id} was not submitted from {workspace.out}")
-        if record.task_id != task_id:
-            return Completed(message=f"task {task_id} was superseded by a newer attempt")
-        if record.state is not SubmissionState.SUBMITTED:
-            return Completed(message=f"task {task_id} was collected already")
-        collected = await collect(record, record.item, runtime, wait_for_others=False)
-    if collected is None:
-        return Completed(message=f"a running batch is collecting task {task_id}")
-    thumbnail = workspace.thumbnails / f"{collected.source_sha256}.jpg"
-    prepared = PreparedPhoto(
-        source=collected.source,
-        source_sha256=collected.source_sha256,
-        upload_path=Path(collected.source),  # only marks the photo as sent
-        upload_sha256=collected.upload_sha256,
-        thumbnail=thumbnail.relative_to(workspace.out).as_posix() if thumbnail.exists() else None,
-    )
-    row = row_for(
-        source=collected.source,
-        item=collected.item,
-        template_id=collected.template_id,
-        prepared=prepared,
-        record=collected,
-    )
-    update_report(workspace.out, [row])
+    location = output_location(out or settings.output_dir, setting="out")
+    with open_workspace(location) as workspace:
+        async with open_runtime(
+            settings,
+            workspace,
+            prepare=PrepareOptions(),
+            rules=SubmitPolicy(run_id=str(uuid.uuid4())),
+        ) as runtime:
+            record = await runtime.ledger.run(runtime.ledger.find_by_task, task_id)
+            if record is None:
+                return Completed(message=f"task {task_id} was not submitted from {workspace.out}")
+            if record.task_id != task_id:
+                return Completed(message=f"task {task_id} was superseded by a newer attempt")
+            if record.state is not SubmissionState.SUBMITTED:
+                return Completed(message=f"task {task_id} was collected already")
+            collected = await collect(record, record.item, runtime, wait_for_others=False)
+        if collected is None:
+            return Completed(message=f"a running batch is collecting task {task_id}")
+        prepared = PreparedPhoto(
+            source=collected.source,
+            source_sha256=collected.source_sha256,
+            upload_sha256=collected.upload_sha256,
+        )
+        row = row_for(
+            source=collected.source,
+            item=collected.item,
+            template_id=collected.template_id,
+            prepared=prepared,
+            record=collected,
+        )
+        sheet = await anyio.to_thread.run_sync(update_report, workspace.store, [row])
     log.info("task %s: %s, %d images", task_id, row.status.value, len(row.outputs))
     if row.status is Status.SUCCEEDED:
-        return Completed(message=f"task {task_id}: {len(row.outputs)} images downloaded")
+        return Completed(
+            message=f"task {task_id}: {len(row.outputs)} images downloaded; report: {sheet}"
+        )
     return Failed(message=f"task {task_id}: {row.status.value} ({row.reason})")

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,11 +25,19 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
 from modelset.budget import Budget
+from modelset.errors import UsageError
 from modelset.hidream import AccountError
 from modelset.images import Fit, Policy
 from modelset.ledger import LedgerRecord, SubmissionState
 from modelset.options import RunOptions
-from modelset.report import INDEX_HTML, ManifestRow, Status, read_manifest, update_report
+from modelset.report import (
+    INDEX_HTML,
+    STATE_DIR,
+    ManifestRow,
+    Status,
+    read_manifest,
+    update_report,
+)
 from modelset.settings import Settings
 from modelset.sources import SourceItem, discover
 from modelset.stages import (
@@ -35,11 +45,20 @@ from modelset.stages import (
     PrepareOptions,
     SubmitPolicy,
     Workspace,
-    cached_preparation,
+    cached_preparations,
     hash_file,
     key_for,
     needs_submit,
+    open_workspace,
     row_for,
+    upload_key_for,
+)
+from modelset.storage import (
+    Store,
+    is_relative_location,
+    locate,
+    probe_conditional_writes,
+    read_or_none,
 )
 from modelset.tasks.artifacts import ProgressArtifact, publish_results
 from modelset.tasks.catalogue import check_templates
@@ -75,10 +94,11 @@ class RunPlan:
 
 @dataclass
 class RunSummary:
-    out: Path
+    out: str  # the output location: a folder or s3://bucket/prefix
     rows: list[ManifestRow]
-    sheet: Path
+    sheet: str  # where index.html is
     plan: RunPlan
+    link: str | None = None  # an https link to index.html, where the store can sign one
 
     @property
     def not_succeeded(self) -> list[ManifestRow]:
@@ -157,7 +177,9 @@ async def generate_model_sets(
         listener = _refusing(listener, UNATTENDED_NEEDS_CAP)
     summary = await run_batch(sources, template_ids, options, listener, item=item)
     listener.on_summary(summary)
-    message = summary.message()
+    message = f"{summary.message()}; report: {summary.sheet}" + (
+        f" (link valid 7 days: {summary.link})" if summary.link else ""
+    )
     if summary.plan.account_error:
         return Failed(message=f"{summary.plan.account_error}; {message}")
     if summary.plan.refused:
@@ -204,60 +226,109 @@ async def run_batch(
 ) -> RunSummary:
     settings = Settings()
     log = get_run_logger()
-    workspace = Workspace(out=Path(options.out) if options.out else settings.output_dir).create()
-    photos = _photos(
-        discover(sources, allow_file_urls=settings.allow_file_urls),
-        template_ids,
-        item,
-        known={row.source: row.item for row in read_manifest(workspace.out)},
-    )
-    if options.shard_size and len(photos) > options.shard_size:
-        return await run_shards(photos, options, workspace, listener)
-    rules = SubmitPolicy(
-        run_id=str(flow_run.get_id() or uuid.uuid4()),
-        refresh=options.refresh,
-        retry_failed=options.retry_failed,
-        resubmit_unknown=options.resubmit_unknown,
-    )
-    prepare = PrepareOptions(
-        policy=Policy(options.policy),
-        fit=Fit(options.fit),
-        max_fetch_bytes=settings.max_fetch_bytes,
-        allow_private_urls=settings.allow_private_urls,
-        pass_urls=options.pass_urls,
-    )
-    async with open_runtime(
-        settings,
-        workspace,
-        prepare=prepare,
-        rules=rules,
-        deadline_s=options.deadline_s,
-        concurrency=options.concurrency,
-        need_client=not options.dry_run,
-    ) as runtime:
-        if runtime.client is not None:
-            await check_templates(
-                runtime.client, sorted({t for p in photos for t in p.template_ids})
-            )
-        await _prepare_all(photos, runtime)
-        plan = await _generate(
-            photos,
-            runtime,
-            base_url=settings.base_url,
-            concurrency=options.concurrency or settings.concurrency,
-            budget=Budget(
-                cap=options.max_images if options.max_images is not None else settings.max_images,
-                default_set_size=settings.images_per_set,
-                shared=Path(options.budget_file) if options.budget_file else None,
-            ),
-            dry_run=options.dry_run,
-            listener=listener,
+    location = output_location(options.out or settings.output_dir, setting="options.out")
+    with open_workspace(location) as workspace:
+        if not workspace.store.is_local:
+            await anyio.to_thread.run_sync(probe_conditional_writes, workspace.store)
+        photos = _photos(
+            discover(sources, allow_file_urls=settings.allow_file_urls),
+            template_ids,
+            item,
+            known={row.source: row.item for row in read_manifest(workspace.store)},
         )
-    rows = [plan.rows[(p.source, t)] for p in photos for t in p.template_ids]
-    sheet = update_report(workspace.out, rows)
-    await publish_results(rows, workspace)
-    log.info("report written: %s", sheet)
-    return RunSummary(out=workspace.out, rows=rows, sheet=sheet, plan=plan)
+        if options.shard_size and len(photos) > options.shard_size:
+            return await run_shards(photos, options, workspace, listener)
+        rules = SubmitPolicy(
+            run_id=str(flow_run.get_id() or uuid.uuid4()),
+            refresh=options.refresh,
+            retry_failed=options.retry_failed,
+            resubmit_unknown=options.resubmit_unknown,
+            send_window_s=settings.send_window(),
+        )
+        prepare = PrepareOptions(
+            policy=Policy(options.policy),
+            fit=Fit(options.fit),
+            max_fetch_bytes=settings.max_fetch_bytes,
+            allow_private_urls=settings.allow_private_urls,
+            pass_urls=options.pass_urls,
+        )
+        async with open_runtime(
+            settings,
+            workspace,
+            prepare=prepare,
+            rules=rules,
+            deadline_s=options.deadline_s,
+            concurrency=options.concurrency,
+            need_client=not options.dry_run,
+        ) as runtime:
+            if runtime.client is not None:
+                await check_templates(
+                    runtime.client, sorted({t for p in photos for t in p.template_ids})
+                )
+            await _prepare_all(photos, runtime)
+            plan = await _generate(
+                photos,
+                runtime,
+                base_url=settings.base_url,
+                concurrency=options.concurrency or settings.concurrency,
+                budget=Budget(
+                    cap=options.max_images
+                    if options.max_images is not None
+                    else settings.max_images,
+                    default_set_size=settings.images_per_set,
+                    shared=(workspace.store, f"{shard_prefix(options.shard_of)}/budget.json")
+                    if options.shard_of
+                    else None,
+                ),
+                dry_run=options.dry_run,
+                listener=listener,
+            )
+        if plan.account_error and options.shard_of:
+            # The parent learns it from here: it exits 3 as an unsharded run would.
+            workspace.store.write(
+                f"{shard_prefix(options.shard_of)}/{ACCOUNT_ERROR}", plan.account_error.encode()
+            )
+        rows = [plan.rows[(p.source, t)] for p in photos for t in p.template_ids]
+        sheet = await anyio.to_thread.run_sync(update_report, workspace.store, rows)
+        await publish_results(rows, workspace)
+        summary = RunSummary(
+            out=workspace.out, rows=rows, sheet=sheet, plan=plan, link=report_link(workspace.store)
+        )
+        log.info("report written: %s", sheet)
+        return summary
+
+
+def output_location(location: str, *, setting: str) -> str:
+    """The output location, refused when relative in a deployment run with no working
+    directory of its own: a worker runs such a flow in a folder it deletes afterwards."""
+    if is_relative_location(location) and runs_in_throwaway_folder():
+        raise UsageError(
+            f"{setting} (or HIDREAM_OUTPUT_DIR) is the relative folder {location!r}: a worker "
+            "runs this deployment in a temporary folder it deletes afterwards. Set an "
+            "absolute folder or a bucket (s3://bucket/prefix), or give the deployment a "
+            "working directory (a set_working_directory pull step)"
+        )
+    return location
+
+
+def runs_in_throwaway_folder() -> bool:
+    """Whether this is a deployment run whose deployment sets no working directory."""
+    context = FlowRunContext.get()
+    run = context.flow_run if context is not None else None
+    if run is None or run.deployment_id is None:
+        return False
+    return not os.environ.get(WORKING_DIRECTORY_SET)
+
+
+WORKING_DIRECTORY_SET = "MODELSET_WORKING_DIRECTORY"
+
+
+def report_link(store: Store) -> str | None:
+    """A link to ``index.html`` valid for seven days, where the store can sign one."""
+    return store.presign(INDEX_HTML, REPORT_LINK_VALIDITY)
+
+
+REPORT_LINK_VALIDITY = timedelta(days=7)
 
 
 def _photos(
@@ -297,17 +368,26 @@ def _safe_name(name: str) -> str:
 
 async def _prepare_all(photos: list[Photo], runtime: BatchRuntime) -> None:
     """Reuse earlier preparations of local files; prepare the rest in chunked task runs."""
+    hashes = {}
     for photo in photos:
         path = Path(photo.source)
         if "://" not in photo.source and path.is_file():
-            digest = await anyio.to_thread.run_sync(hash_file, path)
-            photo.prepared = cached_preparation(
-                runtime.workspace, photo.source, digest, runtime.prepare
-            )
-    pending = [photo for photo in photos if photo.prepared is None]
-    chunks = [pending[i : i + PREPARE_CHUNK] for i in range(0, len(pending), PREPARE_CHUNK)]
+            hashes[photo.source] = await anyio.to_thread.run_sync(hash_file, path)
+    cached = await anyio.to_thread.run_sync(
+        cached_preparations, runtime.workspace, list(hashes.items()), runtime.prepare
+    )
+    for photo in photos:
+        photo.prepared = cached.get(photo.source)
+    await _prepare([photo for photo in photos if photo.prepared is None], runtime)
+
+
+async def _prepare(photos: list[Photo], runtime: BatchRuntime, *, use_cache: bool = True) -> None:
+    chunks = [photos[i : i + PREPARE_CHUNK] for i in range(0, len(photos), PREPARE_CHUNK)]
     results = await asyncio.gather(
-        *(prepare_photos([p.source for p in chunk], runtime) for chunk in chunks)
+        *(
+            prepare_photos([p.source for p in chunk], runtime, use_cache=use_cache)
+            for chunk in chunks
+        )
     )
     for chunk, prepared in zip(chunks, results, strict=True):
         for photo, result in zip(chunk, prepared, strict=True):
@@ -320,6 +400,7 @@ class _SetJob:
     template_id: int
     key: str
     sending: bool  # False: submitted earlier, only collected now
+    paid_as: str | None = None  # the key an identical upload was paid under, if another
 
 
 async def _generate(
@@ -335,6 +416,8 @@ async def _generate(
     """Consult the ledger, then submit and collect what is left; one row per photo+template."""
     plan = RunPlan()
     first_by_hash: dict[tuple[str, int], Photo] = {}
+    first_by_upload: dict[tuple[str, int], Photo] = {}
+    wanted: list[tuple[Photo, int, str]] = []
     jobs: list[_SetJob] = []
     duplicates: list[tuple[Photo, int, Photo]] = []
     for photo in photos:
@@ -345,19 +428,34 @@ async def _generate(
                 plan.rows[(photo.source, template_id)] = _row(photo, template_id, None)
                 continue
             original = first_by_hash.setdefault((prepared.source_sha256, template_id), photo)
+            if original is photo and prepared.upload_sha256 is not None:
+                original = first_by_upload.setdefault((prepared.upload_sha256, template_id), photo)
             if original is not photo:
                 duplicates.append((photo, template_id, original))
                 continue
             key = key_for(base_url, template_id, prepared.source_sha256, runtime.prepare)
-            record = runtime.ledger.read(key)
-            sending = needs_submit(record, runtime.rules)
-            if sending or (record is not None and record.state is SubmissionState.SUBMITTED):
-                jobs.append(_SetJob(photo, template_id, key, sending))
+            wanted.append((photo, template_id, key))
+    ledger = runtime.ledger
+    records = await anyio.to_thread.run_sync(ledger.read_many, [key for _, _, key in wanted])
+    for photo, template_id, key in wanted:
+        record = records[key]
+        sending = needs_submit(record, runtime.rules)
+        paid_as = None
+        if record is None and not runtime.rules.refresh:
+            upload = _upload_key(photo, template_id, base_url, runtime.prepare)
+            paid_as = await ledger.run(ledger.upload_owner, upload)
+            if paid_as is not None and paid_as != key:
+                record, sending = await ledger.run(ledger.read, paid_as), False
             else:
-                plan.already_done += 1
-                plan.rows[(photo.source, template_id)] = _row(photo, template_id, record)
+                paid_as = None
+        if sending or (record is not None and record.state is SubmissionState.SUBMITTED):
+            jobs.append(_SetJob(photo, template_id, key, sending, paid_as))
+        else:
+            plan.already_done += 1
+            plan.rows[(photo.source, template_id)] = _paid_row(photo, template_id, record, key)
     plan.tasks = sum(1 for job in jobs if job.sending)
-    plan.images = sum(budget.set_size(job.template_id) for job in jobs if job.sending)
+    sizes = {t: budget.set_size(t) for t in {job.template_id for job in jobs if job.sending}}
+    plan.images = sum(sizes[job.template_id] for job in jobs if job.sending)
     if dry_run or not listener.on_plan(plan):
         for job in jobs:
             plan.rows[(job.photo.source, job.template_id)] = _row(
@@ -373,10 +471,17 @@ async def _generate(
                 ),
             )
     elif jobs:
+        # Uploads live on the machine that prepared them: prepare again what is sent now.
+        missing = {
+            id(job.photo): job.photo
+            for job in jobs
+            if job.sending and job.photo.prepared and not job.photo.prepared.upload_present
+        }
+        await _prepare(list(missing.values()), runtime, use_cache=False)
         await _run_jobs(jobs, runtime, plan, budget, concurrency, listener)
     for photo, template_id, original in duplicates:
         model = plan.rows[(original.source, template_id)]
-        note = f"same photo as {original.source}"
+        note = f"{_sameness(photo, original)} as {original.source}"
         plan.rows[(photo.source, template_id)] = model.model_copy(
             update={
                 "source": photo.source,
@@ -385,6 +490,29 @@ async def _generate(
             }
         )
     return plan
+
+
+def _sameness(photo: Photo, original: Photo) -> str:
+    assert photo.prepared is not None and original.prepared is not None
+    if photo.prepared.source_sha256 == original.prepared.source_sha256:
+        return "same photo"
+    return "same picture (an identical upload)"
+
+
+def _upload_key(photo: Photo, template_id: int, base_url: str, options: PrepareOptions) -> str:
+    assert photo.prepared is not None
+    _, upload_sha256 = photo.prepared.image_to_send(options)
+    return upload_key_for(base_url, template_id, upload_sha256, options)
+
+
+def _paid_row(photo: Photo, template_id: int, record: LedgerRecord | None, key: str) -> ManifestRow:
+    """The row of a photo+template from its record, or from the record of the identical
+    upload it was paid under (another key), with a reason saying so."""
+    row = _row(photo, template_id, record)
+    if record is None or record.key == key:
+        return row
+    note = f"same picture (an identical upload) as {record.source}, paid once"
+    return row.model_copy(update={"reason": f"{note}; {row.reason}" if row.reason else note})
 
 
 async def _run_jobs(
@@ -496,7 +624,8 @@ async def _submit_and_collect(
 ) -> ManifestRow:
     photo, template_id = job.photo, job.template_id
     assert photo.prepared is not None
-    record = runtime.ledger.read(job.key)
+    ledger = runtime.ledger
+    record = await ledger.run(ledger.read, job.paid_as or job.key)
     if job.sending:
         if plan.stopped is not None:
             return _row(
@@ -514,12 +643,12 @@ async def _submit_and_collect(
                 photo, template_id, None, status="skipped", reason=f"not submitted: {exc.message}"
             )
         finally:
-            budget.settle(template_id, reserved, sent, runtime.rules.run_id)
+            await budget.settle(template_id, reserved, sent, runtime.rules.run_id)
         record = sent
     assert record is not None
     if record.state is SubmissionState.SUBMITTED:
-        record = await collect(record, photo.item, runtime) or record
-    return _row(photo, template_id, record)
+        record = await collect(record, record.item or photo.item, runtime) or record
+    return _paid_row(photo, template_id, record, job.key)
 
 
 SHARD_DEPLOYMENT = "generate-model-sets/manual"
@@ -551,42 +680,33 @@ async def run_shards(
             for t in p.template_ids
         ]
         return RunSummary(
-            out=workspace.out, rows=rows, sheet=workspace.out / INDEX_HTML, plan=planned
+            out=workspace.out, rows=rows, sheet=locate(workspace.store, INDEX_HTML), plan=planned
         )
-    shard_dir = workspace.state / "shards"
-    shard_dir.mkdir(parents=True, exist_ok=True)
     run_id = str(flow_run.get_id() or uuid.uuid4())
     child_options = options.model_copy(
-        update={
-            "shard_size": None,
-            "out": str(workspace.out.resolve()),
-            "budget_file": str((shard_dir / f"{run_id}-budget.json").resolve()),
-        }
+        update={"shard_size": None, "out": workspace.out, "shard_of": run_id}
     ).model_dump(mode="json")
     manifests = []
     for index in range(0, len(photos), options.shard_size):
-        path = shard_dir / f"{run_id}-{index // options.shard_size:04d}.jsonl"
-        path.write_text(
-            "".join(
-                json.dumps({"image": p.source, "item": p.item, "template_ids": p.template_ids})
-                + "\n"
-                for p in photos[index : index + options.shard_size]
-            ),
-            encoding="utf-8",
+        key = f"{shard_prefix(run_id)}/{index // options.shard_size:04d}.jsonl"
+        text = "".join(
+            json.dumps({"image": p.source, "item": p.item, "template_ids": p.template_ids}) + "\n"
+            for p in photos[index : index + options.shard_size]
         )
-        manifests.append(path)
+        workspace.store.write(key, text.encode("utf-8"))
+        manifests.append(locate(workspace.store, key))
     listener.on_total(len(manifests))
     children = await asyncio.gather(
         *(
             arun_deployment(
                 SHARD_DEPLOYMENT,
-                parameters={"sources": [str(path)], "template_ids": [], "options": child_options},
+                parameters={"sources": [path], "template_ids": [], "options": child_options},
                 timeout=None,
             )
             for path in manifests
         )
     )
-    latest = {row.row_key: row for row in read_manifest(workspace.out)}
+    latest = {row.row_key: row for row in read_manifest(workspace.store)}
     rows = []
     for photo in photos:
         for template_id in photo.template_ids:
@@ -601,9 +721,26 @@ async def run_shards(
                 )
             rows.append(row)
     plan = RunPlan(tasks=len(children))
+    account = read_or_none(workspace.store, f"{shard_prefix(run_id)}/{ACCOUNT_ERROR}")
+    if account is not None:
+        plan.account_error = account.data.decode("utf-8")
     failed = [child for child in children if child.state is None or not child.state.is_completed()]
     if failed:
         log = get_run_logger()
         log.warning("%d of %d shard runs did not complete", len(failed), len(children))
     await publish_results(rows, workspace)
-    return RunSummary(out=workspace.out, rows=rows, sheet=workspace.out / INDEX_HTML, plan=plan)
+    return RunSummary(
+        out=workspace.out,
+        rows=rows,
+        sheet=locate(workspace.store, INDEX_HTML),
+        plan=plan,
+        link=report_link(workspace.store),
+    )
+
+
+ACCOUNT_ERROR = "account-error.txt"
+
+
+def shard_prefix(parent_run_id: str) -> str:
+    """Where a sharded run keeps its child manifests, shared budget and account error."""
+    return f"{STATE_DIR}/shards/{parent_run_id}"

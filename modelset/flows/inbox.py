@@ -16,16 +16,21 @@ from prefect import flow, get_run_logger
 from prefect.client.schemas.objects import State
 from prefect.states import Completed, Failed
 
-from modelset.atomic import write_text
-from modelset.flows.generate import UNATTENDED_NEEDS_CAP, generate_model_sets, started_unattended
-from modelset.ledger import Ledger, SubmissionState
+from modelset.flows.generate import (
+    UNATTENDED_NEEDS_CAP,
+    generate_model_sets,
+    output_location,
+    runs_in_throwaway_folder,
+    started_unattended,
+)
+from modelset.ledger import Ledger, SubmissionState, open_ledger
 from modelset.options import RunOptions
 from modelset.report import ManifestRow, Status, read_manifest
 from modelset.settings import Settings
 from modelset.sources import discover
-from modelset.stages import Workspace
+from modelset.storage import is_relative_location, open_store, read_or_none, update
 
-SEEN_FILE = "inbox-seen.json"
+SEEN_KEY = ".modelset/inbox-seen.json"
 
 
 @flow(name="scan-inbox", persist_result=False, log_prints=False)
@@ -45,9 +50,15 @@ async def scan_inbox(
     log = get_run_logger()
     if started_unattended() and options.max_images is None and settings.max_images is None:
         return Failed(message=UNATTENDED_NEEDS_CAP)
-    workspace = Workspace(out=Path(options.out) if options.out else settings.output_dir).create()
-    seen_path = workspace.state / SEEN_FILE
-    seen: dict[str, str] = json.loads(seen_path.read_text()) if seen_path.exists() else {}
+    location = output_location(options.out or settings.output_dir, setting="options.out")
+    if is_relative_location(inbox) and runs_in_throwaway_folder():
+        return Failed(
+            message=f"inbox is the relative folder {inbox!r}: a worker runs this deployment in "
+            "a temporary folder. Set an absolute folder or a bucket prefix"
+        )
+    store = open_store(location)
+    seen_blob = read_or_none(store, SEEN_KEY)
+    seen: dict[str, str] = json.loads(seen_blob.data) if seen_blob else {}
     sources = [item.source for item in discover([inbox], allow_file_urls=False)]
     new = [source for source in sources if seen.get(source) != _fingerprint(source)]
     if not new:
@@ -56,18 +67,26 @@ async def scan_inbox(
     state: State[Any] = await generate_model_sets(
         new,
         template_ids,
-        options.model_copy(update={"out": str(workspace.out)}),
+        options.model_copy(update={"out": location}),
         return_state=True,
     )
-    ledger = Ledger(workspace.ledger_dir)
+    ledger = open_ledger(store)
     outcomes: dict[str, dict[int, bool]] = {source: {} for source in new}
-    for row in read_manifest(workspace.out):
+    for row in read_manifest(store):
         if row.source in outcomes and row.template_id in template_ids:
             outcomes[row.source][row.template_id] = _final(row, ledger)
-    for source, finals in outcomes.items():
-        if len(finals) == len(set(template_ids)) and all(finals.values()):
-            seen[source] = _fingerprint(source)
-    write_text(seen_path, json.dumps(seen, indent=0))
+    finished = {
+        source: _fingerprint(source)
+        for source, finals in outcomes.items()
+        if len(finals) == len(set(template_ids)) and all(finals.values())
+    }
+
+    def remember(current: bytes | None) -> tuple[bytes, None]:
+        # Merged, not overwritten: two scans of one inbox keep both their memories.
+        merged = {**(json.loads(current) if current else {}), **finished}
+        return json.dumps(merged, indent=0).encode(), None
+
+    update(store, SEEN_KEY, remember)
     # A new state, not the subflow's: returning that would become "1/1 states failed".
     if state.is_completed():
         return Completed(message=state.message)

@@ -17,6 +17,7 @@ from prefect.artifacts import (
 
 from modelset.report import ManifestRow, summarize
 from modelset.stages import Workspace
+from modelset.storage import read_or_none
 
 _PROGRESS_EVERY_S = 2.0
 _THUMBNAILS_SHOWN = 12
@@ -65,7 +66,7 @@ async def publish_results(rows: list[ManifestRow], workspace: Workspace) -> None
         description=f"Results in {workspace.out}",
     )
     counts = ", ".join(f"{status}: {n}" for status, n in summarize(rows).items() if n)
-    lines = [f"# modelset results\n\n{counts}\n\nOutput folder: `{workspace.out}`\n"]
+    lines = [f"# modelset results\n\n{counts}\n\nOutput location: `{workspace.out}`\n"]
     lines.append("| input | item | template | status | reason |\n|---|---|---|---|---|")
     for row in rows[:_THUMBNAILS_SHOWN]:
         lines.append(
@@ -83,8 +84,8 @@ def _embedded(workspace: Workspace, thumbnail: str | None) -> str:
     # The UI cannot read local files, so thumbnails travel inside the markdown.
     if not thumbnail:
         return ""
-    path = workspace.out / thumbnail
-    if not path.exists():
+    blob = read_or_none(workspace.store, thumbnail)
+    if blob is None:
         return ""
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    data = base64.b64encode(blob.data).decode("ascii")
     return f"![input](data:image/jpeg;base64,{data})"

@@ -8,6 +8,7 @@ threads, one per core, and only paths and hashes come back.
 from __future__ import annotations
 
 import os
+from functools import partial
 
 import anyio
 from prefect import task
@@ -20,13 +21,15 @@ _CPU_LIMITER = anyio.CapacityLimiter(max(1, os.cpu_count() or 1))
 
 
 @task(name="prepare-photos", cache_policy=NO_CACHE)
-async def prepare_photos(sources: list[str], runtime: BatchRuntime) -> list[PreparedPhoto]:
+async def prepare_photos(
+    sources: list[str], runtime: BatchRuntime, use_cache: bool = True
+) -> list[PreparedPhoto]:
     """Fetch, validate and prepare each photo; a bad photo is a reason, not an error."""
     prepared: list[PreparedPhoto] = []
     for source in sources:
         prepared.append(
             await anyio.to_thread.run_sync(
-                prepare_photo,
+                partial(prepare_photo, use_cache=use_cache),
                 source,
                 runtime.workspace,
                 runtime.prepare,

@@ -1,4 +1,4 @@
-"""What the tasks of one flow run share: clients, the ledger, the output folder, limits."""
+"""What the tasks of one flow run share: clients, the ledger, the output location, limits."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pydantic import SecretStr
 
 from modelset.credentials import client_from_settings
 from modelset.hidream import HiDreamClient
-from modelset.ledger import Ledger, LedgerRecord
+from modelset.ledger import Ledger, LedgerRecord, open_ledger
 from modelset.settings import MissingTokenError, Settings
 from modelset.stages import PrepareOptions, SubmitPolicy, Workspace, collect_once
 
@@ -67,12 +67,12 @@ async def open_runtime(
         runtime = BatchRuntime(
             client=client,
             downloads=downloads,
-            ledger=Ledger(workspace.ledger_dir),
+            ledger=open_ledger(workspace.store, lease_s=settings.ledger_lease),
             workspace=workspace,
             prepare=prepare,
             rules=rules,
             concurrency_limit=settings.concurrency_limit,
-            notify_url=SecretStr(url) if (url := settings.notify_url()) else None,
+            notify_url=SecretStr(url) if (url := settings.notify_url(workspace.out)) else None,
             deadline_s=deadline_s,
         )
         listener = (
