@@ -3,15 +3,25 @@
 - ``sandbox_factory`` starts sandboxes (the upstream contract) in-process on free ports.
 - ``prefect_server`` starts one ``prefect server start`` for the whole session, with its
   own PREFECT_HOME, and points this process (and its children) at it.
+- ``s3_server`` starts moto's S3 server and points the ``AWS_*`` variables at it for the
+  session; ``bucket`` is a fresh bucket on it, ``careless_bucket`` one behind a proxy that
+  drops the conditional-write headers (``careless_s3``).
+- ``postgres_url`` starts a PostgreSQL 15 for the session (skipped where it is not
+  installed); ``prefect_postgres_server`` a second Prefect server on that database.
 """
 
 from __future__ import annotations
 
 import os
+import pwd
+import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +31,7 @@ import pytest
 from PIL import Image
 
 from modelset.sandbox import SandboxConfig, SandboxServer
+from tests.careless_s3 import CarelessProxy
 
 TOKEN = "test-token-5f1c"
 REPO = Path(__file__).resolve().parents[1]
@@ -178,3 +189,235 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
+
+
+# --- S3: moto's server, fresh buckets, and a careless proxy in front of it ------------------
+
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_REGION": "us-east-1",
+}
+# Anything that could point obstore or boto3 at real credentials or another endpoint.
+S3_ENV_CLEARED = ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT", "AWS_DEFAULT_REGION")
+
+
+def stop_process(process: subprocess.Popen[bytes], *, within: float = 20) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=within)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=within)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """moto's standalone S3 server in a subprocess for the session; yields its endpoint.
+
+    For the whole session ``AWS_ENDPOINT_URL`` and test credentials are set in
+    ``os.environ``, so obstore here and in subprocesses of tests reaches it.
+    """
+    folder = tmp_path_factory.mktemp("moto")
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    log_path = folder / "moto.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=folder,
+        )
+    wait_until_healthy(f"{endpoint}/", process, within=60, log=log_path)
+    values = {**S3_ENV, "AWS_ENDPOINT_URL": endpoint}
+    previous = {key: os.environ.get(key) for key in (*values, *S3_ENV_CLEARED)}
+    os.environ.update(values)
+    for key in S3_ENV_CLEARED:
+        os.environ.pop(key, None)
+    try:
+        yield endpoint
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        stop_process(process)
+
+
+def make_bucket(endpoint: str) -> str:
+    """A new, empty bucket on the S3 server at ``endpoint``; returns its name."""
+    import boto3
+
+    name = f"modelset-{uuid.uuid4().hex[:16]}"
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=S3_ENV["AWS_REGION"],
+        aws_access_key_id=S3_ENV["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=S3_ENV["AWS_SECRET_ACCESS_KEY"],
+    )
+    client.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def bucket(s3_server: str) -> str:
+    """A fresh bucket on the session's S3 server: ``s3://<name>/out`` (a prefix in it)."""
+    return f"s3://{make_bucket(s3_server)}/out"
+
+
+@pytest.fixture(scope="session")
+def careless_s3(s3_server: str) -> Iterator[CarelessProxy]:
+    """A proxy in front of ``s3_server`` that drops If-None-Match and If-Match."""
+    proxy = CarelessProxy(s3_server).start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+@pytest.fixture
+def careless_bucket(careless_s3: CarelessProxy, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``s3://<name>/out`` of a fresh bucket, reached only through the careless proxy:
+    ``AWS_ENDPOINT_URL`` points at the proxy for this test."""
+    name = make_bucket(careless_s3.url)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", careless_s3.url)
+    return f"s3://{name}/out"
+
+
+# --- PostgreSQL 15, and a Prefect server on it ----------------------------------------------
+
+POSTGRES_MISSING = "PostgreSQL 15 is not installed: apt-get install postgresql"
+
+
+def postgres_bindir() -> Path | None:
+    candidates = [Path("/usr/lib/postgresql/15/bin")]
+    if shutil.which("pg_config"):
+        found = subprocess.run(
+            ["pg_config", "--bindir"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        if found:
+            candidates.append(Path(found))
+    for folder in candidates:
+        if all((folder / tool).is_file() for tool in ("postgres", "initdb", "pg_ctl", "psql")):
+            version = subprocess.run(
+                [str(folder / "postgres"), "--version"], capture_output=True, text=True
+            ).stdout
+            if " 15." in version:
+                return folder
+    return None
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL 15 for the session on 127.0.0.1 (a free port), with a database
+    ``prefect`` owned by a password user; yields its ``postgresql+asyncpg://`` URL."""
+    bindir = postgres_bindir()
+    if bindir is None:
+        pytest.skip(POSTGRES_MISSING)
+    as_user: list[str] = []
+    owner: pwd.struct_passwd | None = None
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        try:
+            owner = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip(POSTGRES_MISSING)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    # Not below pytest's temp folder: that one is private to root.
+    folder = Path(tempfile.mkdtemp(prefix="modelset-pg-"))
+    if owner is not None:
+        os.chown(folder, owner.pw_uid, owner.pw_gid)
+    data, sockets, log = folder / "data", folder / "sockets", folder / "postgres.log"
+    port = free_port()
+
+    def run(*command: str, **env: str) -> None:
+        done = subprocess.run(
+            [*as_user, *command],
+            cwd=folder,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed: {done.stderr or done.stdout}")
+
+    run("mkdir", "-m", "700", str(sockets))
+    run(
+        str(bindir / "initdb"),
+        "-D",
+        str(data),
+        "-U",
+        "postgres",
+        "--auth-local=trust",
+        "--auth-host=scram-sha-256",
+        "-E",
+        "UTF8",
+        "--no-sync",
+    )
+    options = (
+        f"-c listen_addresses=127.0.0.1 -p {port} -k {sockets} "
+        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    )
+    user, password = "modelset", secrets.token_hex(12)
+    try:
+        run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "start")
+        admin = [str(bindir / "psql"), "-h", str(sockets), "-p", str(port), "-U", "postgres"]
+        admin += ["-v", "ON_ERROR_STOP=1", "-q"]
+        run(*admin, "-d", "postgres", "-c", f"CREATE ROLE {user} LOGIN PASSWORD '{password}'")
+        run(*admin, "-d", "postgres", "-c", f"CREATE DATABASE prefect OWNER {user}")
+        # Prefect's migration creates pg_trgm as this user, over TCP with the password:
+        # check exactly that path (a trusted extension, which a database owner may create).
+        run(
+            str(bindir / "psql"),
+            *("-h", "127.0.0.1", "-p", str(port), "-U", user, "-d", "prefect"),
+            *("-v", "ON_ERROR_STOP=1", "-q"),
+            *("-c", "CREATE EXTENSION IF NOT EXISTS pg_trgm"),
+            PGPASSWORD=password,
+        )
+        yield f"postgresql+asyncpg://{user}:{password}@127.0.0.1:{port}/prefect"
+    finally:
+        subprocess.run(
+            [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+            cwd=folder,
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def prefect_postgres_server(
+    postgres_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A second ``prefect server start`` for the session, on ``postgres_url``; yields its
+    API URL. This process's PREFECT_API_URL is left alone: pass the URL to subprocesses."""
+    home = tmp_path_factory.mktemp("prefect-postgres-home")
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+        "PREFECT_API_URL": api_url,
+        "PREFECT_API_DATABASE_CONNECTION_URL": postgres_url,
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL": postgres_url,
+    }
+    log_path = home / "server.log"
+    command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [*command, "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    wait_until_healthy(f"{api_url}/health", process, within=180, log=log_path)
+    try:
+        yield api_url
+    finally:
+        stop_process(process)
