@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import importlib.util
 import io
 import ipaddress
 import json
@@ -25,7 +24,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import fsspec
 import httpx
 import pytest
 from hypothesis import given
@@ -46,6 +44,7 @@ from modelset.sources import (
 )
 from modelset.sources import fetching as fetch_module
 from modelset.sources.fetching import too_large
+from modelset.storage import open_store
 
 # --- helpers -------------------------------------------------------------------------------
 
@@ -258,13 +257,11 @@ def loopback_is_public(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(netguard, "address_problem", address_problem)
 
 
-@pytest.fixture
-def bucket() -> Iterator[str]:
-    name = f"bucket-{uuid.uuid4().hex[:8]}"
-    fs = fsspec.filesystem("memory")
-    yield name
-    if fs.exists(f"/{name}"):
-        fs.rm(f"/{name}", recursive=True)
+def put_objects(location: str, objects: dict[str, bytes]) -> None:
+    """Objects below ``location`` (the ``bucket`` fixture's S3 prefix)."""
+    store = open_store(location)
+    for key, data in objects.items():
+        store.write(key, data)
 
 
 # --- discover: local files, folders, globs ---------------------------------------------------
@@ -393,7 +390,7 @@ def write_csv(path: Path, rows: list[list[str]], delimiter: str = ",") -> Path:
     return path
 
 
-def test_csv_manifest(tmp_path: Path, bucket: str) -> None:
+def test_csv_manifest(tmp_path: Path) -> None:
     shoot = tmp_path / "shoot"
     write_image(shoot / "a.jpg")
     elsewhere = write_image(tmp_path / "elsewhere" / "b.png")
@@ -406,7 +403,7 @@ def test_csv_manifest(tmp_path: Path, bucket: str) -> None:
             ["sub/../c.jpg", "", "", "", ""],
             ["", "", "", "", ""],  # blank rows are skipped
             ["https://cdn.example/d.jpg?sig=1", "SKU-4", "7", "8, 9", ""],
-            [f"memory://{bucket}/e.jpg", "SKU-5", " 5 ", "", ""],
+            ["s3://catalogue/e.jpg", "SKU-5", " 5 ", "", ""],
         ],
     )
 
@@ -417,7 +414,7 @@ def test_csv_manifest(tmp_path: Path, bucket: str) -> None:
         (str(elsewhere), "SKU-2", [20, 21]),
         (str(shoot / "c.jpg"), None, None),  # not checked here: fetch reports a missing file
         ("https://cdn.example/d.jpg?sig=1", "SKU-4", [7, 8, 9]),
-        (f"memory://{bucket}/e.jpg", "SKU-5", [5]),
+        ("s3://catalogue/e.jpg", "SKU-5", [5]),  # not contacted: fetch reads it
     ]
     assert {i.origin for i in items} == {str(manifest)}
 
@@ -527,18 +524,24 @@ def test_file_url_with_remote_host_is_refused(tmp_path: Path) -> None:
 # --- discover: object stores -----------------------------------------------------------------
 
 
-def test_memory_prefix_object_and_glob(bucket: str) -> None:
-    fs = fsspec.filesystem("memory")
-    for key in ["shoot/b.jpg", "shoot/a/c.png", "shoot/.thumbs/x.jpg", "shoot/notes.txt"]:
-        fs.pipe(f"/{bucket}/{key}", JPEG)
-    prefix = f"memory://{bucket}/shoot"
+def test_bucket_prefix_object_and_glob(bucket: str) -> None:
+    keys = ["shoot/b.jpg", "shoot/a/c.png", "shoot/.thumbs/x.jpg", "shoot/notes.txt"]
+    put_objects(bucket, dict.fromkeys([*keys, "shootout/z.jpg", "top.png"], JPEG))
+    prefix = f"{bucket}/shoot"
 
     items = discover([prefix])
     assert sources(items) == [f"{prefix}/a/c.png", f"{prefix}/b.jpg"]
     assert {i.origin for i in items} == {prefix}
+    assert sources(discover([f"{prefix}/"])) == sources(items)
 
     assert sources(discover([f"{prefix}/b.jpg"])) == [f"{prefix}/b.jpg"]
     assert sources(discover([f"{prefix}/**/*.png"])) == [f"{prefix}/a/c.png"]
+    assert sources(discover([f"{prefix}/*.jpg"])) == [f"{prefix}/b.jpg"]  # one level
+    assert sources(discover([f"{bucket}/**/*.png"])) == [
+        f"{prefix}/a/c.png",
+        f"{bucket}/top.png",  # "**/" also matches no folder at all
+    ]
+    assert sources(discover([f"{bucket}/shoot[o]ut/*"])) == [f"{bucket}/shootout/z.jpg"]
     # The prefix listing and the single object produce the same string, so they collapse.
     assert sources(discover([f"{prefix}/b.jpg", prefix])) == [
         f"{prefix}/b.jpg",
@@ -546,39 +549,56 @@ def test_memory_prefix_object_and_glob(bucket: str) -> None:
     ]
 
 
-def test_memory_errors(bucket: str) -> None:
-    fs = fsspec.filesystem("memory")
-    fs.pipe(f"/{bucket}/docs/readme.txt", b"hello")
+def test_bucket_urls_keep_the_scheme_the_user_wrote(bucket: str, dest: Path) -> None:
+    put_objects(bucket, {"shoot/a.jpg": JPEG})
+    written = bucket.replace("s3://", "s3a://", 1) + "/shoot"
+
+    [item] = discover([written])
+
+    assert item.source == f"{written}/a.jpg"
+    got = fetch(item.source, dest)
+    assert (got.source, got.sha256) == (item.source, hashlib.sha256(JPEG).hexdigest())
+
+
+def test_bucket_errors(bucket: str) -> None:
+    put_objects(bucket, {"docs/readme.txt": b"hello"})
     with pytest.raises(SourceError, match="does not exist"):
-        discover([f"memory://{bucket}/nothing"])
+        discover([f"{bucket}/nothing"])
     with pytest.raises(SourceError, match="no images found in"):
-        discover([f"memory://{bucket}/docs"])
+        discover([f"{bucket}/docs"])
+    with pytest.raises(SourceError, match="no images found in"):
+        discover([f"{bucket}/docs/*.jpg"])
     with pytest.raises(SourceError, match="is not an image"):
-        discover([f"memory://{bucket}/docs/readme.txt"])
+        discover([f"{bucket}/docs/readme.txt"])
+    with pytest.raises(SourceError, match="not a valid object key"):
+        discover([f"{bucket}/docs/../secrets"])
+    with pytest.raises(SourceError, match="names no bucket"):
+        discover(["s3:///docs"])
+    missing = f"s3://modelset-missing-{uuid.uuid4().hex[:12]}/photos"
+    with pytest.raises(SourceError, match=r"does not exist|cannot list") as info:
+        discover([missing])
+    assert missing in str(info.value)
 
 
-@pytest.mark.parametrize(
-    ("url", "package", "message"),
-    [
-        ("s3://bucket/prefix", "s3fs", "s3:// needs the s3 extra: pip install 'modelset[s3]'"),
-        ("gs://bucket/prefix", "gcsfs", "gs:// needs the gcs extra: pip install 'modelset[gcs]'"),
-        ("az://container/prefix", "adlfs", "az:// needs adlfs: pip install adlfs"),
-    ],
-)
-def test_object_store_without_backend_names_the_extra(
-    tmp_path: Path, url: str, package: str, message: str
-) -> None:
-    if importlib.util.find_spec(package) is not None:
-        pytest.skip(f"{package} is installed")
-    with pytest.raises(SourceError) as info:
-        discover([url])
-    assert str(info.value) == message
+@pytest.mark.parametrize("suffix", ["?X-Amz-Signature=secret", "?versionId=3", "#secret", "?"])
+def test_a_query_string_is_refused_not_dropped(bucket: str, dest: Path, suffix: str) -> None:
+    # "?" would end the key: "shoot?ut/*" would silently list "shoot".
+    put_objects(bucket, {"a.jpg": JPEG})
+    with pytest.raises(SourceError, match="takes no query string") as info:
+        discover([f"{bucket}/a.jpg{suffix}"])
+    assert str(info.value).startswith(f"{bucket}/a.jpg: ")
+    assert "secret" not in str(info.value)
+    with pytest.raises(FetchError, match="takes no query string") as fetched:
+        fetch(f"{bucket}/a.jpg{suffix}", dest)
+    assert fetched.value.source == f"{bucket}/a.jpg"
+    assert "secret" not in str(fetched.value)
 
+
+@pytest.mark.parametrize("url", ["s3://b/p", "s3a://b/p", "gs://b/p", "gcs://b/p", "az://c/p"])
+def test_every_object_store_is_built_in(tmp_path: Path, url: str) -> None:
+    # Manifest rows are checked, not contacted: each scheme is accepted as it is written.
     manifest = write_csv(tmp_path / "m.csv", [["image"], [f"{url}/a.jpg"]])
-    with pytest.raises(SourceError, match="needs"):
-        discover([str(manifest)])
-    with pytest.raises(SourceError, match="needs"):
-        fetch(f"{url}/a.jpg", tmp_path)
+    assert sources(discover([str(manifest)])) == [f"{url}/a.jpg"]
 
 
 # --- fetch: local files ----------------------------------------------------------------------
@@ -736,22 +756,36 @@ def test_unsupported_scheme_in_fetch(dest: Path) -> None:
 # --- fetch: object stores --------------------------------------------------------------------
 
 
-def test_fetch_memory_object(bucket: str, dest: Path) -> None:
-    fs = fsspec.filesystem("memory")
-    fs.pipe(f"/{bucket}/a.JPG", JPEG)
-    fs.pipe(f"/{bucket}/big.jpg", b"x" * 5000)
+def test_fetch_bucket_object(bucket: str, dest: Path) -> None:
+    put_objects(bucket, {"a.JPG": JPEG, "big.jpg": b"x" * 5000, "folder/inside.jpg": JPEG})
 
-    got = fetch(f"memory://{bucket}/a.JPG", dest)
+    got = fetch(f"{bucket}/a.JPG", dest)
     sha = hashlib.sha256(JPEG).hexdigest()
     assert (got.sha256, got.size, got.temporary) == (sha, len(JPEG), True)
     assert got.path.parent == dest
     assert got.path.name.startswith(f"{sha}-")
     assert got.path.suffix == ".jpg"
+    assert got.path.read_bytes() == JPEG
 
     with pytest.raises(FetchError, match="not found"):
-        fetch(f"memory://{bucket}/nope.jpg", dest)
-    with pytest.raises(FetchError, match="too large"):
-        fetch(f"memory://{bucket}/big.jpg", dest, max_bytes=1000)
+        fetch(f"{bucket}/nope.jpg", dest)
+    with pytest.raises(FetchError, match=r"not a file \(a prefix or folder\)"):
+        fetch(f"{bucket}/folder", dest)
+    # The size is known before reading: the message names it (a streamed read could not).
+    with pytest.raises(FetchError) as info:
+        fetch(f"{bucket}/big.jpg", dest, max_bytes=1000)
+    assert info.value.reason == "too large: 4.9 KB exceeds the 1000 bytes limit"
+    assert [p.name for p in dest.iterdir()] == [got.path.name]  # nothing else written
+
+
+def test_fetch_bucket_object_errors(bucket: str, dest: Path) -> None:
+    with pytest.raises(FetchError) as info:
+        fetch(f"{bucket}/nope.jpg", dest)
+    assert (info.value.source, info.value.reason) == (f"{bucket}/nope.jpg", "not found")
+    with pytest.raises(FetchError, match="not a valid object key"):
+        fetch(f"{bucket}/a/../b.jpg", dest)
+    with pytest.raises(FetchError, match=r"not a file \(a bucket\)"):
+        fetch(bucket.rpartition("/")[0], dest)
 
 
 # --- SSRF guard --------------------------------------------------------------------------------
@@ -984,3 +1018,19 @@ def test_env_is_not_read_by_fetch(
     with pytest.raises(UnsafeURLError):
         fetch(server.url("/img.jpg"), dest)
     assert os.environ["HIDREAM_ALLOW_PRIVATE_URLS"] == "1"
+
+
+def test_a_manifest_in_a_bucket_lists_its_rows(bucket: str) -> None:
+    """A sharded run's child reads its shard manifest from the output bucket."""
+    store = open_store(bucket)
+    store.write(
+        "shards/0001.jsonl",
+        b'{"image": "s3://elsewhere/a.jpg", "item": "SKU-1", "template_ids": [20]}\n'
+        b'{"image": "looks/b.jpg"}\n',
+    )
+    first, second = discover([f"{bucket}/shards/0001.jsonl"])
+    assert (first.source, first.item, first.template_ids) == ("s3://elsewhere/a.jpg", "SKU-1", [20])
+    assert second.source == f"{bucket}/shards/looks/b.jpg"  # relative rows sit beside it
+    store.write("shards/bad.jsonl", b'{"image": "../../escape.jpg"}\n')
+    with pytest.raises(SourceError, match="leaves the manifest's bucket prefix"):
+        discover([f"{bucket}/shards/bad.jsonl"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
@@ -16,11 +17,17 @@ from modelset.sources.locations import (
     file_url_path,
     is_image_name,
     is_object_store,
-    open_filesystem,
+    open_bucket,
     unsupported_scheme,
 )
-from modelset.sources.manifest import MANIFEST_SUFFIXES, is_manifest, read_manifest
+from modelset.sources.manifest import (
+    MANIFEST_SUFFIXES,
+    is_manifest,
+    parse_manifest,
+    read_manifest,
+)
 from modelset.sources.models import SourceItem
+from modelset.storage import BucketStore, NotFound, StorageError
 
 _GLOB_CHARS = frozenset("*?[")
 
@@ -117,46 +124,92 @@ def _checked_http_url(url: str) -> str:
 
 
 def _expand_object_store(spec: str) -> list[SourceItem]:
-    fs, path = open_filesystem(spec)
+    """A prefix (listed recursively), a glob over keys, or one object, in that order."""
+    store, path = open_bucket(spec)
     origin = redact_url(spec)
     try:
+        if os.path.splitext(path)[1].lower() in MANIFEST_SUFFIXES:
+            return _bucket_manifest(store, path, spec, origin)
         if _GLOB_CHARS & set(path):
-            keys = [k for k in fs.glob(path) if fs.isfile(k)]
             root = _glob_root(path)
-        elif fs.isdir(path):
-            keys, root = list(fs.find(path)), path
-        elif fs.isfile(path):
-            if not is_image_name(path):
-                raise SourceError(f"{origin} is not an image ({_suffix_list()})")
-            return [SourceItem(source=spec, origin=origin)]
+            pattern = _glob_pattern(path)
+            keys = [key for key in store.list(root) if pattern.fullmatch(key)]
         else:
-            raise SourceError(f"{origin} does not exist")
-    except SourceError:
-        raise
-    except Exception as exc:  # backends raise their own types (botocore, google.auth, ...)
+            keys, root = store.list(path), path
+            if not keys and path:  # not a prefix: perhaps one object
+                store.head(path)
+                if not is_image_name(path):
+                    raise SourceError(f"{origin} is not an image ({_suffix_list()})")
+                return [SourceItem(source=spec, origin=origin)]
+    except NotFound:
+        raise SourceError(f"{origin} does not exist") from None
+    except ValueError:  # a key with empty, "." or ".." segments
+        raise SourceError(f"{origin} is not a valid object key") from None
+    except StorageError as exc:
         raise SourceError(f"cannot list {origin}: {exc}") from exc
-    sources = _object_sources(spec, keys, root)
+    sources = _object_sources(store.url, keys, root)
     if not sources:
         raise SourceError(f"no images found in {origin}")
     return [SourceItem(source=source, origin=origin) for source in sources]
 
 
+def _bucket_manifest(store: BucketStore, key: str, spec: str, origin: str) -> list[SourceItem]:
+    """A manifest kept in a bucket (e.g. a sharded run's): relative images are keys next
+    to it; file:// rows are never allowed."""
+    try:
+        text = store.read(key).data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SourceError(f"{origin}: manifest is not UTF-8 text ({exc.reason})") from exc
+    return parse_manifest(text, name=origin, base=spec.rpartition("/")[0])
+
+
 def _glob_root(pattern: str) -> str:
+    """The prefix before the first segment with a glob character: where to list."""
     first_glob_char = min(pattern.index(c) for c in _GLOB_CHARS if c in pattern)
     return pattern[:first_glob_char].rpartition("/")[0]
 
 
-def _object_sources(spec: str, keys: list[str], root: str) -> list[str]:
+def _glob_pattern(pattern: str) -> re.Pattern[str]:
+    """A key glob as a regex: ``*`` and ``?`` stay within a segment, ``**`` spans any
+    (``a/**/*.jpg`` matches ``a/x.jpg`` and ``a/b/c/x.jpg``), ``[...]`` is a class."""
+    out, i = [], 0
+    while i < len(pattern):
+        char = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:[^/]*/)*")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif char == "*":
+            out.append("[^/]*")
+            i += 1
+        elif char == "?":
+            out.append("[^/]")
+            i += 1
+        elif char == "[" and (end := pattern.find("]", i + 2)) != -1:
+            body = pattern[i + 1 : end].replace("\\", "\\\\")
+            if body.startswith("!"):  # never matches "/", like a class in a path glob
+                body = "^/" + body[1:]
+            elif body.startswith(("^", "[")):
+                body = "\\" + body
+            out.append(f"[{body}]")
+            i = end + 1
+        else:
+            out.append(re.escape(char))
+            i += 1
+    return re.compile("".join(out))
+
+
+def _object_sources(bucket_url: str, keys: list[str], root: str) -> list[str]:
     """Image keys not hidden below ``root``, sorted, as URLs in the scheme the user wrote."""
     images = []
-    for key in map(str, keys):
+    for key in keys:
         below = key[len(root) :] if key.startswith(root) else key
         if is_image_name(key) and not any(p.startswith(".") for p in below.split("/")):
             images.append(key)
     images.sort(key=lambda key: PurePosixPath(key).parts)
-    # Rebuild URLs the way users write them ("memory://bucket/x", not "memory:///bucket/x").
-    scheme = url_scheme(spec)
-    return [f"{scheme}://{key.lstrip('/')}" for key in images]
+    return [f"{bucket_url}/{key}" for key in images]
 
 
 def _suffix_list() -> str:

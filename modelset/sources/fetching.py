@@ -13,6 +13,7 @@ import stat
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -32,12 +33,13 @@ from modelset.sources.locations import (
     IMAGE_SUFFIXES,
     file_url_path,
     is_object_store,
-    open_filesystem,
+    open_bucket,
     unsupported_scheme,
     url_suffix,
 )
 from modelset.sources.models import FetchedFile
 from modelset.sources.netguard import check_url, guarded_transport
+from modelset.storage import BucketStore, NotFound, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -346,23 +348,35 @@ def _pick_suffix(source: str, final_url: str, content_type: str | None) -> str:
 
 
 def _fetch_object(source: str, dest_dir: Path, max_bytes: int) -> FetchedFile:
-    fs, path = open_filesystem(source)
     try:
-        info = fs.info(path)
-        if info.get("type") == "directory":
-            raise FetchError(source, "not a file (a prefix or folder)")
-        size = info.get("size")
-        if isinstance(size, int) and size > max_bytes:
+        store, key = open_bucket(source)
+    except SourceError as exc:  # this one source is malformed: only this photo fails
+        raise FetchError(source, str(exc).removeprefix(f"{redact_url(source)}: ")) from exc
+    try:
+        size = store.head(key).size  # the size first: an oversized object is never read
+        if size > max_bytes:
             raise FetchError(source, too_large(size, max_bytes))
-        with fs.open(path, "rb") as handle:
-            chunks = _read_chunks(handle)
-            return _store(source, chunks, dest_dir, _pick_suffix(source, source, None), max_bytes)
-    except (FetchError, SourceError):
+        suffix = _pick_suffix(source, source, None)
+        with closing(store.read_chunks(key, CHUNK_SIZE)) as chunks:
+            return _store(source, chunks, dest_dir, suffix, max_bytes)
+    except FetchError:
         raise
-    except FileNotFoundError:
+    except ValueError:  # "" (the bucket itself), or a key with empty or ".." segments
+        reason = "not a file (a bucket)" if not key else "not a valid object key"
+        raise FetchError(source, reason) from None
+    except NotFound:
+        if _is_prefix(store, key):
+            raise FetchError(source, "not a file (a prefix or folder)") from None
         raise FetchError(source, "not found") from None
-    except Exception as exc:  # backends raise their own types (botocore, google.auth, ...)
+    except StorageError as exc:  # unreachable, refused credentials, ...
         raise FetchError(source, f"cannot read: {exc}") from exc
+
+
+def _is_prefix(store: BucketStore, key: str) -> bool:
+    try:
+        return bool(store.list(key))
+    except (StorageError, ValueError):
+        return False
 
 
 def _read_chunks(handle: BinaryIO) -> Iterator[bytes]:

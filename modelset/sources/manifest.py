@@ -43,17 +43,25 @@ def read_manifest(path: Path, *, allow_file_urls: bool = False) -> list[SourceIt
         raise SourceError(f"{path}: manifest is not UTF-8 text ({exc.reason})") from exc
     except OSError as exc:
         raise SourceError(f"{path}: cannot read manifest: {exc.strerror}") from exc
-    rows = _csv_rows(path, text) if path.suffix.lower() == ".csv" else _jsonl_rows(path, text)
+    return parse_manifest(text, name=str(path), base=path.parent, allow_file_urls=allow_file_urls)
+
+
+def parse_manifest(
+    text: str, *, name: str, base: Path | str, allow_file_urls: bool = False
+) -> list[SourceItem]:
+    """The rows of a manifest's text; relative images resolve against ``base``: a local
+    folder, or the URL of the bucket prefix a manifest in a bucket sits in."""
+    rows = _csv_rows(name, text) if name.lower().endswith(".csv") else _jsonl_rows(name, text)
     items = [
-        _row_item(row, path=path, where=f"{path}, line {line}", allow_file_urls=allow_file_urls)
+        _row_item(row, name=name, base=base, line=line, allow_file_urls=allow_file_urls)
         for line, row in rows
     ]
     if not items:
-        raise SourceError(f"no images found in {path}: the manifest has no rows")
+        raise SourceError(f"no images found in {name}: the manifest has no rows")
     return items
 
 
-def _csv_rows(path: Path, text: str) -> Iterator[tuple[int, Row]]:
+def _csv_rows(path: str, text: str) -> Iterator[tuple[int, Row]]:
     first_line = text.split("\n", 1)[0]
     # Spreadsheets in some locales save ';'- or tab-separated "CSV".
     delimiter = ","
@@ -73,7 +81,7 @@ def _csv_rows(path: Path, text: str) -> Iterator[tuple[int, Row]]:
         yield reader.line_num, dict(zip(header, cells, strict=False))
 
 
-def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, Row]]:
+def _jsonl_rows(path: str, text: str) -> Iterator[tuple[int, Row]]:
     for line, raw in enumerate(text.splitlines(), start=1):
         if not raw.strip():
             continue
@@ -86,29 +94,36 @@ def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, Row]]:
         yield line, {str(key).strip().lower(): v for key, v in value.items()}
 
 
-def _row_item(row: Row, *, path: Path, where: str, allow_file_urls: bool) -> SourceItem:
+def _row_item(
+    row: Row, *, name: str, base: Path | str, line: int, allow_file_urls: bool
+) -> SourceItem:
+    where = f"{name}, line {line}"
     image = row.get("image")
     if image is None or (isinstance(image, str) and not image.strip()):
         raise SourceError(f"{where}: missing 'image'")
     if not isinstance(image, str):
         raise SourceError(f"{where}: 'image' must be a string, got {image!r}")
     return SourceItem(
-        source=_image_source(image.strip(), path.parent, where, allow_file_urls),
+        source=_image_source(image.strip(), base, where, allow_file_urls),
         item=_item(row.get("item"), where),
         template_ids=_template_ids(row, where),
-        origin=str(path),
+        origin=name,
     )
 
 
-def _image_source(image: str, base: Path, where: str, allow_file_urls: bool) -> str:
+def _image_source(image: str, base: Path | str, where: str, allow_file_urls: bool) -> str:
     scheme = url_scheme(image)
     if scheme is None:
-        return os.path.abspath(base / image)
+        if isinstance(base, Path):
+            return os.path.abspath(base / image)
+        if image.startswith("/") or ".." in image.split("/"):
+            raise SourceError(f"{where}: {image!r} leaves the manifest's bucket prefix")
+        return f"{base.rstrip('/')}/{image}"
     if scheme in HTTP_SCHEMES:
         _check_http_url(image, where)
         return image
     if scheme == "file":
-        if not allow_file_urls:
+        if not allow_file_urls or not isinstance(base, Path):
             raise SourceError(
                 f"{where}: file:// URLs are not allowed in manifests "
                 "(use a path relative to the manifest, or allow file URLs explicitly)"
