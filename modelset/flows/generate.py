@@ -263,7 +263,9 @@ async def run_batch(
         ) as runtime:
             if runtime.client is not None:
                 await check_templates(
-                    runtime.client, sorted({t for p in photos for t in p.template_ids})
+                    runtime.client,
+                    sorted({t for p in photos for t in p.template_ids}),
+                    results_in=workspace.out,
                 )
             await _prepare_all(photos, runtime)
             plan = await _generate(

@@ -10,6 +10,7 @@ from prefect.context import TaskRunContext
 
 from modelset.errors import UsageError
 from modelset.hidream import HiDreamClient
+from modelset.tasks.results import results_storage
 
 
 class UnknownTemplates(UsageError):
@@ -39,8 +40,15 @@ async def template_catalogue(client: HiDreamClient) -> list[int]:
     return sorted(template.id for template in await client.list_templates())
 
 
-async def check_templates(client: HiDreamClient, template_ids: list[int]) -> None:
-    known = await template_catalogue(client)
+async def check_templates(
+    client: HiDreamClient, template_ids: list[int], *, results_in: str | None = None
+) -> None:
+    """Refuse template ids the catalogue does not list; the cached catalogue is kept in
+    the output location ``results_in`` when given (shared by every worker)."""
+    lookup = template_catalogue
+    if results_in is not None:
+        lookup = lookup.with_options(result_storage=await results_storage(results_in))
+    known = await lookup(client)
     unknown = sorted(set(template_ids) - set(known))
     if unknown:
         raise UnknownTemplates(unknown, known)
