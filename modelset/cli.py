@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn, TypeVar
 
 import typer
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -229,11 +230,8 @@ def run(
     ] = False,
 ) -> None:
     """Generate model image sets for photos, exactly once per photo and template."""
-    from modelset.storage import open_store
-
-    with reported_errors():
-        open_store(out or Settings().output_dir)  # an unsupported location fails before Prefect
-    options = RunOptions(
+    options = checked(
+        RunOptions,
         policy=policy,
         fit=fit,
         pass_urls=pass_urls,
@@ -245,8 +243,58 @@ def run(
         max_images=max_images,
         out=out,
     )
+    preflight(sources, template, options)
     summary = run_flow(sources, template, options, yes=yes)
     raise typer.Exit(exit_code(summary))
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def checked(model: type[M], **values: Any) -> M:
+    """The model of these option values, or exit 2 naming the first bad option."""
+    try:
+        return model(**values)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else ""
+        option = f"--{field.replace('_', '-')}: " if field else ""
+        fail(f"{option}{error['msg']}", EXIT_USAGE)
+
+
+def settings_or_exit() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = f"HIDREAM_{str(error['loc'][0]).upper()}: " if error["loc"] else ""
+        fail(f"{name}{error['msg']}", EXIT_USAGE)
+
+
+def preflight(sources: list[str], template_ids: list[int], options: RunOptions) -> None:
+    """What can be refused before Prefect is even imported: the output location, a missing
+    token, sources that do not exist, and (one catalogue request) unknown template ids."""
+    from modelset.catalogue import check_known
+    from modelset.sources import discover
+    from modelset.storage import open_store
+
+    settings = settings_or_exit()
+    # A dry run needs no token; a Secret block is read through Prefect, in the flow.
+    asks_for_token = not options.dry_run and not settings.api_token_block
+    with reported_errors():
+        open_store(options.out or settings.output_dir)
+        if asks_for_token:
+            settings.require_token()
+        items = discover(sources, allow_file_urls=settings.allow_file_urls)
+        if not asks_for_token:
+            return
+        wanted = sorted({t for item in items for t in (item.template_ids or template_ids)})
+
+        async def known() -> list[int]:
+            async with await client_from_environment() as client:
+                return sorted(template.id for template in await client.list_templates())
+
+        check_known(wanted, asyncio.run(known()))
 
 
 @app.command()

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class RunOptions(BaseModel):
     """How a batch runs. Every field shows as a form input in the Prefect UI."""
+
+    # A misspelt option from the form, the API or prefect.yaml is refused, not dropped.
+    model_config = ConfigDict(extra="forbid")
 
     policy: Literal["fix", "strict"] = Field(
         default="fix",

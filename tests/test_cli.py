@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +15,7 @@ from typer.testing import CliRunner
 
 from modelset.cli import app
 from modelset.sandbox import SandboxServer
-from tests.conftest import TOKEN, SandboxFactory, make_photo
+from tests.conftest import TOKEN, SandboxFactory, hidream_env, make_photo
 
 runner = CliRunner()
 
@@ -115,3 +119,102 @@ def test_sandbox_command_rejects_bad_faults() -> None:
     result = runner.invoke(app, ["sandbox", "--faults", "explode=2"])
     assert result.exit_code == 2
     assert "--faults" in result.output
+
+
+# -- failing fast, before Prefect ------------------------------------------------------
+
+
+def cli_without_prefect(args: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str, bool]:
+    """Run ``modelset ARGS``; returns the exit code, its output, and whether Prefect was
+    imported (from ``python -X importtime``)."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "modelset", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    lines = done.stderr.splitlines()
+    imported = any(re.search(r"\|\s+prefect(\.|$)", line) for line in lines)
+    output = done.stdout + "\n".join(line for line in lines if not line.startswith("import time"))
+    return done.returncode, output, imported
+
+
+@pytest.fixture
+def bare_env(tmp_path: Path) -> dict[str, str]:
+    """The environment without any HIDREAM_* or Prefect setting."""
+    return {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("HIDREAM_", "PREFECT_API"))
+    }
+
+
+def test_a_missing_token_exits_2_without_prefect(bare_env: dict[str, str], tmp_path: Path) -> None:
+    photo = make_photo(tmp_path / "look.jpg")
+    code, output, imported = cli_without_prefect(
+        ["run", str(photo), "-t", "20"], bare_env, tmp_path
+    )
+    assert code == 2, output
+    assert "HIDREAM_API_TOKEN" in output and "Traceback" not in output
+    assert not imported, "Prefect was imported before the token was checked"
+
+
+def test_a_missing_source_exits_2_without_prefect(bare_env: dict[str, str], tmp_path: Path) -> None:
+    env = {**bare_env, "HIDREAM_API_TOKEN": TOKEN}
+    code, output, imported = cli_without_prefect(
+        ["run", str(tmp_path / "nowhere"), "-t", "20"], env, tmp_path
+    )
+    assert code == 2, output
+    assert "does not exist" in output
+    assert not imported
+
+
+def test_a_malformed_option_names_itself(bare_env: dict[str, str], tmp_path: Path) -> None:
+    photo = make_photo(tmp_path / "look.jpg")
+    code, output, imported = cli_without_prefect(
+        ["run", str(photo), "-t", "20", "--concurrency", "0"], bare_env, tmp_path
+    )
+    assert code == 2, output
+    assert "--concurrency" in output and "Traceback" not in output
+    assert not imported
+
+
+def test_an_unknown_template_exits_2_after_one_catalogue_request(
+    bare_env: dict[str, str],
+    tmp_path: Path,
+    sandbox: SandboxServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="modelset.sandbox")
+    photo = make_photo(tmp_path / "look.jpg")
+    env = {**bare_env, **hidream_env(sandbox)}
+    code, output, imported = cli_without_prefect(["run", str(photo), "-t", "999"], env, tmp_path)
+    assert code == 2, output
+    assert "unknown template id(s) 999" in output
+    assert not imported, "a Prefect server would have been started"
+    requests = [r.getMessage() for r in caplog.records if r.name == "modelset.sandbox"]
+    assert len([m for m in requests if "/template/" in m]) == 1, requests
+    assert sandbox.submissions() == []
+
+
+def test_an_unsupported_output_location_exits_2(bare_env: dict[str, str], tmp_path: Path) -> None:
+    photo = make_photo(tmp_path / "look.jpg")
+    env = {**bare_env, "HIDREAM_API_TOKEN": TOKEN}
+    code, output, _ = cli_without_prefect(
+        ["run", str(photo), "-t", "20", "--out", "ftp://host/x"], env, tmp_path
+    )
+    assert code == 2, output
+    assert "unsupported output location" in output
+    assert not (tmp_path / "ftp:").exists()
+
+
+def test_run_options_refuse_unknown_fields() -> None:
+    from pydantic import ValidationError
+
+    from modelset.options import RunOptions
+
+    with pytest.raises(ValidationError, match="reveiw"):
+        RunOptions.model_validate({"reveiw": True})

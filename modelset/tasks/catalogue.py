@@ -8,21 +8,9 @@ from typing import Any
 from prefect import task
 from prefect.context import TaskRunContext
 
-from modelset.errors import UsageError
+from modelset.catalogue import check_known
 from modelset.hidream import HiDreamClient
 from modelset.tasks.results import results_storage
-
-
-class UnknownTemplates(UsageError):
-    """Template ids the catalogue does not list: a usage error, nothing is paid."""
-
-    def __init__(self, unknown: list[int], known: list[int]) -> None:
-        super().__init__(
-            f"unknown template id(s) {', '.join(map(str, unknown))}; the catalogue has "
-            f"{', '.join(map(str, known[:30]))}{' ...' if len(known) > 30 else ''} "
-            "(modelset templates lists them)"
-        )
-        self.unknown = unknown
 
 
 def _catalogue_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
@@ -48,7 +36,4 @@ async def check_templates(
     lookup = template_catalogue
     if results_in is not None:
         lookup = lookup.with_options(result_storage=await results_storage(results_in))
-    known = await lookup(client)
-    unknown = sorted(set(template_ids) - set(known))
-    if unknown:
-        raise UnknownTemplates(unknown, known)
+    check_known(template_ids, await lookup(client))
