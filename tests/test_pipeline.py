@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import hashlib
 import http.server
+import io
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -257,8 +260,25 @@ async def test_artifacts_show_results_in_the_prefect_ui(
     kinds = {artifact.type: artifact for artifact in artifacts}
     assert set(kinds) >= {"progress", "table", "markdown"}
     assert kinds["progress"].data == 100.0
-    assert "data:image/jpeg;base64," in str(kinds["markdown"].data)
-    assert "broken" in str(kinds["table"].data)
+    rows = manifest(tmp_path / "out")
+    succeeded = [row for row in rows if row["status"] == "succeeded"]
+    markdown = str(kinds["markdown"].data)
+    pictures = re.findall(r"!\[([^\]]*)\]\(data:image/jpeg;base64,([^)]+)\)", markdown)
+    # Each succeeded row shows its input beside its four generated images, all small.
+    assert len([alt for alt, _ in pictures if alt == "input"]) >= len(succeeded)
+    assert len([alt for alt, _ in pictures if alt != "input"]) == 4 * len(succeeded)
+    for _, data in pictures:
+        with Image.open(io.BytesIO(base64.b64decode(data))) as image:
+            assert image.height <= 96, image.size
+    assert "report:" in markdown and "index.html" in markdown
+    table = (
+        json.loads(kinds["table"].data)
+        if isinstance(kinds["table"].data, str)
+        else kinds["table"].data
+    )
+    assert list(table[0])[:5] == ["item", "template_id", "status", "reason", "outputs"]
+    assert list(table[0])[-2:] == ["source_sha256", "upload_sha256"]
+    assert "broken" in str(table)
 
 
 @pytest.fixture

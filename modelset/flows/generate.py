@@ -292,7 +292,7 @@ async def run_batch(
             )
         rows = [plan.rows[(p.source, t)] for p in photos for t in p.template_ids]
         sheet = await anyio.to_thread.run_sync(update_report, workspace.store, rows)
-        await publish_results(rows, workspace)
+        await publish_results(rows, workspace, sheet=sheet)
         summary = RunSummary(
             out=workspace.out, rows=rows, sheet=sheet, plan=plan, link=report_link(workspace.store)
         )
@@ -730,11 +730,12 @@ async def run_shards(
     if failed:
         log = get_run_logger()
         log.warning("%d of %d shard runs did not complete", len(failed), len(children))
-    await publish_results(rows, workspace)
+    sheet = locate(workspace.store, INDEX_HTML)
+    await publish_results(rows, workspace, sheet=sheet)
     return RunSummary(
         out=workspace.out,
         rows=rows,
-        sheet=locate(workspace.store, INDEX_HTML),
+        sheet=sheet,
         plan=plan,
         link=report_link(workspace.store),
     )

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
+import logging
 import time
 from dataclasses import dataclass, field
 from uuid import UUID
 
+import anyio
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -16,11 +19,13 @@ from prefect.artifacts import (
 )
 
 from modelset.report import ManifestRow, summarize
-from modelset.stages import Workspace
-from modelset.storage import read_or_none
+from modelset.stages import Workspace, output_thumbnail_key, thumbnail_jpeg, thumbnail_key
+from modelset.storage import Store, read_many
 
+log = logging.getLogger("modelset.artifacts")
 _PROGRESS_EVERY_S = 2.0
-_THUMBNAILS_SHOWN = 12
+THUMBNAIL_ROWS = 200
+MARKDOWN_THUMBNAIL = (72, 96)  # at most 96 px tall: the UI shows images at their size
 
 
 @dataclass
@@ -56,36 +61,95 @@ class ProgressArtifact:
             )
 
 
-async def publish_results(rows: list[ManifestRow], workspace: Workspace) -> None:
-    """A table of every row and a markdown summary with small embedded thumbnails."""
+TABLE_COLUMNS = (
+    "item",
+    "template_id",
+    "status",
+    "reason",
+    "outputs",
+    "source",
+    "request_id",
+    "task_id",
+    "source_sha256",
+    "upload_sha256",
+)
+
+
+async def publish_results(rows: list[ManifestRow], workspace: Workspace, *, sheet: str) -> None:
+    """A table of every row (status first, ids and hashes last) and a markdown summary
+    with small thumbnails of each input beside its generated set."""
     if not rows:
         return
     await create_table_artifact(  # type: ignore[misc]
         key="modelset-results",
-        table=[row.model_dump(mode="json") for row in rows],
+        table=[_table_row(row) for row in rows],
         description=f"Results in {workspace.out}",
     )
+    shown = rows[:THUMBNAIL_ROWS]
+    pictures = await anyio.to_thread.run_sync(_thumbnails, workspace.store, shown)
     counts = ", ".join(f"{status}: {n}" for status, n in summarize(rows).items() if n)
-    lines = [f"# modelset results\n\n{counts}\n\nOutput location: `{workspace.out}`\n"]
-    lines.append("| input | item | template | status | reason |\n|---|---|---|---|---|")
-    for row in rows[:_THUMBNAILS_SHOWN]:
-        lines.append(
-            f"| {_embedded(workspace, row.thumbnail)} | {row.item} | {row.template_id} "
-            f"| {row.status.value} | {row.reason or ''} |"
+    lines = [
+        f"# modelset results\n\n{counts}\n\nOutput location: `{workspace.out}`; "
+        f"report: `{sheet}`\n",
+        "| input | generated set | item | template | status | reason |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in shown:
+        inputs = _markdown_image("input", pictures.get(row.thumbnail or ""))
+        outputs = " ".join(
+            _markdown_image(f"{index}", pictures.get(output))
+            for index, output in enumerate(row.outputs, start=1)
         )
-    if len(rows) > _THUMBNAILS_SHOWN:
-        lines.append(f"\n... and {len(rows) - _THUMBNAILS_SHOWN} more (see the table artifact)")
+        reason = (row.reason or "").replace("|", "\\|")
+        lines.append(
+            f"| {inputs} | {outputs} | {row.item} | {row.template_id} "
+            f"| **{row.status.value}** | {reason} |"
+        )
+    if len(rows) > len(shown):
+        lines.append(
+            f"\n{len(rows) - len(shown)} more rows are in the table artifact, in "
+            f"`{workspace.out}/manifest.csv` and in the report `{sheet}`."
+        )
     await create_markdown_artifact(  # type: ignore[misc]
         key="modelset-summary", markdown="\n".join(lines), description="Results with thumbnails"
     )
 
 
-def _embedded(workspace: Workspace, thumbnail: str | None) -> str:
-    # The UI cannot read local files, so thumbnails travel inside the markdown.
-    if not thumbnail:
+def _table_row(row: ManifestRow) -> dict[str, object]:
+    values = row.model_dump(mode="json", include=set(TABLE_COLUMNS))
+    values["outputs"] = " ".join(row.outputs)
+    return {column: values.get(column) for column in TABLE_COLUMNS}
+
+
+def _markdown_image(alt: str, jpeg: bytes | None) -> str:
+    # The UI cannot read the output location, so thumbnails travel inside the markdown.
+    if jpeg is None:
         return ""
-    blob = read_or_none(workspace.store, thumbnail)
-    if blob is None:
-        return ""
-    data = base64.b64encode(blob.data).decode("ascii")
-    return f"![input](data:image/jpeg;base64,{data})"
+    return f"![{alt}](data:image/jpeg;base64,{base64.b64encode(jpeg).decode('ascii')})"
+
+
+def _thumbnails(store: Store, rows: list[ManifestRow]) -> dict[str, bytes]:
+    """Small JPEGs (at most 96 px tall) of the inputs and outputs of these rows, by key.
+
+    Made from the input thumbnails and from the bucket's output thumbnails where they
+    exist, else from the images themselves: only for the rows shown.
+    """
+    wanted: dict[str, list[str]] = {}
+    for row in rows:
+        if row.thumbnail is None and row.source_sha256:
+            row.thumbnail = thumbnail_key(row.source_sha256)
+        if row.thumbnail:
+            wanted[row.thumbnail] = [row.thumbnail]
+        for output in row.outputs:
+            wanted[output] = [output_thumbnail_key(output), output]
+    found = read_many(store, [key for keys in wanted.values() for key in keys])
+    pictures = {}
+    for shown, keys in wanted.items():
+        blob = next((found[key] for key in keys if found.get(key) is not None), None)
+        if blob is None:
+            continue
+        try:
+            pictures[shown] = thumbnail_jpeg(io.BytesIO(blob.data), MARKDOWN_THUMBNAIL)
+        except Exception as exc:  # a broken image is shown as nothing, never a failed run
+            log.info("no thumbnail for %s: %s", shown, type(exc).__name__)
+    return pictures
