@@ -25,10 +25,17 @@ from modelset.flows.generate import (
 )
 from modelset.ledger import Ledger, SubmissionState, open_ledger
 from modelset.options import RunOptions
-from modelset.report import ManifestRow, Status, read_manifest
+from modelset.report import INDEX_HTML, ManifestRow, Status, read_manifest
 from modelset.settings import Settings
-from modelset.sources import discover
-from modelset.storage import is_relative_location, open_store, read_or_none, update
+from modelset.sources import NoImagesFound, SourceItem, discover
+from modelset.storage import (
+    bucket_scheme,
+    is_relative_location,
+    locate,
+    open_store,
+    read_or_none,
+    update,
+)
 
 SEEN_KEY = ".modelset/inbox-seen.json"
 
@@ -59,10 +66,18 @@ async def scan_inbox(
     store = open_store(location)
     seen_blob = read_or_none(store, SEEN_KEY)
     seen: dict[str, str] = json.loads(seen_blob.data) if seen_blob else {}
-    sources = [item.source for item in discover([inbox], allow_file_urls=False)]
+    if bucket_scheme(inbox) is None and not Path(inbox).expanduser().exists():
+        return Failed(
+            message=f"the inbox {inbox} does not exist (the inbox parameter): create the "
+            "folder or point the parameter at the folder or bucket prefix photos arrive in"
+        )
+    sources = [item.source for item in _photos_in(inbox)]
     new = [source for source in sources if seen.get(source) != _fingerprint(source)]
     if not new:
-        return Completed(message=f"nothing new in {inbox} ({len(sources)} photos seen before)")
+        report = locate(store, INDEX_HTML)
+        return Completed(
+            message=f"nothing new in {inbox} ({len(sources)} photos seen before); report: {report}"
+        )
     log.info("%d new photos of %d in %s", len(new), len(sources), inbox)
     state: State[Any] = await generate_model_sets(
         new,
@@ -91,6 +106,14 @@ async def scan_inbox(
     if state.is_completed():
         return Completed(message=state.message)
     return Failed(message=state.message)
+
+
+def _photos_in(inbox: str) -> list[SourceItem]:
+    """The photos in the inbox; none (not an error) for an empty folder or prefix."""
+    try:
+        return discover([inbox], allow_file_urls=False)
+    except NoImagesFound:
+        return []
 
 
 def _fingerprint(source: str) -> str:

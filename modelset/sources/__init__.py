@@ -4,7 +4,13 @@ Core layer: plain Python, no Prefect.
 """
 
 from modelset.sources.discovery import discover
-from modelset.sources.errors import FetchError, SourceError, UnsafeURLError, redact_url
+from modelset.sources.errors import (
+    FetchError,
+    NoImagesFound,
+    SourceError,
+    UnsafeURLError,
+    redact_url,
+)
 from modelset.sources.fetching import fetch
 from modelset.sources.locations import IMAGE_SUFFIXES
 from modelset.sources.models import FetchedFile, SourceItem
@@ -15,6 +21,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "FetchError",
     "FetchedFile",
+    "NoImagesFound",
     "SourceError",
     "SourceItem",
     "UnsafeURLError",

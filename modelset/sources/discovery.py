@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 
 import httpx
 
-from modelset.sources.errors import SourceError, redact_url, url_scheme
+from modelset.sources.errors import NoImagesFound, SourceError, redact_url, url_scheme
 from modelset.sources.locations import (
     HTTP_SCHEMES,
     IMAGE_SUFFIXES,
@@ -85,7 +85,7 @@ def _expand_local(spec: str, path: Path, allow_file_urls: bool) -> list[SourceIt
     else:
         raise SourceError(f"{spec} does not exist")
     if not sources:
-        raise SourceError(f"no images found in {spec}")
+        raise NoImagesFound(f"no images found in {spec}")
     return [SourceItem(source=source, origin=spec) for source in sources]
 
 
@@ -149,7 +149,7 @@ def _expand_object_store(spec: str) -> list[SourceItem]:
         raise SourceError(f"cannot list {origin}: {exc}") from exc
     sources = _object_sources(store.url, keys, root)
     if not sources:
-        raise SourceError(f"no images found in {origin}")
+        raise NoImagesFound(f"no images found in {origin}")
     return [SourceItem(source=source, origin=origin) for source in sources]
 
 

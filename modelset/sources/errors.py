@@ -14,6 +14,10 @@ class SourceError(UsageError):
     """A usage problem with what the user pointed at; the whole run should stop."""
 
 
+class NoImagesFound(SourceError):
+    """A folder, glob or prefix that exists but holds no image (an empty inbox)."""
+
+
 class FetchError(Exception):
     """One source could not be fetched; only that photo fails.
 
