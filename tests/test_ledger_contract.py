@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -212,9 +213,7 @@ async def test_a_lost_lease_stops_the_send_and_a_rerun_finds_it(
     by request_id and never sends it again."""
     sandbox: SandboxServer = sandbox_factory(latency_ms=1500)
     photo = make_photo(tmp_path / "look.jpg")
-    prepared = PreparedPhoto(
-        source=str(photo), source_sha256="c" * 64, upload_path=photo, upload_sha256="d" * 64
-    )
+    prepared = PreparedPhoto(source=str(photo), source_sha256="c" * 64, upload_sha256="d" * 64)
     store, ledger = leased(bucket, duration_s=0.9)
     client = HiDreamClient(TOKEN, base_url=sandbox.base_url)
 
@@ -228,6 +227,7 @@ async def test_a_lost_lease_stops_the_send_and_a_rerun_finds_it(
             item="look",
             template_id=20,
             rules=SubmitPolicy(run_id=run_id),
+            upload=photo,
         )
 
     async def steal_lease() -> None:
@@ -247,3 +247,20 @@ async def test_a_lost_lease_stops_the_send_and_a_rerun_finds_it(
     # by its request_id, or (never created) sent by the second run.
     [paid] = sandbox.submissions()
     assert second.task_id == paid["task_id"]
+
+
+async def test_a_lease_of_a_dead_process_of_this_host_is_taken_over_at_once(
+    bucket: str,
+) -> None:
+    """After a kill -9 the rerun on the same machine does not wait out the lease."""
+    store, ledger = leased(bucket)
+    code = "from modelset.ledger.locks import owner_name; print(owner_name())"
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await child.communicate()
+    dead = out.decode().strip()
+    body = json.dumps({"owner": dead, "expires": time.time() + 900}).encode()
+    store.write(lease_key(), body)
+    async with asyncio.timeout(5), ledger.claim(KEY) as claim:
+        assert claim.time_left() > 800

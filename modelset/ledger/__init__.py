@@ -230,7 +230,7 @@ class Ledger:
         A batch holds it while it waits on a task, so the callback-triggered collector
         leaves that task to the batch.
         """
-        async with self.locks.hold(f"{key}.collect", wait=wait) as hold:
+        async with self.locks.hold(f"{key}.collect", wait=wait, short=True) as hold:
             yield hold is not None
 
 
