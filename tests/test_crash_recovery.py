@@ -10,6 +10,12 @@ submits are answered, and the same command runs again:
 - without it, the submits in flight at the kill end ``outcome_unknown`` (never resent
   blindly) and nothing else is lost; ``--resubmit-unknown`` then finishes them, paying
   twice at most for those.
+
+Both run with ``--out`` a local folder and an ``s3://`` prefix on the session's S3 server
+(``out_location``); the checks read the ledger and the report through the storage seam.
+On a bucket a claim is a lease (the default 15 minutes): the rerun takes the killed
+run's leases over at once, because their holder was a process of this host that no
+longer runs (from another host only their expiry would tell).
 """
 
 from __future__ import annotations
@@ -27,16 +33,27 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image
 
 from modelset.sandbox import SandboxServer
+from modelset.storage import Store, open_store, read_many
 from tests.conftest import REPO, TOKEN, SandboxFactory, make_photo
+from tests.test_reliability import assert_decodes, manifest, read_text, report_texts
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 PHOTOS = 16
 TEMPLATE = 20
 SECRET = "crash-callback-secret-0b9e"  # never sent anywhere: only grepped for
+LEDGER = ".modelset/ledger"
+
+
+@pytest.fixture(params=["folder", "bucket"])
+def out_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """``--out``: a local folder, or an ``s3://`` prefix of a fresh bucket."""
+    if request.param == "folder":
+        return str(tmp_path / "out")
+    location: str = request.getfixturevalue("bucket")
+    return location
 
 
 @dataclass
@@ -47,18 +64,22 @@ class Crash:
     submitted: dict[str, dict[str, Any]]  # request_id -> record: receipt kept
 
 
-def ledger_records(out: Path) -> list[dict[str, Any]]:
+def ledger_records(store: Store) -> list[dict[str, Any]]:
+    """Every record of the ledger (``.modelset/ledger/<key>.json``; not its indexes)."""
+    names = [
+        key
+        for key in store.list(LEDGER)
+        if key.endswith(".json") and "/" not in key.removeprefix(f"{LEDGER}/")
+    ]
     records = []
-    for path in (out / ".modelset" / "ledger").glob("*.json"):
+    for blob in read_many(store, names).values():
+        if blob is None:  # gone since the listing
+            continue
         try:
-            records.append(json.loads(path.read_text()))
-        except (OSError, ValueError):  # replaced while being read: read it next time
+            records.append(json.loads(blob.data))
+        except ValueError:  # replaced while being read: read it next time
             continue
     return records
-
-
-def manifest(out: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
 
 
 def duplicates(sandbox: SandboxServer) -> set[tuple[str, int]]:
@@ -74,6 +95,7 @@ class World:
         factory: SandboxFactory,
         tmp_path: Path,
         prefect_server: str,
+        out: str,
         *,
         lookup: bool,
     ) -> None:
@@ -82,7 +104,8 @@ class World:
         for index in range(PHOTOS):
             colour = (index * 9 % 256, 255 - index * 7, index * 53 % 256)
             make_photo(self.photos / f"c{index:02d}.jpg", size=(96, 128), colour=colour)
-        self.out = tmp_path / "out"
+        self.out = out
+        self.store = open_store(out)
         self.state = tmp_path / "sandbox" / "state.json"
         self.factory = factory
         self.lookup = lookup
@@ -120,7 +143,7 @@ class World:
             "-t",
             str(TEMPLATE),
             "--out",
-            str(self.out),
+            self.out,
             "--concurrency",
             "8",
             "--yes",
@@ -139,7 +162,7 @@ class World:
             try:
                 deadline = time.monotonic() + 90
                 while True:
-                    states = Counter(r["state"] for r in ledger_records(self.out))
+                    states = Counter(r["state"] for r in ledger_records(self.store))
                     if states["intent"] >= 2 and states["submitted"] >= 3:
                         break
                     assert process.poll() is None, log.read_text()[-3000:]
@@ -152,7 +175,7 @@ class World:
         assert process.returncode == -signal.SIGKILL
         self.elapsed.append(time.monotonic() - started)
         self.outputs.append(log.read_text(errors="replace"))
-        records = ledger_records(self.out)
+        records = ledger_records(self.store)
         assert not [r for r in records if r["state"] == "finished"], "killed too late"
         return Crash(
             intents={r["request_id"]: r for r in records if r["state"] == "intent"},
@@ -198,30 +221,33 @@ class World:
         assert row["status"] == "succeeded", row
         assert len(row["outputs"]) == 2, row
         for output in row["outputs"]:
-            with Image.open(self.out / output) as image:
-                image.verify()
+            assert_decodes(self.store, output)
 
     def check_report(self) -> list[dict[str, Any]]:
         rows = manifest(self.out)
         assert len(rows) == PHOTOS, "the report lists every photo"
         assert {row["item"] for row in rows} == {f"c{i:02d}" for i in range(PHOTOS)}
-        assert (self.out / "manifest.csv").read_text().count("\n") == PHOTOS + 1
-        assert (self.out / "index.html").is_file()
+        assert read_text(self.store, "manifest.csv").count("\n") == PHOTOS + 1
+        assert "<html" in read_text(self.store, "index.html")
         return rows
 
     def check_no_secrets(self) -> None:
-        texts = [*self.outputs]
-        texts += [p.read_text(errors="replace") for p in self.out.rglob("*.json*") if p.is_file()]
-        texts += [(self.out / name).read_text() for name in ("manifest.csv", "index.html")]
-        for text in texts:
-            assert TOKEN not in text
-            assert SECRET not in text
+        """Neither secret in the runs' output nor in any text file of the location (every
+        .json, .jsonl, .csv, .html and suffix-less file or object, the report included)."""
+        files = report_texts(self.out)
+        assert {"manifest.csv", "index.html", "manifest.jsonl"} <= {
+            name.rsplit("/", 1)[-1] for name in files
+        }
+        texts = {f"run {index}": text for index, text in enumerate(self.outputs)} | files
+        for where, text in texts.items():
+            assert TOKEN not in text, f"the token leaked into {where}"
+            assert SECRET not in text, f"the callback secret leaked into {where}"
 
 
 def test_kill_9_mid_batch_then_rerun_pays_nothing_twice(
-    sandbox_factory: SandboxFactory, tmp_path: Path, prefect_server: str
+    sandbox_factory: SandboxFactory, tmp_path: Path, prefect_server: str, out_location: str
 ) -> None:
-    world = World(sandbox_factory, tmp_path, prefect_server, lookup=True)
+    world = World(sandbox_factory, tmp_path, prefect_server, out_location, lookup=True)
     crash = world.run_and_kill()
     world.restart_sandbox_without_stalls()
 
@@ -244,9 +270,9 @@ def test_kill_9_mid_batch_then_rerun_pays_nothing_twice(
 
 
 def test_kill_9_without_request_id_lookup_leaves_only_the_in_flight_unknown(
-    sandbox_factory: SandboxFactory, tmp_path: Path, prefect_server: str
+    sandbox_factory: SandboxFactory, tmp_path: Path, prefect_server: str, out_location: str
 ) -> None:
-    world = World(sandbox_factory, tmp_path, prefect_server, lookup=False)
+    world = World(sandbox_factory, tmp_path, prefect_server, out_location, lookup=False)
     crash = world.run_and_kill()
     world.restart_sandbox_without_stalls()
 

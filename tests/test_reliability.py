@@ -7,14 +7,20 @@ up, and checks the same things:
   a fault can exhaust the client's retries, a rerun of the same batch finishes the rest;
 - the sandbox's log of accepted submissions holds no photo+template twice (exactly once,
   across the rerun too);
-- every succeeded set is on disk (each image decodes) and the report lists every photo;
+- every succeeded set is in the output location (each image decodes) and the report
+  lists every photo;
 - neither the API token nor the callback secret shows in any output: captured logs,
   stdout/stderr, the run's logs on the Prefect server and every file of the report.
+
+Every test runs twice: with the output location a local folder, and an ``s3://`` prefix
+on the session's S3 server (``out_location``). The checks read through the storage seam
+(``open_store``), so they are the same for both.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import threading
@@ -34,6 +40,7 @@ from modelset.flows.generate import generate_model_sets
 from modelset.options import RunOptions
 from modelset.sandbox import SandboxServer
 from modelset.sandbox.callbacks import mask_url, masked_urls
+from modelset.storage import Store, open_store
 from tests.conftest import TOKEN, SandboxFactory, make_photo
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -83,7 +90,7 @@ class Harness:
         for key, value in values.items():
             self.monkeypatch.setenv(key, value)
 
-    def run(self, sources: list[str], out: Path, **options: Any) -> State[Any]:
+    def run(self, sources: list[str], out: str, **options: Any) -> State[Any]:
         async def go() -> State[Any]:
             return await generate_model_sets(
                 sources,
@@ -114,8 +121,9 @@ class Harness:
             dict(sorted(answers.items())),
         )
 
-    def assert_no_secrets(self, out: Path) -> None:
-        """Neither secret in captured logs, stdout/stderr, Prefect's run logs or the report."""
+    def assert_no_secrets(self, out: str) -> None:
+        """Neither secret in captured logs, stdout/stderr, Prefect's run logs or any file of
+        the output location (every object of the bucket)."""
         captured = self.capsys.readouterr()
         texts = {
             "captured log": self.caplog.text,
@@ -124,9 +132,7 @@ class Harness:
             "prefect run logs": prefect_run_logs(self.flow_run_ids),
         }
         assert "report written" in texts["prefect run logs"], "the run's logs were not read"
-        for path in out.rglob("*"):
-            if path.is_file() and path.suffix in (".json", ".jsonl", ".csv", ".html", ""):
-                texts[str(path)] = path.read_text(encoding="utf-8", errors="replace")
+        texts.update(report_texts(out))
         for where, text in texts.items():
             for secret in self.secrets:
                 assert secret not in text, f"a secret leaked into {where}"
@@ -166,8 +172,48 @@ def harness(
     return Harness(monkeypatch, caplog, capsys)
 
 
-def manifest(out: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+@pytest.fixture(params=["folder", "bucket"])
+def out_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The output location: a local folder, or an ``s3://`` prefix of a fresh bucket."""
+    if request.param == "folder":
+        return str(tmp_path / "out")
+    location: str = request.getfixturevalue("bucket")
+    return location
+
+
+TEXT_SUFFIXES = (".json", ".jsonl", ".csv", ".html", "")
+
+
+def report_texts(out: str) -> dict[str, str]:
+    """Every text file of the location (.json, .jsonl, .csv, .html, no suffix), by name:
+    each file below the folder, or each object of the bucket."""
+    store = open_store(out)
+    texts = {}
+    if store.is_local:
+        for path in Path(out).rglob("*"):
+            if path.is_file() and path.suffix in TEXT_SUFFIXES:
+                texts[str(path)] = path.read_text(encoding="utf-8", errors="replace")
+        return texts
+    keys = store.list("")
+    assert keys, f"nothing in {out}"
+    for key in keys:
+        if Path(key).suffix in TEXT_SUFFIXES:
+            texts[f"{out}/{key}"] = store.read(key).data.decode("utf-8", errors="replace")
+    return texts
+
+
+def read_text(store: Store, key: str) -> str:
+    return store.read(key).data.decode("utf-8")
+
+
+def manifest(out: str) -> list[dict[str, Any]]:
+    text = read_text(open_store(out), "manifest.jsonl")
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def assert_decodes(store: Store, key: str) -> None:
+    with Image.open(io.BytesIO(store.read(key).data)) as image:
+        image.verify()
 
 
 def accepted_twice(sandbox: SandboxServer) -> list[tuple[str, int]]:
@@ -180,22 +226,22 @@ RERUN_REASON_WORDS = ("rerun", "retry", "resubmit")
 
 
 def check_batch(
-    out: Path, sandbox: SandboxServer, *, images: int = 2, allow_retryable: bool = False
+    out: str, sandbox: SandboxServer, *, images: int = 2, allow_retryable: bool = False
 ) -> list[dict[str, Any]]:
     """The checks every matrix test makes; returns the rows that did not succeed."""
+    store = open_store(out)
     rows = manifest(out)
     assert len(rows) == PHOTOS, f"the report lists {len(rows)} of {PHOTOS} photos"
     assert {row["item"] for row in rows} == {f"p{i:02d}" for i in range(PHOTOS)}
-    assert (out / "manifest.csv").read_text().count("\n") == PHOTOS + 1
-    assert (out / "index.html").is_file()
+    assert read_text(store, "manifest.csv").count("\n") == PHOTOS + 1
+    assert "<html" in read_text(store, "index.html")
     assert accepted_twice(sandbox) == [], "a photo+template was accepted twice"
     open_rows = []
     for row in rows:
         if row["status"] == "succeeded":
             assert len(row["outputs"]) == images, row
             for output in row["outputs"]:
-                with Image.open(out / output) as image:
-                    image.verify()
+                assert_decodes(store, output)
             continue
         assert row["reason"], f"{row['item']} ended {row['status']} without a reason"
         assert allow_retryable, f"{row['item']} ended {row['status']}: {row['reason']}"
@@ -207,7 +253,7 @@ def check_batch(
     return open_rows
 
 
-def run_until_done(harness: Harness, batch: Path, out: Path, sandbox: SandboxServer) -> int:
+def run_until_done(harness: Harness, batch: Path, out: str, sandbox: SandboxServer) -> int:
     """Run the batch; where faults exhausted some retries, rerun once. Returns the runs."""
     harness.run([str(batch)], out)
     if not check_batch(out, sandbox, allow_retryable=True):
@@ -229,11 +275,11 @@ def sandbox_lines(caplog: pytest.LogCaptureFixture, needle: str) -> int:
 
 
 def test_throttle_bursts_with_retry_after(
-    harness: Harness, sandbox_factory: SandboxFactory, batch: Path, tmp_path: Path
+    harness: Harness, sandbox_factory: SandboxFactory, batch: Path, out_location: str
 ) -> None:
     sandbox = sandbox_factory(**MATRIX_SANDBOX, faults={"throttle": 0.5}, retry_after_s=1)
     harness.point_at(sandbox)
-    out = tmp_path / "out"
+    out = out_location
     state = harness.run([str(batch)], out)
     assert state.is_completed(), state.message
     check_batch(out, sandbox)
@@ -243,12 +289,12 @@ def test_throttle_bursts_with_retry_after(
 
 
 def test_http_500s_on_submit(
-    harness: Harness, sandbox_factory: SandboxFactory, batch: Path, tmp_path: Path
+    harness: Harness, sandbox_factory: SandboxFactory, batch: Path, out_location: str
 ) -> None:
     sandbox = sandbox_factory(**MATRIX_SANDBOX, faults={"server_error": 0.3})
     # A lookup that finds nothing is asked again after read_timeout / 2: keep it short.
     harness.point_at(sandbox, HIDREAM_READ_TIMEOUT="2")
-    out = tmp_path / "out"
+    out = out_location
     run_until_done(harness, batch, out, sandbox)
     assert sandbox_lines(harness.caplog, "-> 500") >= 10
     assert len(sandbox.submissions()) == PHOTOS
@@ -256,11 +302,11 @@ def test_http_500s_on_submit(
 
 
 def test_accept_then_stall_submits_are_found_by_request_id(
-    harness: Harness, sandbox_factory: SandboxFactory, batch: Path, tmp_path: Path
+    harness: Harness, sandbox_factory: SandboxFactory, batch: Path, out_location: str
 ) -> None:
     sandbox = sandbox_factory(**MATRIX_SANDBOX, faults={"stall": 0.3})
     harness.point_at(sandbox, HIDREAM_READ_TIMEOUT="1")
-    out = tmp_path / "out"
+    out = out_location
     run_until_done(harness, batch, out, sandbox)
     assert sandbox_lines(harness.caplog, "-> no answer") >= 5
     assert len(sandbox.submissions()) == PHOTOS
@@ -268,11 +314,11 @@ def test_accept_then_stall_submits_are_found_by_request_id(
 
 
 def test_malformed_json_answers(
-    harness: Harness, sandbox_factory: SandboxFactory, batch: Path, tmp_path: Path
+    harness: Harness, sandbox_factory: SandboxFactory, batch: Path, out_location: str
 ) -> None:
     sandbox = sandbox_factory(**MATRIX_SANDBOX, faults={"malformed": 0.25})
     harness.point_at(sandbox)
-    out = tmp_path / "out"
+    out = out_location
     run_until_done(harness, batch, out, sandbox)
     assert sandbox_lines(harness.caplog, "code=malformed") >= 10
     assert len(sandbox.submissions()) == PHOTOS
@@ -280,11 +326,11 @@ def test_malformed_json_answers(
 
 
 def test_unknown_task_statuses_are_waited_out(
-    harness: Harness, sandbox_factory: SandboxFactory, batch: Path, tmp_path: Path
+    harness: Harness, sandbox_factory: SandboxFactory, batch: Path, out_location: str
 ) -> None:
     sandbox = sandbox_factory(**MATRIX_SANDBOX, faults={"unknown_status": 0.5})
     harness.point_at(sandbox)
-    out = tmp_path / "out"
+    out = out_location
     state = harness.run([str(batch)], out)
     assert state.is_completed(), state.message
     check_batch(out, sandbox)
@@ -292,11 +338,11 @@ def test_unknown_task_statuses_are_waited_out(
 
 
 def test_expired_result_urls_are_fetched_again(
-    harness: Harness, sandbox_factory: SandboxFactory, batch: Path, tmp_path: Path
+    harness: Harness, sandbox_factory: SandboxFactory, batch: Path, out_location: str
 ) -> None:
     sandbox = sandbox_factory(**MATRIX_SANDBOX, faults={"expire": 0.5})
     harness.point_at(sandbox)
-    out = tmp_path / "out"
+    out = out_location
     state = harness.run([str(batch)], out)
     assert state.is_completed(), state.message
     check_batch(out, sandbox)
@@ -355,6 +401,7 @@ def test_sandbox_stopped_and_restarted_mid_batch(
     restarter: Restarter,
     batch: Path,
     tmp_path: Path,
+    out_location: str,
 ) -> None:
     """Connections refused while it is down, connections reset and stalled submits cut
     when it stops; the restarted sandbox keeps its tasks (--state)."""
@@ -363,7 +410,7 @@ def test_sandbox_stopped_and_restarted_mid_batch(
         after=20, down_s=1.5, state_file=state_file, **MATRIX_SANDBOX, faults={"stall": 0.1}
     )
     harness.point_at(first, HIDREAM_READ_TIMEOUT="3")
-    out = tmp_path / "out"
+    out = out_location
     harness.run([str(batch)], out)
     second = restarter.join()
     assert second.base_url == first.base_url
@@ -384,6 +431,7 @@ def test_an_outage_longer_than_the_read_retries_is_waited_out_until_the_deadline
     restarter: Restarter,
     batch: Path,
     tmp_path: Path,
+    out_location: str,
 ) -> None:
     """8 sets are being generated (1 s) when the sandbox goes away for 2.5 s: more than
     the read retries cover (HIDREAM_MAX_ATTEMPTS=2 keeps the outage short), far less
@@ -396,7 +444,7 @@ def test_an_outage_longer_than_the_read_retries_is_waited_out_until_the_deadline
         after=8, down_s=2.5, state_file=state_file, **{**MATRIX_SANDBOX, "generation_s": 1}
     )
     harness.point_at(first, HIDREAM_MAX_ATTEMPTS="2", HIDREAM_POLL_DEADLINE="60")
-    out = tmp_path / "out"
+    out = out_location
     state = harness.run([str(folder)], out)
     second = restarter.join()
     rows = manifest(out)
@@ -409,6 +457,7 @@ def test_a_failing_url_refresh_fails_that_set_not_the_batch(
     harness: Harness,
     sandbox_factory: SandboxFactory,
     tmp_path: Path,
+    out_location: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Every result URL has expired and the re-query for fresh ones fails (a 5xx streak):
@@ -440,7 +489,7 @@ def test_a_failing_url_refresh_fails_that_set_not_the_batch(
 
     monkeypatch.setattr(HiDreamClient, "wait_for_result", waited)
     monkeypatch.setattr(HiDreamClient, "get_result", failing_refresh)
-    out = tmp_path / "out"
+    out = out_location
     harness.run([str(folder)], out)
     rows = manifest(out)
     assert len(rows) == 6
@@ -455,7 +504,7 @@ def test_a_failing_url_refresh_fails_that_set_not_the_batch(
 
 
 def test_duplicated_early_and_forged_callbacks_change_nothing(
-    harness: Harness, sandbox_factory: SandboxFactory, batch: Path, tmp_path: Path
+    harness: Harness, sandbox_factory: SandboxFactory, batch: Path, out_location: str
 ) -> None:
     """The real receiver in this process turns callbacks into events that wake the batch;
     the sandbox delivers every callback twice, half of them early (with the final body),
@@ -502,7 +551,7 @@ def test_duplicated_early_and_forged_callbacks_change_nothing(
             HIDREAM_POLL_MAX_INTERVAL="1",
         )
         forger.start()
-        out = tmp_path / "out"
+        out = out_location
         state = harness.run([str(batch)], out)
     finally:
         forger_stop.set()

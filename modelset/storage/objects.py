@@ -79,7 +79,10 @@ class BucketStore:
         kind = bucket_scheme(location)
         parts = urlsplit(location)
         if kind is None or not parts.netloc:
-            raise UnsupportedLocation(f"not a bucket location: {location}")
+            raise UnsupportedLocation(
+                f"not a bucket location: {location} (use s3://bucket/prefix, "
+                "gs://bucket/prefix or az://container/prefix)"
+            )
         prefix = parts.path.strip("/")
         self._url = f"{parts.scheme}://{parts.netloc}" + (f"/{prefix}" if prefix else "")
         normalised = f"{kind}://{parts.netloc}" + (f"/{prefix}" if prefix else "")
