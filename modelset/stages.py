@@ -42,6 +42,7 @@ from modelset.images import (
     Fit,
     ImageRejected,
     Policy,
+    inspect_image,
     prepare_image,
 )
 from modelset.ledger import (
@@ -56,14 +57,14 @@ from modelset.ledger import (
 )
 from modelset.report import STATE_DIR, ManifestRow, Status
 from modelset.sources import FetchError, fetch
-from modelset.storage import Store, open_store, read_many, read_or_none
+from modelset.storage import Store, open_store, read_or_none
 
 log = logging.getLogger("modelset.stages")
 
 T = TypeVar("T")
 
 TASK_MARKER = ".task_id"
-PREPARED_PREFIX = f"{STATE_DIR}/prepared"
+UPLOADS_PREFIX = f"{STATE_DIR}/uploads"
 THUMBS_PREFIX = f"{STATE_DIR}/thumbs"
 OUTPUT_THUMBNAIL = (96, 128)
 _HASH_CHUNK = 1024 * 1024
@@ -72,10 +73,11 @@ _HASH_CHUNK = 1024 * 1024
 class Workspace:
     """An output location (folder or bucket) and this machine's scratch folder.
 
-    Everything a later run or another worker reads back goes to ``store``; what only this
-    run needs locally (fetched copies of remote sources, uploads before they are sent)
-    goes to ``scratch``: on a folder that is ``.modelset/`` beside the report, on a bucket
-    a temporary folder that :func:`open_workspace` removes at the end of the run.
+    Everything a later run or another worker reads back goes to ``store``: the sets, the
+    report, the ledger, thumbnails and the prepared uploads. What only this run needs (a
+    fetched copy of a remote source) goes to ``scratch``: on a folder that is
+    ``.modelset/`` beside the report, on a bucket a temporary folder that
+    :func:`open_workspace` removes at the end of the run.
     """
 
     def __init__(self, store: Store, scratch: Path) -> None:
@@ -85,6 +87,8 @@ class Workspace:
         self.fetched = scratch / "fetched"
         self.uploads.mkdir(parents=True, exist_ok=True)
         self.fetched.mkdir(parents=True, exist_ok=True)
+        # Fetched copies of remote sources by content hash, for the stages after fetch.
+        self.fetched_files: dict[str, Path] = {}
 
     @property
     def out(self) -> str:
@@ -119,11 +123,17 @@ class PrepareOptions(BaseModel):
 
 
 class PreparedPhoto(BaseModel):
-    """A photo ready to send, or the reason it cannot be."""
+    """A photo on its way through fetch, validate and prepare, or the reason it stopped.
+
+    It holds hashes and keys of the output location, never a path on one machine: the
+    stages' results are cached by Prefect in the output location and read back by any
+    worker.
+    """
 
     source: str
     source_sha256: str | None = None
-    upload_path: Path | None = None  # on this machine's scratch; may be gone on a rerun
+    validated: bool = False
+    upload_key: str | None = None  # the prepared upload, a key of the output location
     upload_sha256: str | None = None
     thumbnail: str | None = None  # a key of the output location
     reason: str | None = None
@@ -133,13 +143,9 @@ class PreparedPhoto(BaseModel):
     def ready(self) -> bool:
         return self.upload_sha256 is not None and self.reason is None
 
-    @property
-    def upload_present(self) -> bool:
-        return self.upload_path is not None and self.upload_path.exists()
-
-    def image_to_send(self, options: PrepareOptions) -> tuple[str | Path, str]:
+    def image_to_send(self, options: PrepareOptions, upload: Path | None) -> tuple[str | Path, str]:
         """What the submit carries, and its sha256: the source URL when it may pass."""
-        assert self.upload_path is not None and self.upload_sha256 is not None
+        assert self.upload_sha256 is not None
         if (
             options.pass_urls
             and self.sendable_as_is
@@ -147,7 +153,12 @@ class PreparedPhoto(BaseModel):
             and self.source_sha256 is not None
         ):
             return self.source, self.source_sha256
-        return self.upload_path, self.upload_sha256
+        assert upload is not None
+        return upload, self.upload_sha256
+
+    def sent_sha256(self, options: PrepareOptions) -> str:
+        """The sha256 of what a submit of this photo carries."""
+        return self.image_to_send(options, Path())[1]
 
 
 def hash_file(path: Path) -> str:
@@ -158,38 +169,32 @@ def hash_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _prepared_key(source_sha256: str, options: PrepareOptions) -> str:
-    return f"{PREPARED_PREFIX}/{source_sha256}-{options.name}-v{PREPARATION_VERSION}.json"
-
-
 def thumbnail_key(source_sha256: str) -> str:
     return f"{THUMBS_PREFIX}/{source_sha256}.jpg"
 
 
-def cached_preparations(
-    workspace: Workspace, photos: list[tuple[str, str]], options: PrepareOptions
-) -> dict[str, PreparedPhoto]:
-    """Photos prepared by earlier runs (same bytes, same policy), by source.
-
-    ``photos`` are (source, source sha256) pairs. A cached photo whose upload is not on
-    this machine any more is still good for planning; it is prepared again only if it
-    has to be sent.
-    """
-    keys = {source: _prepared_key(digest, options) for source, digest in photos}
-    found = read_many(workspace.store, list(keys.values()))
-    cached = {}
-    for source, key in keys.items():
-        blob = found.get(key)
-        if blob is not None:
-            photo = PreparedPhoto.model_validate_json(blob.data)
-            cached[source] = photo.model_copy(update={"source": source})
-    return cached
+def upload_key_of(source_sha256: str, options: PrepareOptions) -> str:
+    return f"{UPLOADS_PREFIX}/{source_sha256}-{options.name}-v{PREPARATION_VERSION}.jpg"
 
 
-def prepare_photo(
-    source: str, workspace: Workspace, options: PrepareOptions, *, use_cache: bool = True
+def is_local_file(source: str) -> bool:
+    return "://" not in source and Path(source).is_file()
+
+
+# -- fetch, validate, prepare ------------------------------------------------------------
+
+
+def fetch_photo(
+    source: str, workspace: Workspace, options: PrepareOptions, *, known_sha256: str | None = None
 ) -> PreparedPhoto:
-    """Fetch, validate and prepare one photo. Photo problems are returned, never raised."""
+    """Make the source's bytes available here and hash them; a failure is its reason.
+
+    Local files are read in place (``known_sha256`` skips hashing them again); remote ones
+    are copied into the scratch folder (transient network errors are retried with
+    backoff by :func:`~modelset.sources.fetch`).
+    """
+    if known_sha256 is not None and is_local_file(source):
+        return PreparedPhoto(source=source, source_sha256=known_sha256)
     try:
         fetched = fetch(
             source,
@@ -200,42 +205,109 @@ def prepare_photo(
         )
     except FetchError as exc:
         return PreparedPhoto(source=source, reason=f"fetch failed: {exc}")
-    if use_cache:
-        cached = cached_preparations(workspace, [(source, fetched.sha256)], options).get(source)
-        if cached is not None and (cached.upload_present or not cached.ready):
-            if fetched.temporary:
-                fetched.path.unlink(missing_ok=True)
-            return cached
-    upload_path = workspace.uploads / f"{fetched.sha256}-{options.name}.upload"
-    preview_key = thumbnail_key(fetched.sha256)
-    preview = workspace.store.local_path(preview_key) or workspace.uploads / f"{fetched.sha256}.jpg"
+    if fetched.temporary:
+        workspace.fetched_files[fetched.sha256] = fetched.path
+    return PreparedPhoto(source=source, source_sha256=fetched.sha256)
+
+
+def _source_file(photo: PreparedPhoto, workspace: Workspace, options: PrepareOptions) -> Path:
+    """The bytes of a fetched photo on this machine (fetched again if only a cached fetch
+    result came from another machine or run)."""
+    assert photo.source_sha256 is not None
+    if is_local_file(photo.source):
+        return Path(photo.source)
+    path = workspace.fetched_files.get(photo.source_sha256)
+    if path is not None and path.exists():
+        return path
+    again = fetch_photo(photo.source, workspace, options)
+    if again.reason is not None or again.source_sha256 != photo.source_sha256:
+        raise ImageRejected(again.reason or "the source changed since it was fetched")
+    return workspace.fetched_files[photo.source_sha256]
+
+
+def validate_photo(
+    photo: PreparedPhoto, workspace: Workspace, options: PrepareOptions
+) -> PreparedPhoto:
+    """Check a fetched photo from its header only: format, size, ratio, bombs."""
+    if photo.reason is not None or photo.validated:
+        return photo
     try:
+        check = inspect_image(_source_file(photo, workspace, options))
+    except ImageRejected as exc:
+        return photo.model_copy(update={"reason": exc.reason})
+    return photo.model_copy(update={"validated": True, "sendable_as_is": check.sendable_as_is})
+
+
+def prepare_validated(
+    photo: PreparedPhoto, workspace: Workspace, options: PrepareOptions
+) -> PreparedPhoto:
+    """The one decode: the upload (upright, 3:4, <=2048 px, no metadata) and a thumbnail,
+    both stored in the output location."""
+    if photo.reason is not None or photo.upload_sha256 is not None:
+        return photo
+    assert photo.source_sha256 is not None
+    store = workspace.store
+    key = upload_key_of(photo.source_sha256, options)
+    upload = store.local_path(key) or workspace.uploads / Path(key).name
+    preview_key = thumbnail_key(photo.source_sha256)
+    preview = store.local_path(preview_key) or workspace.uploads / f"{photo.source_sha256}.jpg"
+    try:
+        source = _source_file(photo, workspace, options)
         prepared = prepare_image(
-            fetched.path,
-            upload_path,
+            source,
+            upload,
             policy=options.policy,
             fit=options.fit,
             thumbnail=None if preview.exists() else preview,
         )
         _write_thumbnail(prepared.path, preview)
-        if not workspace.store.is_local:
-            workspace.store.write_file(preview_key, preview)
-            preview.unlink(missing_ok=True)
-        result = PreparedPhoto(
-            source=source,
-            source_sha256=fetched.sha256,
-            upload_path=prepared.path,
-            upload_sha256=prepared.sha256,
-            thumbnail=preview_key,
-            sendable_as_is=prepared.check.sendable_as_is,
-        )
     except ImageRejected as exc:
-        result = PreparedPhoto(source=source, source_sha256=fetched.sha256, reason=exc.reason)
+        return photo.model_copy(update={"reason": exc.reason})
     finally:
-        if fetched.temporary:
-            fetched.path.unlink(missing_ok=True)
-    workspace.store.write(_prepared_key(fetched.sha256, options), result.model_dump_json().encode())
-    return result
+        fetched = workspace.fetched_files.pop(photo.source_sha256, None)
+        if fetched is not None:
+            fetched.unlink(missing_ok=True)
+    if not store.is_local:
+        store.write_file(key, upload)
+        store.write_file(preview_key, preview)
+        preview.unlink(missing_ok=True)
+    return photo.model_copy(
+        update={
+            "upload_key": key,
+            "upload_sha256": prepared.sha256,
+            "thumbnail": preview_key,
+            "sendable_as_is": prepared.check.sendable_as_is,
+        }
+    )
+
+
+def prepare_photo(source: str, workspace: Workspace, options: PrepareOptions) -> PreparedPhoto:
+    """Fetch, validate and prepare one photo. Photo problems are returned, never raised."""
+    fetched = fetch_photo(source, workspace, options)
+    return prepare_validated(validate_photo(fetched, workspace, options), workspace, options)
+
+
+def upload_file(photo: PreparedPhoto, workspace: Workspace, options: PrepareOptions) -> Path | None:
+    """The prepared upload as a file on this machine: from the output location (a bucket's
+    copied into the scratch folder once), or prepared again if it is gone."""
+    if photo.upload_key is None:
+        return None
+    local = workspace.store.local_path(photo.upload_key)
+    if local is not None:
+        if local.exists():
+            return local
+    else:
+        local = workspace.uploads / Path(photo.upload_key).name
+        if local.exists():
+            return local
+        blob = read_or_none(workspace.store, photo.upload_key)
+        if blob is not None:
+            write_bytes(local, blob.data, durable=False)
+            return local
+    again = prepare_validated(photo.model_copy(update={"upload_sha256": None}), workspace, options)
+    if again.upload_sha256 != photo.upload_sha256:
+        return None  # Pillow changed its bytes: this is no longer the upload paid for
+    return upload_file(again, workspace, options) if again.upload_key else None
 
 
 def _write_thumbnail(upload: Path, target: Path) -> None:
@@ -310,9 +382,12 @@ async def submit_once(
     item: str,
     template_id: int,
     rules: SubmitPolicy,
+    upload: Path | None,
     notify_url: str | None = None,
 ) -> LedgerRecord:
     """Send one photo+template at most once; returns its ledger record.
+
+    ``upload`` is the prepared upload on this machine (see :func:`upload_file`).
 
     The record returned has another key when the same upload was paid for under that
     key (the same picture with other bytes): the caller points at that set.
@@ -320,13 +395,13 @@ async def submit_once(
     """
     assert prepared.ready
     assert prepared.source_sha256
-    image, image_sha256 = prepared.image_to_send(prepare)
+    image, image_sha256 = prepared.image_to_send(prepare, upload)
     async with ledger.claim(key) as claim:
         record = claim.record
         if not needs_submit(record, rules):
             assert record is not None
             return record
-        upload = upload_key_for(client.base_url, template_id, image_sha256, prepare)
+        sent = upload_key_for(client.base_url, template_id, image_sha256, prepare)
         if record is not None and record.state in (
             SubmissionState.INTENT,
             SubmissionState.UNKNOWN,
@@ -358,7 +433,7 @@ async def submit_once(
         if record is None and not rules.refresh:
             # Claimed after the intent is on record, so a concurrent claimer of the same
             # upload always finds its owner's record and never takes the upload over.
-            owner = await ledger.claim_upload(upload, key)
+            owner = await ledger.claim_upload(sent, key)
             if owner != key and (paid := await ledger.run(ledger.read, owner)) is not None:
                 await claim.forget()
                 return paid
@@ -383,7 +458,7 @@ async def submit_once(
             # Certainly not created: the key goes back to what it was before this send.
             await _restore(claim, record)
             if record is None:
-                await ledger.release_upload(upload, key)
+                await ledger.release_upload(sent, key)
             if isinstance(exc, AccountError):
                 raise
             return intent.model_copy(

@@ -264,12 +264,16 @@ async def test_artifacts_show_results_in_the_prefect_ui(
     succeeded = [row for row in rows if row["status"] == "succeeded"]
     markdown = str(kinds["markdown"].data)
     pictures = re.findall(r"!\[([^\]]*)\]\(data:image/jpeg;base64,([^)]+)\)", markdown)
-    # Each succeeded row shows its input beside its four generated images, all small.
+    # Each succeeded row shows its input beside its four generated images (one strip of
+    # four thumbnails), all small.
     assert len([alt for alt, _ in pictures if alt == "input"]) >= len(succeeded)
-    assert len([alt for alt, _ in pictures if alt != "input"]) == 4 * len(succeeded)
+    strips = [data for alt, data in pictures if alt == "4 generated"]
+    assert len(strips) == len(succeeded)
     for _, data in pictures:
         with Image.open(io.BytesIO(base64.b64decode(data))) as image:
             assert image.height <= 96, image.size
+    with Image.open(io.BytesIO(base64.b64decode(strips[0]))) as strip:
+        assert strip.width >= 4 * 60, "the four generated thumbnails sit side by side"
     assert "report:" in markdown and "index.html" in markdown
     table = (
         json.loads(kinds["table"].data)

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,19 +40,21 @@ from modelset.report import (
     update_report,
 )
 from modelset.settings import Settings
-from modelset.sources import SourceItem, discover
+from modelset.sources import SourceItem, discover, remote_identity
 from modelset.stages import (
     PreparedPhoto,
     PrepareOptions,
     SubmitPolicy,
     Workspace,
-    cached_preparations,
     hash_file,
+    is_local_file,
     key_for,
     needs_submit,
     open_workspace,
     row_for,
+    thumbnail_key,
     upload_key_for,
+    upload_key_of,
 )
 from modelset.storage import (
     Store,
@@ -62,7 +65,8 @@ from modelset.storage import (
 )
 from modelset.tasks.artifacts import ProgressArtifact, publish_results
 from modelset.tasks.catalogue import check_templates
-from modelset.tasks.photos import prepare_photos
+from modelset.tasks.photos import FetchItem, fetch_photos, prepare_photos, validate_photos
+from modelset.tasks.results import OutputLocationResults, results_storage
 from modelset.tasks.runtime import BatchRuntime, collect, open_runtime
 from modelset.tasks.submission import submit_photo
 
@@ -77,6 +81,7 @@ class Photo:
     item: str
     template_ids: list[int]
     prepared: PreparedPhoto | None = None
+    paid_upload: str | None = None  # the upload's sha256, for a photo whose sets are done
 
 
 @dataclass
@@ -261,13 +266,7 @@ async def run_batch(
             concurrency=options.concurrency,
             need_client=not options.dry_run,
         ) as runtime:
-            if runtime.client is not None:
-                await check_templates(
-                    runtime.client,
-                    sorted({t for p in photos for t in p.template_ids}),
-                    results_in=workspace.out,
-                )
-            await _prepare_all(photos, runtime)
+            await _prepare_all(photos, runtime, settings.base_url)
             plan = await _generate(
                 photos,
                 runtime,
@@ -368,32 +367,124 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "photo"
 
 
-async def _prepare_all(photos: list[Photo], runtime: BatchRuntime) -> None:
-    """Reuse earlier preparations of local files; prepare the rest in chunked task runs."""
-    hashes = {}
+async def _prepare_all(photos: list[Photo], runtime: BatchRuntime, base_url: str) -> None:
+    """Give every photo its PreparedPhoto: from the ledger for sets already finished (no
+    task run at all), else through the fetch, validate and prepare stages in chunks."""
+    hashes: dict[str, str] = {}
     for photo in photos:
-        path = Path(photo.source)
-        if "://" not in photo.source and path.is_file():
-            hashes[photo.source] = await anyio.to_thread.run_sync(hash_file, path)
-    cached = await anyio.to_thread.run_sync(
-        cached_preparations, runtime.workspace, list(hashes.items()), runtime.prepare
-    )
-    for photo in photos:
-        photo.prepared = cached.get(photo.source)
-    await _prepare([photo for photo in photos if photo.prepared is None], runtime)
-
-
-async def _prepare(photos: list[Photo], runtime: BatchRuntime, *, use_cache: bool = True) -> None:
-    chunks = [photos[i : i + PREPARE_CHUNK] for i in range(0, len(photos), PREPARE_CHUNK)]
+        if is_local_file(photo.source):
+            hashes[photo.source] = await anyio.to_thread.run_sync(hash_file, Path(photo.source))
+    for photo in await _finished(photos, hashes, runtime, base_url):
+        digest = hashes[photo.source]
+        photo.prepared = PreparedPhoto(
+            source=photo.source,
+            source_sha256=digest,
+            validated=True,
+            upload_key=upload_key_of(digest, runtime.prepare),
+            upload_sha256=photo.paid_upload,
+            thumbnail=thumbnail_key(digest),
+        )
+    pending = [photo for photo in photos if photo.prepared is None]
+    identities = await _identities(pending, runtime)
+    items = [
+        FetchItem(source=p.source, sha256=hashes.get(p.source), identity=identities.get(p.source))
+        for p in pending
+    ]
+    total = len(photos)
+    chunks = range(0, len(pending), PREPARE_CHUNK)
+    if not pending:
+        return
+    storage = await results_storage(runtime.workspace.out)
     results = await asyncio.gather(
         *(
-            prepare_photos([p.source for p in chunk], runtime, use_cache=use_cache)
-            for chunk in chunks
+            _stages(
+                pending[start : start + PREPARE_CHUNK],
+                items[start : start + PREPARE_CHUNK],
+                runtime,
+                storage,
+                label=f"{start + 1}-{min(start + PREPARE_CHUNK, len(pending))} of {total}",
+            )
+            for start in chunks
         )
     )
-    for chunk, prepared in zip(chunks, results, strict=True):
-        for photo, result in zip(chunk, prepared, strict=True):
+    for start, prepared in zip(chunks, results, strict=True):
+        for photo, result in zip(pending[start : start + PREPARE_CHUNK], prepared, strict=True):
             photo.prepared = result
+
+
+async def _stages(
+    photos: list[Photo],
+    items: list[FetchItem],
+    runtime: BatchRuntime,
+    storage: OutputLocationResults,
+    *,
+    label: str,
+) -> list[PreparedPhoto]:
+    """One chunk through fetch, validate and prepare: three task runs, cached by Prefect
+    in the output location."""
+
+    def sourced(results: list[PreparedPhoto]) -> list[PreparedPhoto]:
+        # Cached values carry no source (a path is never cached): put the chunk's back.
+        return [
+            r.model_copy(update={"source": p.source}) for p, r in zip(photos, results, strict=True)
+        ]
+
+    fetched = sourced(
+        await fetch_photos.with_options(result_storage=storage)(items, runtime, label)
+    )
+    checked = sourced(
+        await validate_photos.with_options(result_storage=storage)(fetched, runtime, label)
+    )
+    return sourced(
+        await prepare_photos.with_options(result_storage=storage)(checked, runtime, label)
+    )
+
+
+async def _finished(
+    photos: list[Photo], hashes: dict[str, str], runtime: BatchRuntime, base_url: str
+) -> list[Photo]:
+    """The local photos whose every set is finished in the ledger: nothing to prepare."""
+    keys = {
+        photo.source: [
+            key_for(base_url, t, hashes[photo.source], runtime.prepare) for t in photo.template_ids
+        ]
+        for photo in photos
+        if photo.source in hashes
+    }
+    ledger = runtime.ledger
+    records = await anyio.to_thread.run_sync(
+        ledger.read_many, [key for wanted in keys.values() for key in wanted]
+    )
+    done = []
+    for photo in photos:
+        found = [records[key] for key in keys.get(photo.source, [])]
+        if found and all(
+            record is not None
+            and record.state is SubmissionState.FINISHED
+            and not needs_submit(record, runtime.rules)
+            for record in found
+        ):
+            photo.paid_upload = found[0].upload_sha256 if found[0] else None
+            done.append(photo)
+    return done
+
+
+async def _identities(photos: list[Photo], runtime: BatchRuntime) -> dict[str, str | None]:
+    """Remote sources' identities (URL + validators), looked up a few at a time."""
+    remote = [photo.source for photo in photos if "://" in photo.source]
+    limiter = anyio.CapacityLimiter(8)
+    found: dict[str, str | None] = {}
+
+    async def look(source: str) -> None:
+        found[source] = await anyio.to_thread.run_sync(
+            partial(remote_identity, source, allow_private=runtime.prepare.allow_private_urls),
+            limiter=limiter,
+        )
+
+    async with anyio.create_task_group() as group:
+        for source in remote:
+            group.start_soon(look, source)
+    return found
 
 
 @dataclass
@@ -473,21 +564,24 @@ async def _generate(
                 ),
             )
     elif jobs:
-        # Uploads live on the machine that prepared them: prepare again what is sent now.
-        missing = {
-            id(job.photo): job.photo
-            for job in jobs
-            if job.sending and job.photo.prepared and not job.photo.prepared.upload_present
-        }
-        await _prepare(list(missing.values()), runtime, use_cache=False)
+        if runtime.client is not None and plan.tasks:
+            # Only when something is sent: a rerun with every set done makes no task run.
+            await check_templates(
+                runtime.client,
+                sorted({job.template_id for job in jobs if job.sending}),
+                results_in=runtime.workspace.out,
+            )
         await _run_jobs(jobs, runtime, plan, budget, concurrency, listener)
     for photo, template_id, original in duplicates:
         model = plan.rows[(original.source, template_id)]
         note = f"{_sameness(photo, original)} as {original.source}"
+        assert photo.prepared is not None
         plan.rows[(photo.source, template_id)] = model.model_copy(
             update={
                 "source": photo.source,
                 "item": photo.item,
+                "source_sha256": photo.prepared.source_sha256,
+                "thumbnail": photo.prepared.thumbnail,
                 "reason": f"{note}; {model.reason}" if model.reason else note,
             }
         )
@@ -503,8 +597,7 @@ def _sameness(photo: Photo, original: Photo) -> str:
 
 def _upload_key(photo: Photo, template_id: int, base_url: str, options: PrepareOptions) -> str:
     assert photo.prepared is not None
-    _, upload_sha256 = photo.prepared.image_to_send(options)
-    return upload_key_for(base_url, template_id, upload_sha256, options)
+    return upload_key_for(base_url, template_id, photo.prepared.sent_sha256(options), options)
 
 
 def _paid_row(photo: Photo, template_id: int, record: LedgerRecord | None, key: str) -> ManifestRow:

@@ -11,7 +11,7 @@ from modelset.sources.errors import (
     UnsafeURLError,
     redact_url,
 )
-from modelset.sources.fetching import fetch
+from modelset.sources.fetching import fetch, remote_identity
 from modelset.sources.locations import IMAGE_SUFFIXES
 from modelset.sources.models import FetchedFile, SourceItem
 from modelset.sources.netguard import ALLOW_PRIVATE_ENV, check_url
@@ -29,4 +29,5 @@ __all__ = [
     "discover",
     "fetch",
     "redact_url",
+    "remote_identity",
 ]

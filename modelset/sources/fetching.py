@@ -381,3 +381,34 @@ def _is_prefix(store: BucketStore, key: str) -> bool:
 
 def _read_chunks(handle: BinaryIO) -> Iterator[bytes]:
     return iter(lambda: handle.read(CHUNK_SIZE), b"")
+
+
+# --- identity without fetching -------------------------------------------------------------
+
+
+def remote_identity(
+    source: str, *, allow_private: bool = False, timeout: float = 10.0
+) -> str | None:
+    """What names a remote source's bytes without fetching them: the URL with its ETag or
+    Last-Modified and its size, where the server gives them (None otherwise, or for a
+    local path). A cache keyed on it is fetched again whenever the object changes."""
+    scheme = url_scheme(source)
+    try:
+        if scheme in HTTP_SCHEMES:
+            transport = None if allow_private else guarded_transport()
+            with httpx.Client(
+                transport=transport, trust_env=False, headers={"User-Agent": USER_AGENT}
+            ) as client:
+                response = client.head(source, timeout=timeout)
+            validator = response.headers.get("etag") or response.headers.get("last-modified")
+            size = response.headers.get("content-length")
+            if response.status_code != 200 or not validator or not size:
+                return None
+            return f"{source}|{validator}|{size}"
+        if scheme is not None and is_object_store(scheme):
+            store, key = open_bucket(source)
+            head = store.head(key)
+            return f"{source}|{head.etag}|{head.size}" if head.etag else None
+    except (httpx.HTTPError, SourceError, StorageError, UnsafeURLError):
+        return None
+    return None

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from uuid import UUID
 
 import anyio
+from PIL import Image
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -96,9 +97,8 @@ async def publish_results(rows: list[ManifestRow], workspace: Workspace, *, shee
     ]
     for row in shown:
         inputs = _markdown_image("input", pictures.get(row.thumbnail or ""))
-        outputs = " ".join(
-            _markdown_image(f"{index}", pictures.get(output))
-            for index, output in enumerate(row.outputs, start=1)
+        outputs = _markdown_image(
+            f"{len(row.outputs)} generated", _strip([pictures.get(o) for o in row.outputs])
         )
         reason = (row.reason or "").replace("|", "\\|")
         lines.append(
@@ -126,6 +126,27 @@ def _markdown_image(alt: str, jpeg: bytes | None) -> str:
     if jpeg is None:
         return ""
     return f"![{alt}](data:image/jpeg;base64,{base64.b64encode(jpeg).decode('ascii')})"
+
+
+def _strip(pictures: list[bytes | None]) -> bytes | None:
+    """The set's thumbnails side by side in one small image: the UI stacks separate
+    images in a table cell."""
+    images = [Image.open(io.BytesIO(p)) for p in pictures if p is not None]
+    if not images:
+        return None
+    gap = 4
+    strip = Image.new(
+        "RGB",
+        (sum(i.width for i in images) + gap * (len(images) - 1), max(i.height for i in images)),
+        (255, 255, 255),
+    )
+    left = 0
+    for image in images:
+        strip.paste(image.convert("RGB"), (left, 0))
+        left += image.width + gap
+    encoded = io.BytesIO()
+    strip.save(encoded, "JPEG", quality=80)
+    return encoded.getvalue()
 
 
 def _thumbnails(store: Store, rows: list[ManifestRow]) -> dict[str, bytes]:

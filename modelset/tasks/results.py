@@ -13,7 +13,9 @@ import hashlib
 from urllib.parse import quote
 
 import anyio
+from prefect.exceptions import ObjectAlreadyExists
 from prefect.filesystems import WritableFileSystem
+from prefect.settings import PREFECT_API_URL
 
 from modelset.storage import NotFound, open_store
 
@@ -49,15 +51,26 @@ class OutputLocationResults(WritableFileSystem):
         await self.awrite_path(path, content)
 
 
-_saved: dict[str, OutputLocationResults] = {}
+_saved: dict[tuple[str, str], OutputLocationResults] = {}
+_SAVE_ATTEMPTS = 3
 
 
 async def results_storage(location: str) -> OutputLocationResults:
     """The saved block for ``location`` (Prefect persists results only through saved
-    blocks); saved once per process, under a name derived from the location."""
-    if location not in _saved:
+    blocks); saved once per process and Prefect API, under a name derived from the
+    location. Call it once per run, not from concurrent tasks."""
+    server = (PREFECT_API_URL.value() or "", location)
+    if server not in _saved:
         block = OutputLocationResults(location=location)
         name = f"modelset-{hashlib.sha256(location.encode()).hexdigest()[:16]}"
-        await block.save(name, overwrite=True)
-        _saved[location] = block
-    return _saved[location]
+        for attempt in range(_SAVE_ATTEMPTS):
+            try:
+                await block.save(name, overwrite=True)
+                break
+            except ObjectAlreadyExists:
+                # Another process registered the block type or saved the document first;
+                # saving again finds it.
+                if attempt == _SAVE_ATTEMPTS - 1:
+                    raise
+        _saved[server] = block
+    return _saved[server]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 from typing import Any
 
+import anyio
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
@@ -12,7 +13,7 @@ from prefect.concurrency.asyncio import concurrency
 
 from modelset.hidream import HiDreamError
 from modelset.ledger import LedgerRecord
-from modelset.stages import PreparedPhoto, submit_once
+from modelset.stages import PreparedPhoto, submit_once, upload_file
 from modelset.tasks.runtime import BatchRuntime
 
 
@@ -28,7 +29,8 @@ def retry_unless_refused(task: Task[Any, Any], task_run: TaskRun, state: State[A
 
 
 @task(
-    name="submit-photo",
+    name="submit",
+    task_run_name="submit {item}/{template_id}",
     cache_policy=NO_CACHE,
     retries=2,
     retry_delay_seconds=[1, 5],
@@ -39,6 +41,9 @@ async def submit_photo(
 ) -> LedgerRecord:
     """Submit one photo for one template exactly once (the ledger decides)."""
     assert runtime.client is not None
+    upload = await anyio.to_thread.run_sync(
+        upload_file, prepared, runtime.workspace, runtime.prepare
+    )
     async with AsyncExitStack() as stack:
         if runtime.concurrency_limit:
             await stack.enter_async_context(concurrency(runtime.concurrency_limit, strict=True))
@@ -51,5 +56,6 @@ async def submit_photo(
             item=item,
             template_id=template_id,
             rules=runtime.rules,
+            upload=upload,
             notify_url=runtime.notify_url.get_secret_value() if runtime.notify_url else None,
         )

@@ -1,0 +1,110 @@
+"""What a Prefect user sees of a run: the design card's stages as task runs with names that
+say what they carry, Prefect's caching on a rerun, and no task run when nothing is left."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.objects import State, TaskRun
+
+from modelset.flows.generate import generate_model_sets
+from modelset.options import RunOptions
+from modelset.sandbox import SandboxServer
+from tests.conftest import make_photo
+
+pytestmark = pytest.mark.usefixtures("prefect_server", "env")
+
+PHOTOS = 20
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    folder = tmp_path / "in"
+    for index in range(PHOTOS):
+        make_photo(folder / f"look-{index:02d}.jpg", colour=(index * 12, 80, 160))
+    return folder
+
+
+def run(photos: Path, out: str, template: int) -> State[Any]:
+    async def go() -> State[Any]:
+        return await generate_model_sets(
+            [str(photos)], [template], RunOptions(out=out, concurrency=8), return_state=True
+        )
+
+    state = asyncio.run(go())
+    assert state.is_completed(), state.message
+    return state
+
+
+def task_runs(state: State[Any], *, settle_s: float = 20.0) -> list[TaskRun]:
+    """The flow run's task runs, once the server has written them all (it lags a little)."""
+    flow_run_id = state.state_details.flow_run_id
+    assert flow_run_id is not None
+
+    async def read() -> list[TaskRun]:
+        async with get_client() as client:
+            return await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                limit=200,
+            )
+
+    seen: list[TaskRun] = []
+    deadline = time.monotonic() + settle_s
+    while time.monotonic() < deadline:
+        runs = asyncio.run(read())
+        if runs and len(runs) == len(seen) and all(r.state and r.state.is_final() for r in runs):
+            return runs
+        seen = runs
+        time.sleep(1.0)
+    return seen
+
+
+def test_the_stages_show_as_named_task_runs(photos: Path, tmp_path: Path) -> None:
+    runs = task_runs(run(photos, str(tmp_path / "out"), 20))
+    names = Counter(r.name for r in runs)
+    for stage in ("fetch", "validate", "prepare"):
+        assert names[f"{stage} 1-16 of {PHOTOS}"] == 1, names
+        assert names[f"{stage} 17-20 of {PHOTOS}"] == 1, names
+    submits = [name for name in names if name.startswith("submit ")]
+    assert sorted(submits) == sorted(f"submit look-{i:02d}/20" for i in range(PHOTOS))
+    assert len(runs) / PHOTOS <= 1.5, f"{len(runs)} task runs for {PHOTOS} photos"
+
+
+def test_a_rerun_with_another_template_is_cached_and_a_finished_one_makes_none(
+    photos: Path, tmp_path: Path, sandbox: SandboxServer
+) -> None:
+    out = str(tmp_path / "out")
+    run(photos, out, 20)
+    again = task_runs(run(photos, out, 21))
+    stages = [r for r in again if r.name.split(" ")[0] in ("fetch", "validate", "prepare")]
+    assert len(stages) == 6
+    assert {r.state.name for r in stages if r.state} == {"Cached"}, [
+        (r.name, r.state.name if r.state else None) for r in stages
+    ]
+    assert len([r for r in again if r.name.endswith("/21")]) == PHOTOS
+    assert len(sandbox.submissions()) == 2 * PHOTOS
+
+    finished = task_runs(run(photos, out, 21), settle_s=5.0)
+    assert finished == [], [r.name for r in finished]
+    assert len(sandbox.submissions()) == 2 * PHOTOS
+
+
+def test_the_cache_holds_in_a_bucket_for_another_machine(
+    photos: Path, tmp_path: Path, bucket: str, sandbox: SandboxServer
+) -> None:
+    """A cached stage result names keys of the bucket, never a path of the machine that
+    made it: a run with an empty scratch folder sends from it without preparing again."""
+    run(photos, bucket, 20)
+    again = task_runs(run(photos, bucket, 21))
+    prepared = [r for r in again if r.name.startswith("prepare ")]
+    assert {r.state.name for r in prepared if r.state} == {"Cached"}
+    assert len(sandbox.submissions()) == 2 * PHOTOS
+    accepted = {s["sha256"] for s in sandbox.submissions() if s["template_id"] == 21}
+    assert accepted == {s["sha256"] for s in sandbox.submissions() if s["template_id"] == 20}
