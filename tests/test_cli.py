@@ -218,3 +218,19 @@ def test_run_options_refuse_unknown_fields() -> None:
 
     with pytest.raises(ValidationError, match="reveiw"):
         RunOptions.model_validate({"reveiw": True})
+
+
+def test_notify_upload_prints_its_own_line_only(prefect_server: str, tmp_path: Path) -> None:
+    photo = make_photo(tmp_path / "look.jpg")
+    done = subprocess.run(
+        [sys.executable, "-m", "modelset", "notify-upload", str(photo), "-t", "20"],
+        env={**os.environ, "PREFECT_API_URL": prefect_server},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("emitted modelset.photo.uploaded"), lines

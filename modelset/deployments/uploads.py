@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,9 @@ def emit_upload(source: str, template_ids: list[int], item: str | None = None) -
     from prefect.events import emit_event
     from prefect.events.worker import EventsWorker
 
+    # The events worker narrates its own shutdown ("Still processing items..."): the
+    # command prints its own line instead.
+    logging.getLogger(EventsWorker.__name__).setLevel(logging.ERROR)
     event = emit_event(**upload_event(source, template_ids, item))
     if event is None:
         raise RuntimeError("Prefect did not take the event: is PREFECT_API_URL set?")
