@@ -7,13 +7,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from modelset.report import read_manifest
+from modelset.storage import open_store
 from tests.conftest import (
     REPO,
     SandboxFactory,
@@ -26,40 +27,48 @@ from tests.test_deployments import start_serve, stop
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 SECRET = "callback-secret-for-tests-7d1e"
+World = tuple[dict[str, str], list[Path]]
 
 
 @pytest.fixture
 def callback_world(
     sandbox_factory: SandboxFactory, tmp_path: Path, prefect_server: str
-) -> Iterator[tuple[dict[str, str], Path, list[Path]]]:
-    """The sandbox (3 s sets), the receiver and `modelset serve`, wired by the settings."""
-    sandbox = sandbox_factory(generation_s=3)
-    port = free_port()
-    out = tmp_path / "out"
-    env = {
-        **os.environ,
-        **hidream_env(sandbox, out, HIDREAM_MAX_IMAGES="100"),
-        "HIDREAM_CALLBACK_URL": f"http://127.0.0.1:{port}",
-        "HIDREAM_CALLBACK_SECRET": SECRET,
-        # Polling alone would take a minute: only the callback can make these runs fast.
-        "HIDREAM_POLL_INTERVAL": "60",
-        "HIDREAM_POLL_MAX_INTERVAL": "60",
-        "PREFECT_API_URL": prefect_server,
-    }
-    logs = [tmp_path / "receiver.log", tmp_path / "serve.log"]
-    receiver = subprocess.Popen(
-        [sys.executable, "-m", "modelset", "callbacks", "--port", str(port)],
-        cwd=REPO,
-        env=env,
-        stdout=logs[0].open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    wait_until_healthy(f"http://127.0.0.1:{port}/healthz", receiver, within=30, log=logs[0])
-    serving = start_serve(env, logs[1])
-    env["SANDBOX_URL"] = sandbox.base_url
-    yield env, out, logs
-    stop(serving)
-    stop(receiver)
+) -> Iterator[Callable[..., World]]:
+    """Starts the sandbox (3 s sets), the receiver and `modelset serve`, wired by the
+    settings; ``HIDREAM_OUTPUT_DIR`` is ``default_out``, extra settings override."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(default_out: Path, **extra: str) -> World:
+        sandbox = sandbox_factory(generation_s=3)
+        port = free_port()
+        env = {
+            **os.environ,
+            **hidream_env(sandbox, default_out, HIDREAM_MAX_IMAGES="100"),
+            "HIDREAM_CALLBACK_URL": f"http://127.0.0.1:{port}",
+            "HIDREAM_CALLBACK_SECRET": SECRET,
+            # Polling alone would take a minute: only the callback can make these runs fast.
+            "HIDREAM_POLL_INTERVAL": "60",
+            "HIDREAM_POLL_MAX_INTERVAL": "60",
+            "PREFECT_API_URL": prefect_server,
+            **extra,
+        }
+        logs = [tmp_path / "receiver.log", tmp_path / "serve.log"]
+        receiver = subprocess.Popen(
+            [sys.executable, "-m", "modelset", "callbacks", "--port", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=logs[0].open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        started.append(receiver)
+        wait_until_healthy(f"http://127.0.0.1:{port}/healthz", receiver, within=30, log=logs[0])
+        started.append(start_serve(env, logs[1]))
+        env["SANDBOX_URL"] = sandbox.base_url
+        return env, logs
+
+    yield start
+    for process in reversed(started):
+        stop(process)
 
 
 def submissions(env: dict[str, str]) -> list[dict[str, object]]:
@@ -68,9 +77,10 @@ def submissions(env: dict[str, str]) -> list[dict[str, object]]:
 
 
 def test_a_callback_brings_the_set_of_a_run_that_died_after_submitting(
-    callback_world: tuple[dict[str, str], Path, list[Path]], tmp_path: Path
+    callback_world: Callable[..., World], tmp_path: Path
 ) -> None:
-    env, out, logs = callback_world
+    out = tmp_path / "out"
+    env, logs = callback_world(out)
     photo = make_photo(tmp_path / "in" / "orphan.jpg")
     batch = subprocess.Popen(
         [sys.executable, "-m", "modelset", "run", str(photo), "-t", "20", "--out", str(out)],
@@ -97,10 +107,56 @@ def test_a_callback_brings_the_set_of_a_run_that_died_after_submitting(
         assert SECRET not in log.read_text()
 
 
-def test_a_waiting_batch_learns_of_its_callback_within_seconds(
-    callback_world: tuple[dict[str, str], Path, list[Path]], tmp_path: Path
+def test_a_callback_brings_the_set_of_a_dead_run_into_its_bucket(
+    callback_world: Callable[..., World], tmp_path: Path, bucket: str
 ) -> None:
-    env, out, _ = callback_world
+    # serve's own default output is elsewhere: only the callback URL names the bucket.
+    elsewhere = tmp_path / "default-out"
+    env, logs = callback_world(
+        elsewhere,
+        # A dead batch's hold on the set is a lease on a bucket: keep it short.
+        HIDREAM_LEDGER_LEASE="15",
+        HIDREAM_CONNECT_TIMEOUT="2",
+        HIDREAM_READ_TIMEOUT="5",
+        HIDREAM_MAX_ATTEMPTS="2",
+    )
+    store = open_store(bucket)
+    photo = make_photo(tmp_path / "in" / "drifter.jpg", colour=(30, 160, 90))
+    batch = subprocess.Popen(
+        [sys.executable, "-m", "modelset", "run", str(photo), "-t", "20", "--out", bucket],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    # Killed once the ledger holds the task id: submitted and recorded, not collected.
+    deadline = time.monotonic() + 60
+    while not store.list(".modelset/ledger/by-task") and time.monotonic() < deadline:
+        assert batch.poll() is None
+        time.sleep(0.05)
+    batch.send_signal(signal.SIGKILL)
+    batch.wait()
+
+    def images() -> list[str]:
+        return [key for key in store.list("drifter/20") if key.endswith(".jpg")]
+
+    deadline = time.monotonic() + 90
+    while len(images()) < 4 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert images() == [f"drifter/20/{n}.jpg" for n in range(1, 5)], logs[1].read_text()[-3000:]
+    rows = {row.item: row for row in read_manifest(store)}
+    assert rows["drifter"].status.value == "succeeded"
+    assert len(submissions(env)) == 1
+    assert not elsewhere.exists()
+    for log in logs:
+        assert SECRET not in log.read_text()
+
+
+def test_a_waiting_batch_learns_of_its_callback_within_seconds(
+    callback_world: Callable[..., World], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    env, _ = callback_world(out)
     photo = make_photo(tmp_path / "in" / "waited.jpg", colour=(20, 20, 220))
     started = time.monotonic()
     batch = subprocess.run(

@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -29,6 +29,7 @@ from starlette.applications import Starlette
 from modelset.deployments.callbacks import (
     EVENT_NAME,
     MAX_BODY_BYTES,
+    MAX_OUT_CHARS,
     TaskFinished,
     create_receiver_app,
     serve_receiver,
@@ -36,11 +37,12 @@ from modelset.deployments.callbacks import (
 from modelset.errors import UsageError
 from modelset.hidream import HiDreamClient, TaskResult
 from modelset.sandbox import SandboxServer
-from modelset.settings import CALLBACK_PATH, MissingTokenError, Settings
+from modelset.settings import CALLBACK_PATH, OUT_PARAMETER, MissingTokenError, Settings
 from tests.conftest import TOKEN, SandboxFactory, free_port, make_photo
 
 SECRET = "cb-7Qx9Lm2Vt4Rz8Wp1Kd5Hs3Jf6"
 SIMILAR_SECRETS = [SECRET[:-1], SECRET + "x", SECRET.upper(), SECRET[1:], "cb-7Qx9Lm2Vt4"]
+BUCKET_OUT = "s3://catalogue-summer/out"
 
 
 def receiver_settings(sandbox: SandboxServer, **overrides: Any) -> Settings:
@@ -241,6 +243,67 @@ async def test_the_event_reports_failed_sub_tasks(
     [event] = await recorder.wait_for(1)
 
     assert event == TaskFinished(receipt.task_id, images=0, statuses=("failed",) * 4)
+
+
+async def test_the_output_location_in_the_callback_url_goes_into_the_event(
+    sandbox_factory: SandboxFactory, start_receiver: ReceiverFactory, photo: Path
+) -> None:
+    sandbox = sandbox_factory(generation_s=0.2)
+    recorder = Recorder()
+    receiver = start_receiver(create_receiver_app(receiver_settings(sandbox), emit=recorder))
+    settings = receiver_settings(sandbox, callback_url=receiver.base_url)
+    notify_url = settings.notify_url(BUCKET_OUT)
+    assert notify_url is not None
+    assert parse_qs(urlsplit(notify_url).query) == {OUT_PARAMETER: [BUCKET_OUT]}
+
+    async with HiDreamClient(TOKEN, base_url=sandbox.base_url) as client:
+        receipt = await client.submit_variation(photo, template_id=20, notify_url=notify_url)
+    [event] = await recorder.wait_for(1)
+
+    assert event.out == BUCKET_OUT
+    assert event.payload == {
+        "task_id": receipt.task_id,
+        "images": 4,
+        "statuses": ["succeeded"] * 4,
+        "out": BUCKET_OUT,
+    }
+
+
+@pytest.mark.parametrize(
+    ("query", "reason"),
+    [
+        ({OUT_PARAMETER: "/data/out\ninjected"}, "malformed out parameter"),
+        ({OUT_PARAMETER: ""}, "malformed out parameter"),
+        ({OUT_PARAMETER: "s3://b/" + "x" * MAX_OUT_CHARS}, "malformed out parameter"),
+        ([(OUT_PARAMETER, "/a"), (OUT_PARAMETER, "/b")], "more than one out parameter"),
+    ],
+)
+async def test_a_malformed_output_location_is_a_400(
+    sandbox_factory: SandboxFactory,
+    start_receiver: ReceiverFactory,
+    http: httpx.AsyncClient,
+    query: Any,
+    reason: str,
+) -> None:
+    sandbox = sandbox_factory()
+    recorder = Recorder()
+    receiver = start_receiver(create_receiver_app(receiver_settings(sandbox), emit=recorder))
+
+    answer = await http.post(receiver.url(), params=query, json={"main_task_id": "t-1"})
+
+    assert answer.status_code == 400
+    assert answer.json() == {"ok": False, "error": reason}
+    await asyncio.sleep(0.2)
+    assert recorder.events == []
+
+
+def test_an_event_id_depends_on_the_task_and_its_outcome_only() -> None:
+    finished = TaskFinished("t-1", images=4, statuses=("succeeded",) * 4, out="/data/out")
+
+    assert finished.id == TaskFinished("t-1", images=4, statuses=("succeeded",) * 4).id
+    assert finished.id != TaskFinished("t-2", images=4, statuses=("succeeded",) * 4).id
+    assert finished.id != TaskFinished("t-1", images=3, statuses=("succeeded",) * 3).id
+    assert finished.id.version == 5
 
 
 @pytest.mark.prefect
@@ -565,6 +628,84 @@ async def test_duplicate_deliveries_emit_one_event(
     assert duplicates.count(False) == 1
     assert all(answer.json()["duplicate"] for answer in sequential)
     assert recorder.events == [expected_event(result)]
+
+
+async def test_two_receivers_give_the_same_callback_the_same_event_id(
+    sandbox_factory: SandboxFactory,
+    start_receiver: ReceiverFactory,
+    http: httpx.AsyncClient,
+    photo: Path,
+) -> None:
+    sandbox = sandbox_factory(generation_s=0.1)
+    result = await finished_task(sandbox, photo)
+    recorders = [Recorder(), Recorder()]
+    receivers = [
+        start_receiver(create_receiver_app(receiver_settings(sandbox), emit=recorder))
+        for recorder in recorders
+    ]
+    params = {OUT_PARAMETER: BUCKET_OUT}
+
+    for receiver in receivers:
+        answer = await http.post(receiver.url(), params=params, json=callback_body(result))
+        assert answer.json() == {"ok": True, "duplicate": False}
+    [first], [second] = [await recorder.wait_for(1) for recorder in recorders]
+
+    assert first == second
+    assert first.id == second.id
+    assert first.out == BUCKET_OUT
+
+
+@pytest.mark.prefect
+@pytest.mark.usefixtures("prefect_server")
+async def test_prefect_keeps_one_event_of_a_callback_two_receivers_emitted(
+    sandbox_factory: SandboxFactory,
+    start_receiver: ReceiverFactory,
+    http: httpx.AsyncClient,
+    photo: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+    from prefect.events.worker import EventsWorker
+
+    caplog.set_level(logging.INFO, logger="modelset.callbacks")
+    sandbox = sandbox_factory(generation_s=0.1)
+    result = await finished_task(sandbox, photo)
+    assert result.task_id is not None
+    receivers = [start_receiver(create_receiver_app(receiver_settings(sandbox))) for _ in (1, 2)]
+    for receiver in receivers:
+        await http.post(
+            receiver.url(), params={OUT_PARAMETER: BUCKET_OUT}, json=callback_body(result)
+        )
+    resource_id = f"hidream.task.{result.task_id}"
+    emitted = f"task {result.task_id} finished: emitted"
+    deadline = time.monotonic() + 10
+    while caplog.text.count(emitted) < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert caplog.text.count(emitted) == 2  # each receiver emitted its own
+
+    async def stored() -> list[Any]:
+        async with get_client() as prefect:
+            page = await prefect.read_events(
+                filter=EventFilter(
+                    event=EventNameFilter(name=[EVENT_NAME]),
+                    resource=EventResourceFilter(id=[resource_id]),
+                ),
+                limit=10,
+            )
+            return list(page.events)
+
+    deadline = time.monotonic() + 30
+    events = await stored()
+    while not events and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        events = await stored()
+    await asyncio.to_thread(EventsWorker.drain_all)  # both emissions have been sent
+    await asyncio.sleep(1.0)
+    events = await stored()
+
+    expected = TaskFinished.from_result(result.task_id, result, BUCKET_OUT)
+    assert [(event.id, event.payload) for event in events] == [(expected.id, expected.payload)]
 
 
 async def test_an_event_that_could_not_be_emitted_is_tried_again_on_redelivery(

@@ -1,75 +1,207 @@
-"""Scale-out: `prefect deploy --all` from prefect.yaml and two process workers sharing one
-sharded batch, each photo submitted once."""
+"""Scale-out: `prefect deploy --all` from prefect.yaml, and process workers started in
+empty folders (the flows come from the installed package) sharing sharded batches.
+
+- two workers share a sharded batch into a folder, and pay each photo once, the budget
+  holding across the shards (SQLite server);
+- production-shaped: a Prefect server on PostgreSQL, photos and output in a bucket, two
+  workers that share nothing else; one is killed (with its flow runs) mid-batch, the
+  batch is run again, and every photo is paid once and reported;
+- a relative output location is refused in a worker's throwaway folder, naming the
+  setting, while a bucket works; a worker given MODELSET_WORKING_DIRECTORY keeps it there;
+- an account refused inside a shard fails the parent with the account's message.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterParentFlowRunId,
+)
+from prefect.client.schemas.objects import FlowRun
 from prefect.deployments.flow_runs import arun_deployment
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.states import Crashed
 
+from modelset.flows.generate import WORKING_DIRECTORY_SET
 from modelset.report import read_manifest
 from modelset.sandbox import SandboxServer
-from tests.conftest import REPO, hidream_env, make_photo
-from tests.test_deployments import stop
+from modelset.storage import open_store
+from tests.conftest import REPO, SandboxFactory, hidream_env, make_photo
 
-pytestmark = pytest.mark.usefixtures("prefect_server")
 PREFECT = [sys.executable, "-m", "prefect"]
+POOL = "modelset-process"
+MANUAL = "generate-model-sets/manual"
+# A dead run's hold on a bucket's ledger key lasts a lease: short ones, so the rerun
+# does not wait long. A lease must outlast a whole send: (2 + 5) s x 2 attempts.
+SHORT_LEASES = {
+    "HIDREAM_LEDGER_LEASE": "15",
+    "HIDREAM_CONNECT_TIMEOUT": "2",
+    "HIDREAM_READ_TIMEOUT": "5",
+    "HIDREAM_MAX_ATTEMPTS": "2",
+}
+
+
+# -- processes ------------------------------------------------------------------------------
+
+
+def children_of(pid: int) -> list[int]:
+    """Every process below ``pid`` (its flow runs, and theirs), from /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # "pid (comm) state ppid ...": comm may hold spaces, so split after ")".
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            parents.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+@dataclass
+class Worker:
+    """``prefect worker start`` in a folder of its own (which must stay empty)."""
+
+    process: subprocess.Popen[bytes]
+    cwd: Path
+    log: Path
+
+    def kill_with_its_runs(self) -> list[int]:
+        """SIGKILL the worker and every flow run it started, as a machine that dies."""
+        doomed = [self.process.pid, *children_of(self.process.pid)]
+        for pid in doomed:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+        return doomed
+
+    def stop(self) -> None:
+        runs = children_of(self.process.pid)
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=30)
+        for pid in runs:  # flow runs left behind (a batch killed on purpose, say)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def worker_env(api_url: str, home: Path, **extra: str) -> dict[str, str]:
+    """A subprocess's environment: this Prefect server (named explicitly), its own
+    PREFECT_HOME, quick polling."""
+    home.mkdir(parents=True, exist_ok=True)
+    return {
+        **os.environ,
+        "PREFECT_API_URL": api_url,
+        "PREFECT_HOME": str(home),
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+        **extra,
+    }
+
+
+def deploy(env: dict[str, str]) -> None:
+    """Create the work pool and `prefect deploy --all` from the repository."""
+    for command in (
+        [*PREFECT, "work-pool", "create", POOL, "--type", "process", "--overwrite"],
+        [*PREFECT, "--no-prompt", "deploy", "--all"],
+    ):
+        done = subprocess.run(
+            command, cwd=REPO, env=env, capture_output=True, text=True, check=False, timeout=180
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+StartWorker = Callable[[dict[str, str], str], Worker]
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[StartWorker]:
+    """Starts workers of the pool, each in a fresh, empty folder; stops them all after."""
+    started: list[Worker] = []
+
+    def start(env: dict[str, str], name: str) -> Worker:
+        cwd = tmp_path / "machines" / name
+        cwd.mkdir(parents=True)
+        log = tmp_path / f"{name}.log"
+        process = subprocess.Popen(
+            [*PREFECT, "worker", "start", "--pool", POOL, "--name", name],
+            cwd=cwd,
+            env={**env, "PREFECT_HOME": str(tmp_path / "homes" / name)},
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        worker = Worker(process, cwd, log)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        if worker.process.poll() is None:
+            worker.stop()
+
+
+def assert_empty(workers: list[Worker]) -> None:
+    for worker in workers:
+        assert list(worker.cwd.iterdir()) == [], f"{worker.cwd} is not empty"
+
+
+def images_in(location: str, item: str) -> list[str]:
+    return [key for key in open_store(location).list(f"{item}/20") if key.endswith(".jpg")]
+
+
+# -- SQLite server: two workers, one sharded batch into a folder ------------------------------
 
 
 @pytest.fixture
 def workers(
-    sandbox: SandboxServer, tmp_path: Path, prefect_server: str
-) -> Iterator[tuple[Path, list[Path]]]:
+    sandbox: SandboxServer, tmp_path: Path, prefect_server: str, start_worker: StartWorker
+) -> tuple[Path, list[Worker]]:
     out = tmp_path / "out"
-    env = {
-        **os.environ,
+    env = worker_env(
+        prefect_server,
+        tmp_path / "homes" / "deploy",
         **hidream_env(sandbox, out, HIDREAM_MAX_IMAGES="1000"),
-        "PREFECT_API_URL": prefect_server,
-        "PREFECT_WORKER_QUERY_SECONDS": "1",
-        "PWD": str(REPO),
-    }
-    for command in (
-        [*PREFECT, "work-pool", "create", "modelset-process", "--type", "process", "--overwrite"],
-        [*PREFECT, "--no-prompt", "deploy", "--all"],
-    ):
-        done = subprocess.run(
-            command, cwd=REPO, env=env, capture_output=True, text=True, check=False, timeout=120
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
-    logs = [tmp_path / f"worker-{n}.log" for n in (1, 2)]
-    processes = [
-        subprocess.Popen(
-            [*PREFECT, "worker", "start", "--pool", "modelset-process", "--name", log.stem],
-            cwd=REPO,
-            env=env,
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-        for log in logs
-    ]
-    yield out, logs
-    for process in processes:
-        stop(process)
+    )
+    deploy(env)
+    return out, [start_worker(env, f"worker-{n}") for n in (1, 2)]
 
 
 def test_two_workers_share_a_sharded_batch_and_pay_once(
-    workers: tuple[Path, list[Path]], sandbox: SandboxServer, tmp_path: Path
+    workers: tuple[Path, list[Worker]], sandbox: SandboxServer, tmp_path: Path
 ) -> None:
-    out, logs = workers
+    out, started = workers
     folder = tmp_path / "in"
     for index in range(12):
         make_photo(folder / f"look-{index:02d}.jpg", colour=(index * 20, 60, 120))
 
     async def run_parent(cap: int) -> tuple[object, list[str]]:
         run = await arun_deployment(
-            "generate-model-sets/manual",
+            MANUAL,
             parameters={
                 "sources": [str(folder)],
                 "template_ids": [20],
@@ -94,5 +226,198 @@ def test_two_workers_share_a_sharded_batch_and_pay_once(
     submitted = [(s["sha256"], s["template_id"]) for s in sandbox.submissions()]
     assert len(submitted) == 12
     assert len(set(submitted)) == 12
-    ran_on = [sum(child in log.read_text() for child in child_ids) for log in logs]
+    ran_on = [sum(child in w.log.read_text() for child in child_ids) for w in started]
     assert all(count >= 1 for count in ran_on), f"children per worker: {ran_on}"
+    assert_empty(started)
+
+
+def test_a_relative_output_is_refused_by_name_where_a_bucket_works(
+    workers: tuple[Path, list[Worker]], tmp_path: Path, bucket: str
+) -> None:
+    _, started = workers
+    photo = make_photo(tmp_path / "in" / "solo.jpg", colour=(200, 40, 40))
+
+    async def run(out: str) -> FlowRun:
+        return await arun_deployment(
+            MANUAL,
+            parameters={"sources": [str(photo)], "template_ids": [20], "options": {"out": out}},
+            timeout=120,
+        )
+
+    refused = asyncio.run(run("output"))
+    assert refused.state is not None and refused.state.is_failed(), refused.state
+    message = refused.state.message or ""
+    assert "options.out" in message and "'output'" in message, message
+    assert WORKING_DIRECTORY_SET in message or "working directory" in message, message
+
+    done = asyncio.run(run(bucket))
+    assert done.state is not None and done.state.is_completed(), done.state
+    assert images_in(bucket, "solo") == [f"solo/20/{n}.jpg" for n in range(1, 5)]
+    assert_empty(started)
+
+
+def test_a_worker_with_a_working_directory_keeps_relative_outputs_there(
+    sandbox: SandboxServer, tmp_path: Path, prefect_server: str, start_worker: StartWorker
+) -> None:
+    home = tmp_path / "srv" / "modelset"
+    env = worker_env(
+        prefect_server,
+        tmp_path / "homes" / "deploy",
+        **hidream_env(sandbox, HIDREAM_MAX_IMAGES="100"),
+    )
+    deploy(env)
+    worker = start_worker({**env, WORKING_DIRECTORY_SET: str(home)}, "worker-wd")
+    photo = make_photo(tmp_path / "in" / "kept.jpg", colour=(40, 200, 40))
+
+    run = asyncio.run(
+        arun_deployment(
+            MANUAL,
+            parameters={"sources": [str(photo)], "template_ids": [20], "options": {"out": "out"}},
+            timeout=120,
+        )
+    )
+
+    assert run.state is not None and run.state.is_completed(), run.state
+    assert len(list((home / "out" / "kept" / "20").glob("*.jpg"))) == 4
+    assert_empty([worker])
+
+
+def test_an_account_refused_in_a_shard_fails_the_parent_with_its_message(
+    sandbox_factory: SandboxFactory, tmp_path: Path, prefect_server: str, start_worker: StartWorker
+) -> None:
+    sandbox = sandbox_factory(faults={"no_credits": 1.0})
+    out = tmp_path / "out"
+    env = worker_env(
+        prefect_server,
+        tmp_path / "homes" / "deploy",
+        **hidream_env(sandbox, out, HIDREAM_MAX_IMAGES="100"),
+    )
+    deploy(env)
+    start_worker(env, "worker-1")
+    folder = tmp_path / "in"
+    for index in range(4):
+        make_photo(folder / f"broke-{index}.jpg", colour=(index * 50, 10, 200))
+
+    run = asyncio.run(
+        arun_deployment(
+            MANUAL,
+            parameters={
+                "sources": [str(folder)],
+                "template_ids": [20],
+                "options": {"shard_size": 2, "max_images": 100},
+            },
+            timeout=180,
+        )
+    )
+
+    assert run.state is not None and run.state.is_failed(), run.state
+    message = run.state.message or ""
+    assert message.startswith("the HiDream account has no credits left"), message
+    assert sandbox.submissions() == []
+    assert {row.status.value for row in read_manifest(out)} == {"skipped"}
+
+
+# -- PostgreSQL server, bucket, a worker killed mid-batch ----------------------------------------
+
+PHOTOS = 24
+
+
+async def non_final_runs(parent: uuid.UUID) -> list[FlowRun]:
+    """The batch's parent run and its children that have not finished."""
+    async with get_client() as client:
+        runs = await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[parent]))
+        ) + await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent])
+            )
+        )
+    return [run for run in runs if run.state is None or not run.state.is_final()]
+
+
+async def crash_dead_runs(parent: uuid.UUID, dead: set[int]) -> int:
+    """Mark Crashed the runs whose process was killed, as Prefect's zombie detection
+    would in production (flow-run heartbeats and an automation); returns how many."""
+    crashed = 0
+    async with get_client() as client:
+        for run in await non_final_runs(parent):
+            pid = (run.infrastructure_pid or "").rpartition(":")[2]
+            if pid.isdigit() and int(pid) in dead:
+                await client.set_flow_run_state(
+                    run.id, Crashed(message="its worker died"), force=True
+                )
+                crashed += 1
+    return crashed
+
+
+@pytest.mark.timeout(600)
+def test_production_shaped_workers_survive_a_dead_worker_and_pay_once(
+    prefect_postgres_server: str,
+    sandbox_factory: SandboxFactory,
+    bucket: str,
+    tmp_path: Path,
+    start_worker: StartWorker,
+) -> None:
+    api_url = prefect_postgres_server
+    sandbox = sandbox_factory(generation_s=1.0)
+    inbox = bucket.rsplit("/", 1)[0] + "/in"  # the same bucket, another prefix
+    photos = open_store(inbox)
+    for index in range(PHOTOS):
+        path = make_photo(
+            tmp_path / "photos" / f"look-{index:02d}.jpg", colour=(index * 10, 80, 160)
+        )
+        photos.write_file(path.name, path)
+    items = [f"look-{index:02d}" for index in range(PHOTOS)]
+    env = worker_env(
+        api_url,
+        tmp_path / "homes" / "deploy",
+        **hidream_env(sandbox, HIDREAM_MAX_IMAGES="1000"),  # no HIDREAM_OUTPUT_DIR
+        **SHORT_LEASES,
+    )
+    deploy(env)
+    workers = [start_worker(env, f"machine-{n}") for n in (1, 2)]
+    parameters: dict[str, Any] = {
+        "sources": [inbox],
+        "template_ids": [20],
+        "options": {"out": bucket, "shard_size": 4, "concurrency": 4, "max_images": 1000},
+    }
+
+    async def start_batch() -> FlowRun:
+        return await arun_deployment(MANUAL, parameters=parameters, timeout=0)
+
+    async def finish_batch() -> FlowRun:
+        return await arun_deployment(MANUAL, parameters=parameters, timeout=300)
+
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        first = asyncio.run(start_batch())
+        deadline = time.monotonic() + 120
+        while not sandbox.submissions():
+            assert time.monotonic() < deadline, [w.log.read_text()[-2000:] for w in workers]
+            time.sleep(0.05)
+        # The machine running the most flow runs dies, with them.
+        victim = max(workers, key=lambda worker: len(children_of(worker.process.pid)))
+        dead = victim.kill_with_its_runs()
+        submitted_before = len(sandbox.submissions())
+        crashed = asyncio.run(crash_dead_runs(first.id, set(dead)))
+        assert crashed >= 1, "the killed worker ran none of the batch"
+        workers.append(start_worker(env, "machine-3"))
+
+        second = asyncio.run(finish_batch())
+
+    assert second.state is not None and second.state.is_completed(), second.state
+    assert submitted_before < PHOTOS, "the worker died after the batch had been sent"
+    submitted = [(s["sha256"], s["template_id"]) for s in sandbox.submissions()]
+    assert len(submitted) == PHOTOS, f"{len(submitted)} accepted submissions"
+    assert len(set(submitted)) == PHOTOS
+    for item in items:
+        assert images_in(bucket, item) == [f"{item}/20/{n}.jpg" for n in range(1, 5)], item
+    rows = read_manifest(bucket)
+    assert sorted(row.item for row in rows) == items
+    assert {row.status.value for row in rows} == {"succeeded"}
+    link = open_store(bucket).presign("index.html", timedelta(days=7))
+    assert link is not None
+    page = httpx.get(link, timeout=30)
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert page.text.count("data:image/jpeg;base64,") >= PHOTOS * 4
+    assert_empty(workers)

@@ -1,14 +1,19 @@
 """The callback receiver: HiDream's ``notify_url`` calls land here and become Prefect events.
 
-``POST /hidream/callback/{secret}``
+``POST /hidream/callback/{secret}?out=<output location>``
 
 - The secret is compared in constant time. A wrong secret, or none configured, gets the
   same 404 as a path that does not exist, and nothing else happens.
+- ``out`` (optional) is the output location of the run that submitted the task, as its
+  ``notify_url`` carries it; it goes into the event for the collector.
 - The body is read incrementally up to 64 KB (413 beyond), and must be a task result in
   one of the two documented shapes with a task id (400 otherwise).
 - The answer is 200 at once (the service gives up after 5 s). Then, in the background,
   the task is re-queried, since the body is only a hint: once the service itself says the
   task is finished, the event ``hidream.task.finished`` is emitted, once per task id.
+  Its id is derived from the task id and the final statuses, so that the same callback
+  seen by several receivers (or by one after a restart) is one event to Prefect, which
+  drops events whose id it has seen.
 
 ``GET /healthz`` answers ``{"ok": true}``. Logs go to ``modelset.callbacks``: one line
 per callback and one per outcome, with the route template, never the path (it holds the
@@ -24,6 +29,7 @@ import hmac
 import json
 import logging
 import re
+import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -48,11 +54,13 @@ from modelset.hidream import (
     TaskResult,
     parse_callback_body,
 )
-from modelset.settings import CALLBACK_PATH, MissingTokenError, Settings
+from modelset.settings import CALLBACK_PATH, OUT_PARAMETER, MissingTokenError, Settings
 
 CALLBACK_ROUTE = CALLBACK_PATH + "{secret}"
 """The route as logged: never the path itself, which holds the secret."""
 EVENT_NAME = "hidream.task.finished"
+EVENT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://modelset/events/" + EVENT_NAME)
+"""The namespace of the events' deterministic (uuid5) ids."""
 MAX_BODY_BYTES = 64 * 1024
 FINISH_GRACE_S = 10.0
 """How long a task the callback announced may take to look finished when re-queried."""
@@ -65,6 +73,9 @@ MIN_SECRET_CHARS = 16
 # Task ids are UUIDs upstream. Refusing anything else keeps log lines and Prefect
 # resource ids free of injected text.
 _TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+MAX_OUT_CHARS = 1024
+# An absolute path or a bucket URL: printable, no control characters.
+_OUT = re.compile(rf"[^\x00-\x1f\x7f]{{1,{MAX_OUT_CHARS}}}")
 
 logger = logging.getLogger("modelset.callbacks")
 
@@ -78,14 +89,22 @@ class TaskFinished:
     task_id: str
     images: int
     statuses: tuple[str, ...]
+    out: str | None = None
+    """The output location of the submitting run, from its callback URL."""
 
     @classmethod
-    def from_result(cls, task_id: str, result: TaskResult) -> TaskFinished:
+    def from_result(cls, task_id: str, result: TaskResult, out: str | None = None) -> TaskFinished:
         return cls(
             task_id=task_id,
             images=len(result.image_urls),
             statuses=tuple(sub.task_status.name.lower() for sub in result.sub_task_results),
+            out=out,
         )
+
+    @property
+    def id(self) -> uuid.UUID:
+        """The same for every emission of this task's final outcome, by any receiver."""
+        return uuid.uuid5(EVENT_NAMESPACE, f"{self.task_id}\n{','.join(self.statuses)}")
 
     @property
     def resource(self) -> dict[str, str]:
@@ -93,7 +112,14 @@ class TaskFinished:
 
     @property
     def payload(self) -> dict[str, Any]:
-        return {"task_id": self.task_id, "images": self.images, "statuses": list(self.statuses)}
+        payload: dict[str, Any] = {
+            "task_id": self.task_id,
+            "images": self.images,
+            "statuses": list(self.statuses),
+        }
+        if self.out is not None:
+            payload["out"] = self.out
+        return payload
 
 
 Emit = Callable[[TaskFinished], Awaitable[None]]
@@ -113,7 +139,7 @@ async def emit_to_prefect(event: TaskFinished) -> None:
 def _emit_event(event: TaskFinished) -> bool:
     from prefect.events import emit_event
 
-    sent = emit_event(event=event.name, resource=event.resource, payload=event.payload)
+    sent = emit_event(event=event.name, resource=event.resource, payload=event.payload, id=event.id)
     return sent is not None
 
 
@@ -171,6 +197,17 @@ def _task_id_of(body: bytes) -> str:
     if not _TASK_ID.fullmatch(task_id):
         raise _Refused(400, "malformed task id")
     return task_id
+
+
+def _out_of(request: Request) -> str | None:
+    values = request.query_params.getlist(OUT_PARAMETER)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise _Refused(400, f"more than one {OUT_PARAMETER} parameter")
+    if not _OUT.fullmatch(values[0]):
+        raise _Refused(400, f"malformed {OUT_PARAMETER} parameter")
+    return values[0]
 
 
 class _AnyMethod:
@@ -253,8 +290,9 @@ class _Receiver:
                 "Method Not Allowed", status_code=405, headers={"Allow": "POST"}
             )
         try:
+            out = _out_of(request)
             task_id = _task_id_of(await _read_body(request, MAX_BODY_BYTES))
-            duplicate = self._accept(task_id)
+            duplicate = self._accept(task_id, out)
         except _Refused as refused:
             logger.info("callback %s -> %d (%s)", CALLBACK_ROUTE, refused.status, refused.reason)
             return JSONResponse({"ok": False, "error": refused.reason}, status_code=refused.status)
@@ -274,7 +312,7 @@ class _Receiver:
         )
         return JSONResponse({"ok": True, "duplicate": duplicate})
 
-    def _accept(self, task_id: str) -> bool:
+    def _accept(self, task_id: str, out: str | None) -> bool:
         """Start settling ``task_id`` unless it is emitted or in flight; True for a duplicate.
 
         Check and claim happen with no ``await`` between them: on one event loop, two
@@ -288,18 +326,18 @@ class _Receiver:
         if len(self._in_flight) >= self._max_in_flight:
             raise _Refused(503, "too many callbacks in flight; retry later")
         self._in_flight.add(task_id)
-        task = asyncio.create_task(self._settle(task_id), name=f"callback-{task_id}")
+        task = asyncio.create_task(self._settle(task_id, out), name=f"callback-{task_id}")
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return False
 
-    async def _settle(self, task_id: str) -> None:
+    async def _settle(self, task_id: str, out: str | None) -> None:
         """Re-query the task; emit its event once the service says it is finished."""
         try:
             result = await self._finished_result(task_id)
             if result is None:
                 return
-            event = TaskFinished.from_result(task_id, result)
+            event = TaskFinished.from_result(task_id, result, out)
             await self._emit(event)
             self._emitted[task_id] = None
             while len(self._emitted) > self._remember:

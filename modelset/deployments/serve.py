@@ -4,11 +4,17 @@
 reads it for workers, and this module reads it for a laptop. Prefect leaves a served
 deployment's triggers active after ``serve()`` stops (they would pile up Late runs), so
 they are paused on the way out.
+
+The entrypoints are module paths (``modelset.flows.generate:generate_model_sets``), so
+the flows come from the installed package wherever ``modelset serve`` is started. Served
+runs work in serve's folder (or in ``MODELSET_WORKING_DIRECTORY``, if set, which serve
+moves to), a stable one: relative output locations are fine there, as for ``modelset run``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +25,10 @@ from prefect.deployments.runner import RunnerDeployment
 from prefect.events import DeploymentEventTrigger, DeploymentTriggerTypes, TriggerTypes
 from prefect.exceptions import ObjectNotFound
 from prefect.flows import Flow, load_flow_from_entrypoint
+from prefect.types.entrypoint import EntrypointType
+
+from modelset.deployments.steps import use_working_directory
+from modelset.flows.generate import WORKING_DIRECTORY_SET
 
 PROJECT = Path(__file__).resolve().parents[2]
 PREFECT_YAML = PROJECT / "prefect.yaml"
@@ -31,7 +41,7 @@ def load_deployments(path: Path = PREFECT_YAML) -> list[RunnerDeployment]:
 
 
 def _runner_deployment(entry: dict[str, Any]) -> RunnerDeployment:
-    flow: Flow[..., Any] = load_flow_from_entrypoint(str(PROJECT / entry["entrypoint"]))
+    flow: Flow[..., Any] = load_flow_from_entrypoint(entry["entrypoint"])
     schedules = [schedule["cron"] for schedule in entry.get("schedules", [])]
     triggers: list[DeploymentTriggerTypes | TriggerTypes] = [
         DeploymentEventTrigger(**{k: v for k, v in trigger.items() if k != "type"})
@@ -45,11 +55,18 @@ def _runner_deployment(entry: dict[str, Any]) -> RunnerDeployment:
         parameters=entry.get("parameters"),
         cron=schedules or None,
         triggers=triggers or None,
+        # Recorded as a module path too: not a file path relative to serve's folder.
+        entrypoint_type=EntrypointType.MODULE_PATH,
     )
 
 
 def serve_all(path: Path = PREFECT_YAML) -> None:
-    """Serve every deployment until interrupted, then pause their triggers."""
+    """Serve every deployment until interrupted, then pause their triggers.
+
+    Served runs work in this process's folder, which outlives them: the flows are told
+    so (``MODELSET_WORKING_DIRECTORY``), and accept relative output locations.
+    """
+    use_working_directory(os.environ.get(WORKING_DIRECTORY_SET) or Path.cwd())
     deployments = load_deployments(path)
     names = [f"{d.flow_name}/{d.name}" for d in deployments]
     for name in asyncio.run(take_from_workers(names)):
@@ -63,9 +80,9 @@ def serve_all(path: Path = PREFECT_YAML) -> None:
 async def take_from_workers(deployment_names: list[str]) -> list[str]:
     """Delete same-named deployments that belong to a work pool; returns their names.
 
-    Serving updates a deployment in place but keeps a worker deployment's pull steps,
-    which point served runs at code storage that is not there; `prefect deploy --all`
-    gives them back to the workers.
+    Serving updates a deployment in place but keeps what only a worker deployment has
+    (its pull steps among them), which are not the served deployment's; `prefect deploy
+    --all` gives them back to the workers.
     """
     taken = []
     async with get_client() as client:

@@ -1,7 +1,10 @@
 """``collect_model_set``: download one finished task's set, started by its callback event.
 
 It handles only tasks no running batch is waiting on: a batch holds each set's
-collection lock while it waits, and this flow leaves such a set to it.
+collection lock while it waits, and this flow leaves such a set to it. On a folder the
+lock is a ``flock``, which only a live batch can hold. On a bucket it is a lease, which a
+batch that died keeps until it expires: there the flow waits for the lock instead, and
+then finds the set either collected by the live batch or still to collect.
 """
 
 from __future__ import annotations
@@ -54,7 +57,9 @@ async def collect_model_set(task_id: str, out: str | None = None) -> State[Any]:
                 return Completed(message=f"task {task_id} was superseded by a newer attempt")
             if record.state is not SubmissionState.SUBMITTED:
                 return Completed(message=f"task {task_id} was collected already")
-            collected = await collect(record, record.item, runtime, wait_for_others=False)
+            collected = await collect(
+                record, record.item, runtime, wait_for_others=not workspace.store.is_local
+            )
         if collected is None:
             return Completed(message=f"a running batch is collecting task {task_id}")
         prepared = PreparedPhoto(
