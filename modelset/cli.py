@@ -468,7 +468,8 @@ def serve() -> None:
         fail("modelset serve needs a Prefect server: set PREFECT_API_URL", EXIT_USAGE)
     from modelset.deployments.serve import serve_all
 
-    serve_all()
+    with reported_errors():
+        serve_all()
 
 
 @app.command()

@@ -275,11 +275,8 @@ async def test_artifacts_show_results_in_the_prefect_ui(
     with Image.open(io.BytesIO(base64.b64decode(strips[0]))) as strip:
         assert strip.width >= 4 * 60, "the four generated thumbnails sit side by side"
     assert "report:" in markdown and "index.html" in markdown
-    table = (
-        json.loads(kinds["table"].data)
-        if isinstance(kinds["table"].data, str)
-        else kinds["table"].data
-    )
+    data = kinds["table"].data
+    table: list[dict[str, Any]] = json.loads(data) if isinstance(data, str) else data  # type: ignore[assignment]
     assert list(table[0])[:5] == ["item", "template_id", "status", "reason", "outputs"]
     assert list(table[0])[-2:] == ["source_sha256", "upload_sha256"]
     assert "broken" in str(table)

@@ -306,8 +306,8 @@ def output_location(location: str, *, setting: str) -> str:
         raise UsageError(
             f"{setting} (or HIDREAM_OUTPUT_DIR) is the relative folder {location!r}: a worker "
             "runs this deployment in a temporary folder it deletes afterwards. Set an "
-            "absolute folder or a bucket (s3://bucket/prefix), or give the deployment a "
-            "working directory (a set_working_directory pull step)"
+            "absolute folder or a bucket (s3://bucket/prefix), or name a working directory "
+            f"for deployment runs ({WORKING_DIRECTORY_SET}=/absolute/folder)"
         )
     return location
 

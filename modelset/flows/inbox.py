@@ -18,6 +18,7 @@ from prefect.states import Completed, Failed
 
 from modelset.flows.generate import (
     UNATTENDED_NEEDS_CAP,
+    WORKING_DIRECTORY_SET,
     generate_model_sets,
     output_location,
     runs_in_throwaway_folder,
@@ -61,7 +62,8 @@ async def scan_inbox(
     if is_relative_location(inbox) and runs_in_throwaway_folder():
         return Failed(
             message=f"inbox is the relative folder {inbox!r}: a worker runs this deployment in "
-            "a temporary folder. Set an absolute folder or a bucket prefix"
+            "a temporary folder. Set an absolute folder or a bucket prefix, or name a working "
+            f"directory for deployment runs ({WORKING_DIRECTORY_SET}=/absolute/folder)"
         )
     store = open_store(location)
     seen_blob = read_or_none(store, SEEN_KEY)
