@@ -96,7 +96,8 @@ def served(
     module_sandbox: SandboxServer, serve_folder: Path, prefect_server: str
 ) -> Iterator[Path]:
     out = serve_folder.parent / "served-out"
-    env = hidream_env(module_sandbox, out, HIDREAM_MAX_IMAGES="100")
+    # No HIDREAM_MAX_IMAGES: the unattended deployments run under the caps they ship with.
+    env = hidream_env(module_sandbox, out)
     process = start_serve({**env, "PREFECT_API_URL": prefect_server}, serve_folder / "serve.log")
     yield out
     stop(process)
@@ -123,6 +124,15 @@ def test_prefect_yaml_names_its_flows_by_module_path() -> None:
         "task_id": "{{ event.payload.task_id }}",
         "out": "{{ event.payload.out }}",
     }
+
+
+def test_unattended_deployments_ship_with_a_cap() -> None:
+    spec = yaml.safe_load(PREFECT_YAML.read_text(encoding="utf-8"))
+    options = {
+        entry["name"]: entry.get("parameters", {}).get("options") for entry in spec["deployments"]
+    }
+    assert options["on-upload"] == {"max_images": 40}
+    assert options["nightly"] == {"max_images": 400}
 
 
 def test_served_deployments_name_their_flows_by_module_path() -> None:
