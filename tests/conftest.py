@@ -134,12 +134,11 @@ def wait_until_healthy(
         time.sleep(0.3)
 
 
-@pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One real Prefect server for the session; yields its API URL."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    home = tmp_path_factory.mktemp("prefect-home")
+def start_prefect_server(
+    home: Path, *, within: float = 120, **settings: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``prefect server start`` on a free port with its own PREFECT_HOME; returns the
+    process and its API URL once it answers."""
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     env = {
@@ -148,25 +147,25 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_ENABLED": "false",
         "PREFECT_API_URL": api_url,
+        **settings,
     }
-    log = (home / "server.log").open("wb")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "prefect",
-            "server",
-            "start",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    wait_until_healthy(f"{api_url}/health", process, within=120, log=home / "server.log")
+    log_path = home / "server.log"
+    command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [*command, "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    wait_until_healthy(f"{api_url}/health", process, within=within, log=log_path)
+    return process, api_url
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One real Prefect server for the session; yields its API URL."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    process, api_url = start_prefect_server(home)
     previous = {key: os.environ.get(key) for key in ("PREFECT_API_URL", "PREFECT_HOME")}
     os.environ["PREFECT_API_URL"] = api_url
     os.environ["PREFECT_HOME"] = str(home)
@@ -183,12 +182,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+        stop_process(process)
 
 
 # --- S3: moto's server, fresh buckets, and a careless proxy in front of it ------------------
@@ -266,6 +260,16 @@ def make_bucket(endpoint: str) -> str:
 def bucket(s3_server: str) -> str:
     """A fresh bucket on the session's S3 server: ``s3://<name>/out`` (a prefix in it)."""
     return f"s3://{make_bucket(s3_server)}/out"
+
+
+@pytest.fixture(params=["folder", "bucket"])
+def out_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An output location, once a local folder and once an ``s3://`` prefix of a fresh
+    bucket: a test that takes it runs on both kinds of store."""
+    if request.param == "folder":
+        return str(tmp_path / "out")
+    location: str = request.getfixturevalue("bucket")
+    return location
 
 
 @pytest.fixture(scope="session")
@@ -396,27 +400,12 @@ def prefect_postgres_server(
     """A second ``prefect server start`` for the session, on ``postgres_url``; yields its
     API URL. This process's PREFECT_API_URL is left alone: pass the URL to subprocesses."""
     home = tmp_path_factory.mktemp("prefect-postgres-home")
-    port = free_port()
-    api_url = f"http://127.0.0.1:{port}/api"
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
-        "PREFECT_API_URL": api_url,
-        "PREFECT_API_DATABASE_CONNECTION_URL": postgres_url,
-        "PREFECT_SERVER_DATABASE_CONNECTION_URL": postgres_url,
-    }
-    log_path = home / "server.log"
-    command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [*command, "--port", str(port)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    wait_until_healthy(f"{api_url}/health", process, within=180, log=log_path)
+    process, api_url = start_prefect_server(
+        home,
+        within=180,
+        PREFECT_API_DATABASE_CONNECTION_URL=postgres_url,
+        PREFECT_SERVER_DATABASE_CONNECTION_URL=postgres_url,
+    )
     try:
         yield api_url
     finally:

@@ -47,15 +47,6 @@ SECRET = "crash-callback-secret-0b9e"  # never sent anywhere: only grepped for
 LEDGER = ".modelset/ledger"
 
 
-@pytest.fixture(params=["folder", "bucket"])
-def out_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """``--out``: a local folder, or an ``s3://`` prefix of a fresh bucket."""
-    if request.param == "folder":
-        return str(tmp_path / "out")
-    location: str = request.getfixturevalue("bucket")
-    return location
-
-
 @dataclass
 class Crash:
     """What the ledger held when the first run was killed."""

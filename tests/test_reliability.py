@@ -172,15 +172,6 @@ def harness(
     return Harness(monkeypatch, caplog, capsys)
 
 
-@pytest.fixture(params=["folder", "bucket"])
-def out_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The output location: a local folder, or an ``s3://`` prefix of a fresh bucket."""
-    if request.param == "folder":
-        return str(tmp_path / "out")
-    location: str = request.getfixturevalue("bucket")
-    return location
-
-
 TEXT_SUFFIXES = (".json", ".jsonl", ".csv", ".html", "")
 
 
