@@ -101,11 +101,17 @@ def open_workspace(location: str | Path) -> Iterator[Workspace]:
     """The workspace of an output location, its scratch folder removed afterwards."""
     store = open_store(location)
     local = store.local_path(STATE_DIR)
-    if local is not None:
-        yield Workspace(store, local)
+    if local is None:
+        with tempfile.TemporaryDirectory(prefix="modelset-") as scratch:
+            yield Workspace(store, Path(scratch))
         return
-    with tempfile.TemporaryDirectory(prefix="modelset-") as scratch:
-        yield Workspace(store, Path(scratch))
+    workspace = Workspace(store, local)
+    try:
+        yield workspace
+    finally:
+        # Copies of remote sources whose preparation came from the cache.
+        for path in workspace.fetched_files.values():
+            path.unlink(missing_ok=True)
 
 
 class PrepareOptions(BaseModel):
