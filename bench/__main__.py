@@ -1,10 +1,11 @@
 """``python -m bench [--quick] [--n N] [--concurrency C] [--only P1,P3] [--repeat K]``.
 
-Starts a Prefect server (own temporary PREFECT_HOME) and, per measured run, a fresh
-sandbox (latency 200 ms, generation 2 s, 4 images per set), each in its own process on
-127.0.0.1; generates the input photos once into ``bench/.cache/``; measures P1-P5 and prints
-them with their goals. Raw numbers go to ``bench/.cache/results/``. Method and history:
-docs/performance.md.
+Starts a Prefect server (own temporary PREFECT_HOME), for P1-S3/P4-S3 moto's S3 server,
+and per measured run a fresh sandbox (latency 200 ms, generation 2 s, 4 images per set),
+each in its own process on 127.0.0.1; generates the input photos once into
+``bench/.cache/``; measures P1-P5 (and P1-S3, P4-S3: the same runs with ``--out`` on the S3
+server, against the folder's) and prints them with their goals. Raw numbers go to
+``bench/.cache/results/``. Method and history: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -29,18 +30,21 @@ from bench.figures import (
     Config,
     Figure,
     PipelineRun,
+    p1_bucket,
     p1_throughput,
     p2_preparation,
     p3_memory,
     p3_small_run,
+    p4_bucket,
     p4_rerun,
+    p4_reruns,
     p5_fixed_cost,
 )
 from bench.measure import machine
 from bench.photos import CACHE, ensure_photos
-from bench.servers import PrefectServer, migrate_home
+from bench.servers import PrefectServer, S3Server, migrate_home
 
-FIGURES = ("P1", "P2", "P3", "P4", "P5")
+FIGURES = ("P1", "P1-S3", "P2", "P3", "P4", "P4-S3", "P5")
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
 errors = Console(stderr=True, highlight=False)
 
@@ -56,7 +60,9 @@ def parse(argv: list[str] | None) -> Config:
     )
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--repeat", type=int, default=1, help="P1 pairs, alternating order")
-    parser.add_argument("--only", default=",".join(FIGURES), help="figures to measure, e.g. P1,P3")
+    parser.add_argument(
+        "--only", default=",".join(FIGURES), help="figures to measure, e.g. P1,P3,P1-S3"
+    )
     parser.add_argument(
         "--pipeline-env",
         action="append",
@@ -119,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     logs = CACHE / "logs" / stamp
     logs.mkdir(parents=True)
     server = PrefectServer(logs)
+    with_bucket = config.wants("P1-S3", "P4-S3")
+    s3 = S3Server(logs) if with_bucket else None
     bench = Bench(
         config=config,
         work=work,
@@ -126,23 +134,29 @@ def main(argv: list[str] | None = None) -> int:
         server=server,
         client_home=work / "client-prefect-home",
         ephemeral_home=CACHE / "prefect-ephemeral-home",
+        s3=s3,
     )
-    needs_server = config.wants("P1", "P3", "P4", "P5")
+    needs_server = config.wants("P1", "P3", "P4", "P5", "P1-S3", "P4-S3")
     figures: dict[str, Figure] = {}
     try:
-        # Start what takes a while side by side: the server, the ephemeral home's one-time
+        # Start what takes a while side by side: the servers, the ephemeral home's one-time
         # migration, the photos.
         server_error: list[BaseException] = []
 
-        def start_server() -> None:
+        def start(what: PrefectServer | S3Server) -> None:
             try:
-                server.start()
+                what.start()
             except BaseException as exc:
                 server_error.append(exc)
 
-        starter = threading.Thread(target=start_server, daemon=True)
+        starters = []
         if needs_server:
             note(f"starting a Prefect server on {server.api_url}")
+            starters.append(threading.Thread(target=start, args=(server,), daemon=True))
+        if s3 is not None:
+            note(f"starting an S3 server (moto) on {s3.endpoint}")
+            starters.append(threading.Thread(target=start, args=(s3,), daemon=True))
+        for starter in starters:
             starter.start()
         migration = (
             migrate_home(bench.ephemeral_home, logs / "migrate-ephemeral-home.log")
@@ -155,11 +169,14 @@ def main(argv: list[str] | None = None) -> int:
         if config.wants("P3"):
             ensure_photos(config.n_small)
         note(f"photos ready in {time.perf_counter() - made:.1f} s")
-        if needs_server:
+        for starter in starters:
             starter.join()
-            if server_error:
-                raise server_error[0]
+        if server_error:
+            raise server_error[0]
+        if needs_server:
             note(f"Prefect server ready in {server.started_in_s:.1f} s")
+        if s3 is not None:
+            note(f"S3 server ready in {s3.started_in_s:.1f} s")
         if migration is not None:
             migration.wait()
 
@@ -169,15 +186,19 @@ def main(argv: list[str] | None = None) -> int:
         if config.wants("P3"):
             note(f"P3: pipeline on N={config.n_small}")
             small = p3_small_run(bench)
-        if config.wants("P1", "P3", "P4"):
-            note(
-                f"P1: baseline and pipeline on N={config.n}"
-                if config.wants("P1")
-                else f"pipeline on N={config.n}"
-            )
-            figure, large, prefect_cpu = p1_throughput(bench, with_baseline=config.wants("P1"))
+        bucket_first: PipelineRun | None = None
+        if config.wants("P1", "P3", "P4", "P1-S3", "P4-S3"):
+            runs = ["baseline"] if config.wants("P1") else []
+            runs += ["pipeline"] + (["pipeline into a bucket"] if with_bucket else [])
+            note(f"P1: {', '.join(runs)} on N={config.n}")
+            p1 = p1_throughput(bench, with_baseline=config.wants("P1"), with_bucket=with_bucket)
+            large, prefect_cpu = p1.last, p1.prefect_cpu
             if config.wants("P1"):
-                figures["P1"] = figure
+                figures["P1"] = p1.figure
+            if config.wants("P1-S3"):
+                figures["P1-S3"] = p1_bucket(bench, p1)
+            if config.wants("P4-S3"):
+                bucket_first = p1.bucket[-1]
         if config.wants("P2"):
             note("P2: preparation CPU, in process")
             figures["P2"] = p2_preparation(
@@ -187,17 +208,24 @@ def main(argv: list[str] | None = None) -> int:
             )
         if config.wants("P3") and small is not None and large is not None:
             figures["P3"] = p3_memory(bench, small, large)
-        if config.wants("P4") and large is not None:
-            note("P4: rerun of the same batch")
-            figures["P4"] = p4_rerun(bench, large)
+        if config.wants("P4", "P4-S3") and large is not None:
+            note("P4: rerun of the same batch" + (", folder and bucket" if bucket_first else ""))
+            reruns = p4_reruns(bench, large, bucket_first)
+            if config.wants("P4"):
+                figures["P4"] = p4_rerun(bench, reruns)
+            if config.wants("P4-S3"):
+                figures["P4-S3"] = p4_bucket(bench, reruns)
         if large is not None:
             large.sandbox.stop()
+        bench.stop_all()  # the bucket run's sandbox too
         if config.wants("P5"):
             note("P5: one photo in a fresh process")
             figures["P5"] = p5_fixed_cost(bench)
     finally:
         bench.stop_all()
         server.stop()
+        if s3 is not None:
+            s3.stop()
     elapsed = time.perf_counter() - started
     report(figures, config, elapsed)
     save(bench, figures, host.describe(), elapsed, stamp)

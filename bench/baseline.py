@@ -13,7 +13,10 @@ What it shares with ``modelset run``, so that the difference is the orchestratio
 - the HTTP calls: ``modelset.hidream.HiDreamClient`` for the submit (same JSON body with a
   base64 image and a request_id) and for polling (same schedule: 1 s, growing by half up to
   15 s), then a plain ``httpx.AsyncClient`` GET of each image, verified with Pillow and
-  written atomically, one after the other, as the pipeline does.
+  written atomically (``modelset.stages.download_image`` into the folder's store), one
+  after the other, as the pipeline does into a folder.
+
+It writes into a local folder only, as a script would: ``--out`` is a path.
 
 What it leaves out, as a hand-written script would: Prefect, the exactly-once ledger (and
 its fsyncs), the template-catalogue check, the report and the artifacts. One
@@ -38,7 +41,14 @@ import httpx
 
 from modelset.hidream import HiDreamClient, HiDreamError
 from modelset.images import Fit, Policy
-from modelset.stages import PreparedPhoto, PrepareOptions, Workspace, download_image, prepare_photo
+from modelset.stages import (
+    PreparedPhoto,
+    PrepareOptions,
+    Workspace,
+    download_image,
+    open_workspace,
+    prepare_photo,
+)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
@@ -79,10 +89,11 @@ class Baseline:
         token: str,
         template_id: int,
         concurrency: int,
-        out: Path,
+        workspace: Workspace,
     ) -> None:
         self.template_id = template_id
-        self.workspace = Workspace(out=out).create()
+        self.workspace = workspace
+        self.store = workspace.store
         self.options = PrepareOptions(policy=Policy.FIX, fit=Fit.CROP, allow_private_urls=True)
         self.client = HiDreamClient(token, base_url=base_url, max_connections=2 * concurrency)
         self.http = httpx.AsyncClient(
@@ -111,12 +122,14 @@ class Baseline:
             started = time.perf_counter()
             prepared = await self.prepare(source)
             self.timings.prepare_s += time.perf_counter() - started
-            if not prepared.ready or prepared.upload_path is None:
+            # A folder's store: the prepared upload is a file below --out.
+            upload = self.store.local_path(prepared.upload_key) if prepared.upload_key else None
+            if not prepared.ready or upload is None:
                 return Outcome(str(source), "rejected", prepared.reason or "")
             try:
                 started = time.perf_counter()
                 receipt = await self.client.submit_variation(
-                    prepared.upload_path, self.template_id, request_id=str(uuid.uuid4())
+                    upload, self.template_id, request_id=str(uuid.uuid4())
                 )
                 self.timings.submit_s += time.perf_counter() - started
                 started = time.perf_counter()
@@ -125,22 +138,21 @@ class Baseline:
             except HiDreamError as exc:
                 return Outcome(str(source), "failed", exc.message)
             started = time.perf_counter()
-            folder = self.workspace.out / source.stem / str(self.template_id)
-            folder.mkdir(parents=True, exist_ok=True)
+            folder = f"{source.stem}/{self.template_id}"
             outputs: list[str] = []
             problems: list[str] = []
             for index, sub in enumerate(result.sub_task_results, start=1):
                 if not sub.succeeded:
                     problems.append(f"image {index}: {sub.description}")
                     continue
-                target = folder / f"{index}.jpg"
+                target = f"{folder}/{index}.jpg"
                 # One more try, as the pipeline does (with fresh URLs): a keep-alive
                 # connection the server just closed fails a request now and then.
-                problem = await download_image(self.http, sub.image, target)
+                problem = await download_image(self.http, sub.image, self.store, target)
                 if problem is not None:
-                    problem = await download_image(self.http, sub.image, target)
+                    problem = await download_image(self.http, sub.image, self.store, target)
                 if problem is None:
-                    outputs.append(str(target.relative_to(self.workspace.out)))
+                    outputs.append(target)
                 else:
                     problems.append(f"image {index}: {problem}")
             self.timings.download_s += time.perf_counter() - started
@@ -164,14 +176,15 @@ async def run_baseline(
     out: Path,
 ) -> dict[str, object]:
     started = time.perf_counter()
-    baseline = Baseline(
-        base_url=base_url,
-        token=token,
-        template_id=template_id,
-        concurrency=concurrency,
-        out=out,
-    )
-    outcomes = await baseline.run(sources)
+    with open_workspace(out) as workspace:  # a folder: its store and .modelset/ scratch
+        baseline = Baseline(
+            base_url=base_url,
+            token=token,
+            template_id=template_id,
+            concurrency=concurrency,
+            workspace=workspace,
+        )
+        outcomes = await baseline.run(sources)
     with (out / "baseline.jsonl").open("w", encoding="utf-8") as handle:
         for outcome in outcomes:
             handle.write(json.dumps(outcome.__dict__) + "\n")
@@ -198,10 +211,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token", default=os.environ.get("HIDREAM_API_TOKEN"))
     parser.add_argument("-t", "--template", type=int, default=20)
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", required=True, help="a local folder")
     args = parser.parse_args(argv)
     if not args.base_url or not args.token:
         parser.error("--base-url and --token (or HIDREAM_BASE_URL, HIDREAM_API_TOKEN) are needed")
+    if "://" in args.out:
+        parser.error("--out: a local folder (the baseline is a plain script: no buckets)")
     sources = discover(args.sources)
     summary = asyncio.run(
         run_baseline(
@@ -210,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             token=args.token,
             template_id=args.template,
             concurrency=args.concurrency,
-            out=args.out,
+            out=Path(args.out),
         )
     )
     print(json.dumps(summary), flush=True)

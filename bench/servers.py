@@ -3,14 +3,17 @@
 - :class:`Sandbox`: ``.venv/bin/modelset sandbox`` on a free port (fresh state each time, so
   no run profits from images another run made it render).
 - :class:`PrefectServer`: ``prefect server start`` with its own temporary ``PREFECT_HOME``.
+- :class:`S3Server`: moto's S3-compatible server (``python -m moto.server``), for the
+  figures with ``--out s3://...``; its request log is what :func:`count_requests` reads.
 
-Both wait until healthy, and stop with SIGTERM (SIGKILL after a grace period).
+All wait until healthy, and stop with SIGTERM (SIGKILL after a grace period).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -18,6 +21,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -41,11 +46,11 @@ def free_port() -> int:
 
 
 def clean_environment() -> dict[str, str]:
-    """This process's environment without any HIDREAM_* or PREFECT_* setting."""
+    """This process's environment without any HIDREAM_*, PREFECT_* or AWS_* setting."""
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("HIDREAM_", "PREFECT_"))
+        if not key.startswith(("HIDREAM_", "PREFECT_", "AWS_"))
     }
     env.update(QUIET_ENV)
     return env
@@ -202,6 +207,142 @@ class PrefectServer(_Server):
     def stop(self) -> None:
         super().stop()
         shutil.rmtree(self.home, ignore_errors=True)
+
+
+S3_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "bench",
+    "AWS_SECRET_ACCESS_KEY": "bench-secret",
+    "AWS_REGION": "us-east-1",
+}
+_REQUEST = re.compile(r'"(GET|PUT|HEAD|POST|DELETE) (\S+) HTTP/[\d.]+" (\d{3})')
+
+
+class S3Server(_Server):
+    """moto's S3 server (``python -m moto.server``) in its own process, objects in memory.
+
+    A stand-in for a bucket: no network latency, but its CPU is this machine's (it is
+    watched beside the sandbox's). Every request is one line of its log.
+    """
+
+    def __init__(self, logs: Path) -> None:
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.log = logs / "s3-server.log"
+        self.started_in_s = 0.0
+        self._buckets = 0
+
+    def start(self) -> Self:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        command = [
+            str(BIN / "python"),
+            "-m",
+            "moto.server",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+        ]
+        started = time.perf_counter()
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                command,
+                env=clean_environment(),
+                cwd=self.log.parent,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        _wait_healthy(f"{self.endpoint}/", self.process, 60, self.log)
+        self.started_in_s = time.perf_counter() - started
+        return self
+
+    def client_env(self) -> dict[str, str]:
+        """What obstore (in a ``modelset`` process or this one) needs to reach it."""
+        return {**S3_CREDENTIALS, "AWS_ENDPOINT_URL": self.endpoint}
+
+    def new_bucket(self, what: str) -> str:
+        """A fresh, empty bucket (one per measured run: moto lists by scanning a bucket's
+        keys, a real bucket does not); returns ``s3://<bucket>/out``."""
+        import boto3
+
+        self._buckets += 1
+        slug = re.sub(r"[^a-z0-9-]+", "-", what.lower()).strip("-")
+        name = f"bench-{self._buckets:02d}-{slug}"[:63].rstrip("-")
+        boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name=S3_CREDENTIALS["AWS_REGION"],
+            aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        ).create_bucket(Bucket=name)
+        return f"s3://{name}/out"
+
+    def log_offset(self) -> int:
+        return self.log.stat().st_size if self.log.exists() else 0
+
+    def requests_since(self, offset: int) -> Counter[str]:
+        """The requests logged after ``offset``, by method and kind of key."""
+        with self.log.open("rb") as handle:
+            handle.seek(offset)
+            text = handle.read().decode(errors="replace")
+        return Counter(
+            f"{method} {request_kind(path)}{'' if int(status) < 300 else f' -> {status}'}"
+            for method, path, status in _REQUEST.findall(text)
+        )
+
+    @contextlib.contextmanager
+    def environment(self) -> Iterator[None]:
+        """This process's ``AWS_*`` pointed at the server meanwhile (to read a manifest)."""
+        values = self.client_env()
+        saved = {key: os.environ.get(key) for key in values}
+        cleared = {key: os.environ.pop(key) for key in _AWS_CLEARED if key in os.environ}
+        os.environ.update(values)
+        try:
+            yield
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            os.environ.update(cleared)
+
+
+# Anything that could point obstore at real credentials or another endpoint.
+_AWS_CLEARED = ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT", "AWS_DEFAULT_REGION")
+
+
+def request_kind(path: str) -> str:
+    """What an S3 request path is about, in the layout of docs/storage.md."""
+    bucket_path, _, query = path.partition("?")
+    parts = bucket_path.strip("/").split("/", 2)  # bucket, prefix ("out"), key
+    key = parts[2] if len(parts) > 2 else ""
+    if "list-type" in query:
+        return "list"
+    if not key:
+        return "bucket"
+    rules = (
+        (".modelset/ledger/by-task/", "ledger by-task index"),
+        (".modelset/ledger/by-upload/", "ledger by-upload claim"),
+        (".modelset/probe/", "probe"),
+        (".modelset/prepared/", "preparation cache"),
+        (".modelset/shards/", "shards"),
+        (".modelset/prefect-results/", "prefect results"),
+        (".modelset/uploads/", "prepared upload"),
+    )
+    for prefix, kind in rules:
+        if key.startswith(prefix):
+            return kind
+    if key.startswith(".modelset/ledger/"):
+        return "ledger lease" if key.endswith(".lease") else "ledger record"
+    if key.startswith(".modelset/thumbs/"):
+        return "output thumbnail" if key.count("/") > 2 else "input thumbnail"
+    if key.endswith("/.task_id"):
+        return "set marker"
+    if key.endswith(".jpg"):
+        return "image"
+    if key in ("manifest.jsonl", "manifest.csv", "index.html"):
+        return "report"
+    return "other"
 
 
 def migrate_home(home: Path, log: Path) -> subprocess.Popen[bytes] | None:

@@ -6,7 +6,9 @@
 
 Wraps the stages (``prepare_photo``, ``submit_once``, ``collect_set``, the client's calls,
 each image download), the Prefect task calls around them (``TASK ...``: the difference is
-Prefect's per-task-run cost) and measures the event loop's lag. At exit it prints one
+Prefect's per-task-run cost), the steps that read or write the output location in bulk
+(the bucket probe, reading the manifest, the preparation cache and the ledger, writing the
+report) and measures the event loop's lag. At exit it prints one
 ``STAGES {json}`` line and one ``LAG`` line (p50/max per 5 s) to stderr, which the bench
 keeps in the run's log.
 
@@ -121,6 +123,16 @@ def install() -> None:
 
     for name in ("run_batch", "_prepare_all", "_generate", "check_templates", "publish_results"):
         _timed_async(flow, name)
+    # What reads or writes the output location in bulk (on a bucket: many requests).
+    for name in (
+        "probe_conditional_writes",
+        "read_manifest",
+        "cached_preparations",
+        "update_report",
+    ):
+        _timed_sync(flow, name)
+    ledger: Any = importlib.import_module("modelset.ledger")
+    _timed_sync(ledger.Ledger, "read_many")
     _timed_async(flow, "submit_photo", "TASK submit-photo")
     _timed_async(flow, "collect", "collect (plain code)")
     _timed_async(flow, "prepare_photos", "TASK prepare-photos")
