@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import hashlib
 import html
 import io
 from collections.abc import Iterable
@@ -23,6 +24,8 @@ MANIFEST_CSV = "manifest.csv"
 INDEX_HTML = "index.html"
 STATE_DIR = ".modelset"
 _REWRITE_ROUNDS = 5
+VIEWS_WRITTEN_FROM = f"{STATE_DIR}/report-views.sha256"
+"""The sha256 of the manifest bytes that manifest.csv and index.html were written from."""
 MANIFEST_FIELDS = (
     "source",
     "item",
@@ -102,20 +105,41 @@ def update_report(store: Store, rows: list[ManifestRow]) -> str:
     while the manifest moved on under them, so the last ones written match it.
     """
     thumbnails = {row.row_key: row.thumbnail for row in rows if row.thumbnail}
+    unchanged = False
 
     def merge(current: bytes | None) -> tuple[bytes, list[ManifestRow]]:
+        nonlocal unchanged
         merged = merge_rows(_parse_rows(current) if current else [], rows)
-        return _manifest_bytes(merged), merged
+        data = _manifest_bytes(merged)
+        unchanged = current == data
+        return data, merged
 
     merged = update(store, MANIFEST_JSONL, merge)
+    if unchanged and _views_current(store):
+        # A rerun that changed nothing: on a bucket the sheet would read every thumbnail
+        # again (five requests per set) to write the same page.
+        return locate(store, INDEX_HTML)
     for _ in range(_REWRITE_ROUNDS):
         written = read_or_none(store, MANIFEST_JSONL)
         _write_views(store, merged, thumbnails)
         latest = read_or_none(store, MANIFEST_JSONL)
         if latest is None or written is None or latest.etag == written.etag:
+            if written is not None:
+                store.write(VIEWS_WRITTEN_FROM, _digest(written.data))
             break
         merged = _parse_rows(latest.data)
     return locate(store, INDEX_HTML)
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.sha256(data).hexdigest().encode()
+
+
+def _views_current(store: Store) -> bool:
+    """Whether manifest.csv and index.html were written from the manifest as it is now."""
+    manifest = read_or_none(store, MANIFEST_JSONL)
+    marker = read_or_none(store, VIEWS_WRITTEN_FROM)
+    return manifest is not None and marker is not None and marker.data == _digest(manifest.data)
 
 
 def write_report(store: Store, rows: list[ManifestRow]) -> str:

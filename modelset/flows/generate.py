@@ -82,6 +82,8 @@ class Photo:
     template_ids: list[int]
     prepared: PreparedPhoto | None = None
     paid_upload: str | None = None  # the upload's sha256, for a photo whose sets are done
+    # Its sets' ledger records by template, when every one is finished (read once).
+    finished: dict[int, LedgerRecord] = field(default_factory=dict)
 
 
 @dataclass
@@ -465,6 +467,11 @@ async def _finished(
             for record in found
         ):
             photo.paid_upload = found[0].upload_sha256 if found[0] else None
+            photo.finished = {
+                t: record
+                for t, record in zip(photo.template_ids, found, strict=True)
+                if record is not None
+            }
             done.append(photo)
     return done
 
@@ -529,7 +536,15 @@ async def _generate(
             key = key_for(base_url, template_id, prepared.source_sha256, runtime.prepare)
             wanted.append((photo, template_id, key))
     ledger = runtime.ledger
-    records = await anyio.to_thread.run_sync(ledger.read_many, [key for _, _, key in wanted])
+    # Records found finished while planning are final for this run's rules: not read twice.
+    records: dict[str, LedgerRecord | None] = {
+        key: photo.finished[t] for photo, t, key in wanted if t in photo.finished
+    }
+    records.update(
+        await anyio.to_thread.run_sync(
+            ledger.read_many, [key for _, _, key in wanted if key not in records]
+        )
+    )
     for photo, template_id, key in wanted:
         record = records[key]
         sending = needs_submit(record, runtime.rules)

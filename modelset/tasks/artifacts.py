@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import io
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -19,14 +21,16 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from modelset.report import ManifestRow, summarize
+from modelset.report import STATE_DIR, ManifestRow, summarize
 from modelset.stages import Workspace, output_thumbnail_key, thumbnail_jpeg, thumbnail_key
-from modelset.storage import Store, read_many
+from modelset.storage import Store, read_many, read_or_none
 
 log = logging.getLogger("modelset.artifacts")
 _PROGRESS_EVERY_S = 2.0
 THUMBNAIL_ROWS = 200
 MARKDOWN_THUMBNAIL = (72, 96)  # at most 96 px tall: the UI shows images at their size
+SUMMARY_THUMBNAILS = f"{STATE_DIR}/summary-thumbnails.json"
+"""On a bucket, the last summary's small JPEGs, with a digest of the rows they show."""
 
 
 @dataclass
@@ -163,7 +167,15 @@ def _thumbnails(store: Store, rows: list[ManifestRow]) -> dict[str, bytes]:
             wanted[row.thumbnail] = [row.thumbnail]
         for output in row.outputs:
             wanted[output] = [output_thumbnail_key(output), output]
-    found = read_many(store, [key for keys in wanted.values() for key in keys])
+    digest = hashlib.sha256("\n".join(row.model_dump_json() for row in rows).encode()).hexdigest()
+    if not store.is_local and (cached := _cached_thumbnails(store, digest)) is not None:
+        return cached  # the same rows as the last summary: one request, not one per image
+    found = read_many(store, [keys[0] for keys in wanted.values()])
+    # The image itself only where its thumbnail is missing (a folder keeps none): on a
+    # bucket every output has one, and reading both moved every image out again.
+    fallbacks = [keys[1] for keys in wanted.values() if len(keys) > 1 and found[keys[0]] is None]
+    if fallbacks:
+        found.update(read_many(store, fallbacks))
     pictures = {}
     for shown, keys in wanted.items():
         blob = next((found[key] for key in keys if found.get(key) is not None), None)
@@ -173,4 +185,20 @@ def _thumbnails(store: Store, rows: list[ManifestRow]) -> dict[str, bytes]:
             pictures[shown] = thumbnail_jpeg(io.BytesIO(blob.data), MARKDOWN_THUMBNAIL)
         except Exception as exc:  # a broken image is shown as nothing, never a failed run
             log.info("no thumbnail for %s: %s", shown, type(exc).__name__)
+    if not store.is_local:
+        saved = {key: base64.b64encode(jpeg).decode("ascii") for key, jpeg in pictures.items()}
+        store.write(SUMMARY_THUMBNAILS, json.dumps({"rows": digest, "pictures": saved}).encode())
     return pictures
+
+
+def _cached_thumbnails(store: Store, digest: str) -> dict[str, bytes] | None:
+    blob = read_or_none(store, SUMMARY_THUMBNAILS)
+    if blob is None:
+        return None
+    try:
+        saved = json.loads(blob.data)
+        if saved.get("rows") != digest:
+            return None
+        return {key: base64.b64decode(jpeg) for key, jpeg in saved["pictures"].items()}
+    except (ValueError, KeyError, TypeError):
+        return None  # a damaged cache is made again
