@@ -39,12 +39,13 @@ from bench.figures import (
     p4_rerun,
     p4_reruns,
     p5_fixed_cost,
+    p6_slot_use,
 )
 from bench.measure import machine
 from bench.photos import CACHE, ensure_photos
 from bench.servers import PrefectServer, S3Server, migrate_home
 
-FIGURES = ("P1", "P1-S3", "P2", "P3", "P4", "P4-S3", "P5")
+FIGURES = ("P1", "P1-S3", "P2", "P3", "P4", "P4-S3", "P5", "P6")
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
 errors = Console(stderr=True, highlight=False)
 
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         ephemeral_home=CACHE / "prefect-ephemeral-home",
         s3=s3,
     )
-    needs_server = config.wants("P1", "P3", "P4", "P5", "P1-S3", "P4-S3")
+    needs_server = config.wants("P1", "P3", "P4", "P5", "P6", "P1-S3", "P4-S3")
     figures: dict[str, Figure] = {}
     try:
         # Start what takes a while side by side: the servers, the ephemeral home's one-time
@@ -221,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
         if config.wants("P5"):
             note("P5: one photo in a fresh process")
             figures["P5"] = p5_fixed_cost(bench)
+        if config.wants("P6"):
+            note("P6: slot use, 128 photos at concurrency 32, 20 s generation")
+            figures["P6"] = p6_slot_use(bench)
+            bench.stop_all()
     finally:
         bench.stop_all()
         server.stop()

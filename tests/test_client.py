@@ -283,3 +283,21 @@ def test_retry_after_in_seconds_and_http_date() -> None:
     assert parse_retry_after(formatdate(now + 10, usegmt=True), now=now) == pytest.approx(10, abs=1)
     assert parse_retry_after("soon") is None
     assert parse_retry_after(None) is None
+
+
+def test_polling_aims_at_when_the_progress_says_the_set_is_done() -> None:
+    """A set that is ready but unnoticed holds a paid slot: the next poll comes when the
+    completion's pace says it is done, if that is sooner than the backoff's."""
+    from modelset.hidream.client import _Progress
+
+    progress = _Progress()
+    progress.seen(0.0, 0.0)
+    assert progress.due_in(floor=1.0) is None  # no pace yet
+    progress.seen(2.0, 0.2)
+    progress.seen(4.0, 0.4)  # 10 % a second: done in 6 s
+    due = progress.due_in(floor=1.0)
+    assert due is not None and 6.0 <= due <= 6.5
+    progress.seen(9.9, 0.99)
+    assert progress.due_in(floor=1.0) == 1.0  # never sooner than the first interval
+    progress.seen(10.5, 1.0)
+    assert progress.due_in(floor=1.0) is None  # done: nothing to aim at

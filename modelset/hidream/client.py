@@ -264,9 +264,11 @@ class HiDreamClient:
         interval = self.poll_interval
         result: TaskResult | None = None
         outage: HiDreamError | None = None
+        progress = _Progress()
         while True:
             try:
                 result = await self.get_result(task_id=task_id)
+                progress.seen(loop.time(), result.completion)
                 outage = None
             except (ConnectFailed, ServiceError, Throttled) as exc:
                 # The task runs on regardless of our reads: an outage shorter than the
@@ -290,7 +292,11 @@ class HiDreamClient:
                     f"task {task_id} not finished by the deadline ({detail})",
                     last_result=result,
                 )
-            await _sleep_or_wake(min(interval, remaining), wake)
+            # A set that is ready but unnoticed holds a paid slot: where the progress
+            # says it will be done sooner than the next poll, poll then instead.
+            due = progress.due_in(floor=self.poll_interval)
+            pause = interval if due is None else min(interval, due)
+            await _sleep_or_wake(min(pause, remaining), wake)
             interval = min(interval * 1.5, self.poll_max_interval)
 
     async def list_templates(
@@ -534,3 +540,25 @@ def _unknown_statuses(result: TaskResult) -> str:
         {int(s.task_status) for s in result.sub_task_results if not s.task_status.is_known}
     )
     return f"; unknown task_status {unknown}" if unknown else ""
+
+
+class _Progress:
+    """The rate a task's completion grows at, from two polls, and when it will be done."""
+
+    _MARGIN = 1.05
+
+    def __init__(self) -> None:
+        self._last: tuple[float, float] | None = None
+        self._rate: float | None = None
+
+    def seen(self, now: float, completion: float) -> None:
+        if self._last is not None and completion > self._last[1] and now > self._last[0]:
+            self._rate = (completion - self._last[1]) / (now - self._last[0])
+        if self._last is None or completion != self._last[1]:
+            self._last = (now, completion)
+
+    def due_in(self, *, floor: float) -> float | None:
+        """Seconds until the task should be done (never under ``floor``), if known."""
+        if self._last is None or self._rate is None or not 0 < self._last[1] < 1:
+            return None
+        return max(floor, (1 - self._last[1]) / self._rate * self._MARGIN)
