@@ -190,7 +190,7 @@ async def generate_model_sets(
     if summary.plan.account_error:
         return Failed(message=f"{summary.plan.account_error}; {message}")
     if summary.plan.refused:
-        return Failed(message=summary.plan.refused)
+        return Failed(message=f"{summary.plan.refused}; report: {summary.sheet}")
     if any(row.status not in (Status.SUCCEEDED, Status.PLANNED) for row in summary.rows):
         return Failed(message=message)
     return Completed(message=message)
