@@ -317,7 +317,6 @@ def demo(
         )
         console.print(f"sandbox listening on {server.base_url}")
         summary = run_flow([str(photos)], DEMO_TEMPLATES, RunOptions(out=str(out)))
-    console.print(f"\ncontact sheet: [bold]{summary.sheet}[/]")
     raise typer.Exit(exit_code(summary))
 
 
