@@ -14,11 +14,10 @@ import asyncio
 from collections.abc import Callable
 from typing import TypeVar
 
-import anyio
 from pydantic import BaseModel, Field
 
 from modelset.ledger import LedgerRecord
-from modelset.storage import Store, update
+from modelset.storage import Store, off_loop, update
 
 T = TypeVar("T")
 
@@ -92,9 +91,9 @@ class Budget:
         )
 
     async def _run(self, change: Callable[[_Tally], T]) -> T:
-        if self._shared is None or self._shared[0].is_local:
+        if self._shared is None:
             return self._transact(change)
-        return await anyio.to_thread.run_sync(self._transact, change)
+        return await off_loop(self._shared[0], self._transact, change)
 
     def _transact(self, change: Callable[[_Tally], T]) -> T:
         """Apply ``change`` to the tally: in memory, or to the shared one on the store

@@ -25,8 +25,6 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime
 from typing import TypeVar, TypeVarTuple
 
-import anyio
-
 from modelset.ledger.locks import DEFAULT_LEASE_S, FlockLocks, Hold, LeaseLocks, Locks, owner_name
 from modelset.ledger.records import (
     LedgerRecord,
@@ -40,6 +38,7 @@ from modelset.storage import (
     NotFound,
     PreconditionFailed,
     Store,
+    off_loop,
     read_many,
     read_or_none,
 )
@@ -128,10 +127,8 @@ class Ledger:
         return f"{LEDGER_PREFIX}/{key}.json"
 
     async def run(self, function: Callable[[*Ts], T], *args: *Ts) -> T:
-        """Call a store verb: inline on a folder, in a worker thread on a bucket."""
-        if self.store.is_local:
-            return function(*args)
-        return await anyio.to_thread.run_sync(function, *args)
+        """Call a blocking ledger or store function from async code (see ``off_loop``)."""
+        return await off_loop(self.store, function, *args)
 
     def read(self, key: str) -> LedgerRecord | None:
         blob = read_or_none(self.store, self.record_key(key))
@@ -168,10 +165,14 @@ class Ledger:
                 return record
         return None
 
-    def upload_owner(self, upload: str) -> str | None:
-        """The key that paid (or is paying) for this upload hash, if any."""
-        blob = read_or_none(self.store, f"{LEDGER_PREFIX}/{_UPLOAD_INDEX}/{upload}")
-        return None if blob is None else blob.data.decode().strip()
+    def upload_owners(self, uploads: Iterable[str]) -> dict[str, str | None]:
+        """The key that paid (or is paying) for each upload hash, if any (read at once)."""
+        names = {upload: f"{LEDGER_PREFIX}/{_UPLOAD_INDEX}/{upload}" for upload in uploads}
+        found = read_many(self.store, list(names.values()))
+        return {
+            upload: None if (blob := found[name]) is None else blob.data.decode().strip()
+            for upload, name in names.items()
+        }
 
     async def claim_upload(self, upload: str, key: str) -> str:
         """Claim an upload hash for ``key``; returns the key that owns it (``key`` if won).

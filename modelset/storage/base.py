@@ -19,11 +19,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, TypeVarTuple
+
+import anyio
 
 from modelset.storage._exceptions import AlreadyExists, NotFound, PreconditionFailed
 
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 _CAS_ATTEMPTS = 50
 CHUNK_SIZE = 1024 * 1024
 Chunks = Generator[bytes, None, None]
@@ -147,3 +150,12 @@ def read_many(store: Store, keys: list[str], *, threads: int = 16) -> dict[str, 
         return dict(
             zip(unique, pool.map(lambda key: read_or_none(store, key), unique), strict=True)
         )
+
+
+async def off_loop(store: Store, function: Callable[[*Ts], T], *args: *Ts) -> T:
+    """Call a store verb from async code: inline on a folder (a file operation is quicker
+    than a thread hop), in a worker thread on a bucket (a request must not hold up the
+    event loop)."""
+    if store.is_local:
+        return function(*args)
+    return await anyio.to_thread.run_sync(function, *args)
