@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Literal, TypeVar
 
-import anyio
 import httpx
 from PIL import Image
 from pydantic import BaseModel
@@ -57,7 +56,7 @@ from modelset.ledger import (
 )
 from modelset.report import STATE_DIR, ManifestRow, Status
 from modelset.sources import FetchError, fetch
-from modelset.storage import Store, open_store, read_or_none
+from modelset.storage import Store, off_loop, open_store, read_or_none
 
 log = logging.getLogger("modelset.stages")
 
@@ -149,22 +148,27 @@ class PreparedPhoto(BaseModel):
     def ready(self) -> bool:
         return self.upload_sha256 is not None and self.reason is None
 
-    def image_to_send(self, options: PrepareOptions, upload: Path | None) -> tuple[str | Path, str]:
-        """What the submit carries, and its sha256: the source URL when it may pass."""
-        assert self.upload_sha256 is not None
-        if (
+    def passes_url(self, options: PrepareOptions) -> bool:
+        """Whether the submit sends the source's URL instead of an upload (--pass-urls)."""
+        return (
             options.pass_urls
             and self.sendable_as_is
             and self.source.startswith(("http://", "https://"))
             and self.source_sha256 is not None
-        ):
-            return self.source, self.source_sha256
-        assert upload is not None
-        return upload, self.upload_sha256
+        )
 
     def sent_sha256(self, options: PrepareOptions) -> str:
         """The sha256 of what a submit of this photo carries."""
-        return self.image_to_send(options, Path())[1]
+        sent = self.source_sha256 if self.passes_url(options) else self.upload_sha256
+        assert sent is not None
+        return sent
+
+    def image_to_send(self, options: PrepareOptions, upload: Path | None) -> tuple[str | Path, str]:
+        """What the submit carries, and its sha256: the source URL when it may pass."""
+        if self.passes_url(options):
+            return self.source, self.sent_sha256(options)
+        assert upload is not None
+        return upload, self.sent_sha256(options)
 
 
 def hash_file(path: Path) -> str:
@@ -673,17 +677,7 @@ async def _download_set(
     folder: str,
 ) -> tuple[list[str], list[str]]:
     """Download a set's images into ``folder``; returns their keys and the problems."""
-    # Files already there are kept only if they came from this very task: a refreshed
-    # or retried set replaces an older task's images.
-    marker = read_or_none(store, f"{folder}/{TASK_MARKER}")
-    same_task = marker is not None and marker.data.decode().strip() == task_id
-    present = set(await anyio.to_thread.run_sync(store.list, folder))
-    if not same_task:
-        for stale in sorted(present):
-            if stale.endswith(".jpg"):
-                store.delete(stale)
-        present = set()
-        store.write(f"{folder}/{TASK_MARKER}", task_id.encode())
+    present = await off_loop(store, _claim_folder, store, folder, task_id)
     outputs: list[str] = []
     problems: list[str] = []
     for index, sub in enumerate(result.sub_task_results, start=1):
@@ -713,6 +707,20 @@ async def _download_set(
     return outputs, problems
 
 
+def _claim_folder(store: Store, folder: str, task_id: str) -> set[str]:
+    """The images already in a set's folder that came from this very task; a refreshed or
+    retried set's folder is emptied of an older task's images and marked as this one's."""
+    marker = read_or_none(store, f"{folder}/{TASK_MARKER}")
+    present = set(store.list(folder))
+    if marker is not None and marker.data.decode().strip() == task_id:
+        return present
+    for stale in sorted(present):
+        if stale.endswith(".jpg"):
+            store.delete(stale)
+    store.write(f"{folder}/{TASK_MARKER}", task_id.encode())
+    return set()
+
+
 async def download_image(
     downloads: httpx.AsyncClient, url: str, store: Store, target: str
 ) -> str | None:
@@ -732,10 +740,7 @@ async def download_image(
             image.verify()
     except Exception:  # Pillow raises many types for a broken file
         return "downloaded file is not a valid image"
-    if store.is_local:
-        store.write(target, response.content)
-        return None
-    await anyio.to_thread.run_sync(_store_with_thumbnail, store, target, response.content)
+    await off_loop(store, _store_image, store, target, response.content)
     return None
 
 
@@ -743,8 +748,10 @@ def output_thumbnail_key(output: str) -> str:
     return f"{THUMBS_PREFIX}/{output}"
 
 
-def _store_with_thumbnail(store: Store, target: str, data: bytes) -> None:
-    store.write(output_thumbnail_key(target), thumbnail_jpeg(io.BytesIO(data), OUTPUT_THUMBNAIL))
+def _store_image(store: Store, target: str, data: bytes) -> None:
+    if not store.is_local:
+        thumbnail = thumbnail_jpeg(io.BytesIO(data), OUTPUT_THUMBNAIL)
+        store.write(output_thumbnail_key(target), thumbnail)
     store.write(target, data)
 
 
