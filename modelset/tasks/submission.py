@@ -41,9 +41,11 @@ async def submit_photo(
 ) -> LedgerRecord:
     """Submit one photo for one template exactly once (the ledger decides)."""
     assert runtime.client is not None
-    upload = await anyio.to_thread.run_sync(
-        upload_file, prepared, runtime.workspace, runtime.prepare
-    )
+    upload = None
+    if not prepared.passes_url(runtime.prepare):  # a URL that passes needs no upload here
+        upload = await anyio.to_thread.run_sync(
+            upload_file, prepared, runtime.workspace, runtime.prepare
+        )
     async with AsyncExitStack() as stack:
         if runtime.concurrency_limit:
             await stack.enter_async_context(concurrency(runtime.concurrency_limit, strict=True))
