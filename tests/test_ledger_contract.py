@@ -145,7 +145,7 @@ async def test_an_upload_hash_has_one_owner(store: Store) -> None:
     )
     assert len(set(owners)) == 1
     [owner] = set(owners)
-    assert ledger.upload_owner(upload) == owner
+    assert ledger.upload_owners([upload]) == {upload: owner}
     # An owner whose send certainly created nothing gives the upload back.
     await ledger.release_upload(upload, owner)
     other = second if owner == first else first

@@ -545,17 +545,25 @@ async def _generate(
             ledger.read_many, [key for _, _, key in wanted if key not in records]
         )
     )
+    # A key never sent may have been paid under another (the same picture, other bytes).
+    uploads = {
+        key: _upload_key(photo, template_id, base_url, runtime.prepare)
+        for photo, template_id, key in wanted
+        if records[key] is None and not runtime.rules.refresh
+    }
+    owners = await anyio.to_thread.run_sync(ledger.upload_owners, uploads.values())
+    paid_under = {
+        key: owner
+        for key, upload in uploads.items()
+        if (owner := owners[upload]) not in (None, key)
+    }
+    records.update(await anyio.to_thread.run_sync(ledger.read_many, set(paid_under.values())))
     for photo, template_id, key in wanted:
         record = records[key]
         sending = needs_submit(record, runtime.rules)
-        paid_as = None
-        if record is None and not runtime.rules.refresh:
-            upload = _upload_key(photo, template_id, base_url, runtime.prepare)
-            paid_as = await ledger.run(ledger.upload_owner, upload)
-            if paid_as is not None and paid_as != key:
-                record, sending = await ledger.run(ledger.read, paid_as), False
-            else:
-                paid_as = None
+        paid_as = paid_under.get(key)
+        if paid_as is not None:
+            record, sending = records[paid_as], False
         if sending or (record is not None and record.state is SubmissionState.SUBMITTED):
             jobs.append(_SetJob(photo, template_id, key, sending, paid_as))
         else:
