@@ -43,36 +43,34 @@ class LedgerRecord(BaseModel):
         return len(self.sub_task_ids)
 
 
+def _hashed(*parts: str) -> str:
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
 def submission_key(
     *, base_url: str, template_id: int, source_sha256: str, policy: str, version: int
 ) -> str:
     """The exactly-once key: what is paid for, never the code or Pillow's bytes."""
-    material = "|".join(
-        [
-            f"modelset-ledger-v{LEDGER_KEY_VERSION}",
-            base_url.rstrip("/").lower(),
-            str(template_id),
-            source_sha256,
-            policy,
-            f"prep-v{version}",
-        ]
+    return _hashed(
+        f"modelset-ledger-v{LEDGER_KEY_VERSION}",
+        base_url.rstrip("/").lower(),
+        str(template_id),
+        source_sha256,
+        policy,
+        f"prep-v{version}",
     )
-    return hashlib.sha256(material.encode()).hexdigest()
 
 
 def upload_key(*, base_url: str, template_id: int, upload_sha256: str, policy: str) -> str:
     """The key of what is actually sent: two sources whose uploads are byte-identical
     (the same picture with other metadata) share it, and are paid for once."""
-    material = "|".join(
-        [
-            f"modelset-upload-v{UPLOAD_KEY_VERSION}",
-            base_url.rstrip("/").lower(),
-            str(template_id),
-            upload_sha256,
-            policy,
-        ]
+    return _hashed(
+        f"modelset-upload-v{UPLOAD_KEY_VERSION}",
+        base_url.rstrip("/").lower(),
+        str(template_id),
+        upload_sha256,
+        policy,
     )
-    return hashlib.sha256(material.encode()).hexdigest()
 
 
 def request_id_for(key: str, attempt: int) -> str:
