@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import secrets
@@ -22,7 +23,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,25 @@ def wait_until_healthy(
         time.sleep(0.3)
 
 
+@contextlib.contextmanager
+def environment(values: dict[str, str], *, removed: Iterable[str] = ()) -> Iterator[None]:
+    """``os.environ`` with ``values`` set and ``removed`` unset, restored afterwards (so
+    subprocesses started meanwhile inherit them)."""
+    removed = tuple(removed)
+    previous = {key: os.environ.get(key) for key in (*values, *removed)}
+    os.environ.update(values)
+    for key in removed:
+        os.environ.pop(key, None)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def start_prefect_server(
     home: Path, *, within: float = 120, **settings: str
 ) -> tuple[subprocess.Popen[bytes], str]:
@@ -166,22 +186,17 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     home = tmp_path_factory.mktemp("prefect-home")
     process, api_url = start_prefect_server(home)
-    previous = {key: os.environ.get(key) for key in ("PREFECT_API_URL", "PREFECT_HOME")}
-    os.environ["PREFECT_API_URL"] = api_url
-    os.environ["PREFECT_HOME"] = str(home)
     try:
-        with temporary_settings({PREFECT_API_URL: api_url}):
+        with (
+            environment({"PREFECT_API_URL": api_url, "PREFECT_HOME": str(home)}),
+            temporary_settings({PREFECT_API_URL: api_url}),
+        ):
             yield api_url
             # Deliver buffered run logs while the server still listens.
             from prefect.logging.handlers import APILogWorker
 
             APILogWorker.drain_all(timeout=10)
     finally:
-        for key, value in previous.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         stop_process(process)
 
 
@@ -225,18 +240,10 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         )
     wait_until_healthy(f"{endpoint}/", process, within=60, log=log_path)
     values = {**S3_ENV, "AWS_ENDPOINT_URL": endpoint}
-    previous = {key: os.environ.get(key) for key in (*values, *S3_ENV_CLEARED)}
-    os.environ.update(values)
-    for key in S3_ENV_CLEARED:
-        os.environ.pop(key, None)
     try:
-        yield endpoint
+        with environment(values, removed=S3_ENV_CLEARED):
+            yield endpoint
     finally:
-        for key, value in previous.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         stop_process(process)
 
 
