@@ -225,6 +225,16 @@ def run(
     max_images: Annotated[
         int | None, typer.Option(help="Never pay for more generated images than this.")
     ] = None,
+    review: Annotated[
+        bool, typer.Option(help="Hold the sets for review before publishing (modelset review).")
+    ] = False,
+    publish_to: Annotated[
+        str | None,
+        typer.Option(help="Publish approved sets here (default: OUT/published)."),
+    ] = None,
+    regenerate_declined: Annotated[
+        bool, typer.Option(help="Pay a new attempt for exactly the sets declined in review.")
+    ] = False,
     yes: Annotated[
         bool, typer.Option("--yes", "-y", help="Do not ask before a large run.")
     ] = False,
@@ -242,6 +252,9 @@ def run(
         dry_run=dry_run,
         max_images=max_images,
         out=out,
+        review=review,
+        publish_to=publish_to,
+        regenerate_declined=regenerate_declined,
     )
     preflight(sources, template, options)
     summary = run_flow(sources, template, options, yes=yes)
@@ -283,6 +296,8 @@ def preflight(sources: list[str], template_ids: list[int], options: RunOptions) 
     asks_for_token = not options.dry_run and not settings.api_token_block
     with reported_errors():
         open_store(options.out or settings.output_dir)
+        if options.publish_to is not None:
+            open_store(options.publish_to)
         if asks_for_token:
             settings.require_token()
         items = discover(sources, allow_file_urls=settings.allow_file_urls)
@@ -442,6 +457,10 @@ def print_summary(summary: RunSummary) -> None:
         )
     if plan.account_error:
         errors.print(f"[bold red]account:[/] {plan.account_error}")
+    if summary.pending:
+        from modelset.flows.review import pending_message
+
+        console.print(pending_message(len(summary.pending), summary.out), highlight=False)
     console.print(f"output: [bold]{summary.out}[/]")
     console.print(f"report: [bold]{summary.sheet}[/]", highlight=False, soft_wrap=True)
     if summary.link:
@@ -458,6 +477,88 @@ def exit_code(summary: RunSummary) -> int:
     if any(row.status not in (Status.SUCCEEDED, Status.PLANNED) for row in summary.rows):
         return EXIT_ITEMS_FAILED
     return EXIT_OK
+
+
+@app.command("review")
+def review_command(
+    out: Annotated[str, typer.Argument(help="The output location: a folder or s3://...")],
+    approve: Annotated[
+        list[str] | None,
+        typer.Option(help="A set to approve and publish, as <item>/<template_id>; repeat."),
+    ] = None,
+    reject: Annotated[
+        list[str] | None, typer.Option(help="A set to decline, as <item>/<template_id>; repeat.")
+    ] = None,
+    approve_all: Annotated[
+        bool, typer.Option(help="Approve every pending set not named by --reject.")
+    ] = False,
+    note: Annotated[str, typer.Option(help="Kept with every decision made now.")] = "",
+    reviewer: Annotated[str, typer.Option(help="Who decides (manifest and events).")] = "",
+    publish_to: Annotated[
+        str | None, typer.Option(help="Publish here instead of the run's place.")
+    ] = None,
+) -> None:
+    """List the sets waiting for review in OUT, or decide them and publish the approved.
+
+    A deployment run suspended waiting on some of them is resumed with the same decision,
+    and publishes them itself. Exit code 0 when every named set was decided, 2 for an
+    unknown or conflicting one.
+    """
+    from modelset.review import Review, all_waiting, latest_decisions
+    from modelset.storage import open_store
+
+    with reported_errors():
+        store = open_store(out)
+    if not (approve or reject or approve_all):
+        pending = [d for d in latest_decisions(store) if d.review is Review.PENDING]
+        if not pending:
+            console.print(f"nothing waits for review in {store.url}", highlight=False)
+            return
+        waiting = {key: w for w in all_waiting(store) for key in w.set_keys}
+        table = Table("set", "images", "source", "waiting run", title="pending review")
+        for decision in pending:
+            run = waiting.get(decision.set_key)
+            table.add_row(
+                decision.set_key,
+                str(len(decision.outputs)),
+                decision.source,
+                (run.flow_run_name or run.flow_run_id) if run else "",
+            )
+        console.print(table)
+        console.print(
+            "decide with --approve KEY / --reject KEY (repeatable) or --approve-all",
+            highlight=False,
+        )
+        return
+    from modelset.flows.review import review_from_shell
+
+    done = run_async(
+        review_from_shell(
+            store,
+            approve=approve or [],
+            reject=reject or [],
+            approve_all=approve_all,
+            note=note,
+            reviewer=reviewer,
+            publish_to=publish_to,
+        )
+    )
+    for name, keys in done.resumed.items():
+        console.print(
+            f"resumed flow run {name}: it decides and publishes {', '.join(keys)}",
+            highlight=False,
+        )
+    for decision in done.decided.decided:
+        where = f" -> {decision.published[0].rsplit('/', 1)[0]}" if decision.published else ""
+        console.print(f"{decision.review.value}: {decision.set_key}{where}", highlight=False)
+    if done.published and not done.events_sent:
+        console.print(
+            "no Prefect API (PREFECT_API_URL is not set): no modelset.set.published event was sent",
+            highlight=False,
+        )
+    for key, why in done.decided.problems.items():
+        errors.print(f"[bold red]not decided:[/] {key}: {why}", highlight=False)
+    raise typer.Exit(EXIT_USAGE if done.decided.problems else EXIT_OK)
 
 
 @app.command()

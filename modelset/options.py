@@ -57,6 +57,21 @@ class RunOptions(BaseModel):
         description="Set by a sharded parent run: its run id, through which its child "
         "runs share the max_images cap and report an account error. Leave empty.",
     )
+    review: bool = Field(
+        default=False,
+        description="Hold the generated sets for a person's decision before publishing: a "
+        "deployment run waits (suspended, holding no worker) for the decision from its "
+        "Resume form; elsewhere the sets stay pending for `modelset review OUT`.",
+    )
+    publish_to: str | None = Field(
+        default=None,
+        description="Where approved sets are published: a folder or bucket prefix "
+        "(default: OUT/published).",
+    )
+    regenerate_declined: bool = Field(
+        default=False,
+        description="Pay a new attempt for exactly the sets declined in review.",
+    )
     deadline_s: float | None = Field(
         default=None, gt=0, description="Seconds to wait for a set (default: settings)."
     )

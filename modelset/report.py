@@ -14,6 +14,7 @@ import io
 from collections.abc import Iterable
 from enum import StrEnum
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -37,7 +38,14 @@ MANIFEST_FIELDS = (
     "status",
     "reason",
     "outputs",
+    "review",
+    "review_note",
+    "reviewer",
+    "published",
 )
+
+
+ReviewState = Literal["", "pending", "approved", "declined"]
 
 
 class Status(StrEnum):
@@ -60,8 +68,17 @@ class ManifestRow(BaseModel):
     status: Status
     reason: str | None = None
     outputs: list[str] = Field(default_factory=list)
+    # pending, approved or declined; empty where no review was asked for (modelset.review)
+    review: ReviewState = ""
+    review_note: str = ""
+    reviewer: str = ""
+    published: list[str] = Field(default_factory=list)  # where the approved set went
     # Where the contact sheet finds the input's thumbnail; not a manifest field.
     thumbnail: str | None = Field(default=None, exclude=True)
+    # The ledger key and attempt the row's set was paid under, while a run builds its
+    # rows (for its review decisions); not manifest fields.
+    ledger_key: str | None = Field(default=None, exclude=True)
+    attempt: int | None = Field(default=None, exclude=True)
 
     @property
     def row_key(self) -> tuple[str, int]:
@@ -198,6 +215,7 @@ def _write_csv(store: Store, rows: list[ManifestRow]) -> None:
     for row in rows:
         values = row.model_dump(include=set(MANIFEST_FIELDS), mode="json")
         values["outputs"] = ";".join(row.outputs)
+        values["published"] = ";".join(row.published)
         writer.writerow(values)
     store.write(MANIFEST_CSV, text.getvalue().encode("utf-8"))
 
@@ -217,7 +235,7 @@ h1{font-size:20px}.summary span{margin-right:16px}
 table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #d0d7de;
 padding:8px;vertical-align:top;text-align:left}img{height:150px;border-radius:4px;
 margin:2px;background:#f6f8fa}.status{font-weight:600}.reason{color:#57606a;max-width:28em}
-.set{display:flex;gap:4px}
+.set{display:flex;gap:4px}.review{margin-top:6px}
 """
 
 
@@ -233,6 +251,14 @@ def contact_sheet(
         f"<span>{html.escape(status)}: <b>{count}</b></span>"
         for status, count in summarize(rows).items()
         if count
+    )
+    reviews = {
+        review: n
+        for review in ("pending", "approved", "declined")
+        if (n := sum(1 for row in rows if row.review == review))
+    }
+    summary += "".join(
+        f"<span>review {review}: <b>{count}</b></span>" for review, count in reviews.items()
     )
     body = "\n".join(_sheet_row(row, images) for row in rows)
     return (
@@ -262,7 +288,28 @@ def _sheet_row(row: ManifestRow, shown: dict[str, str] | None) -> str:
         f"<tr><td>{thumbnail}</td><td>{html.escape(row.item)}<br>"
         f"<small>{html.escape(row.source)}</small></td><td>{row.template_id}</td>"
         f"<td><span class='status' style='color:{colour}'>{row.status.value}</span>{reason}"
-        f"</td><td><div class='set'>{images}</div></td></tr>"
+        f"{_review_cell(row)}</td><td><div class='set'>{images}</div></td></tr>"
+    )
+
+
+_REVIEW_COLOURS = {"pending": "#9a6700", "approved": "#1a7f37", "declined": "#cf222e"}
+
+
+def _review_cell(row: ManifestRow) -> str:
+    """The review's outcome under the status: who decided, the note, where it went."""
+    if not row.review:
+        return ""
+    by = f" by {html.escape(row.reviewer)}" if row.reviewer else ""
+    note = f"<div class='reason'>“{html.escape(row.review_note)}”</div>" if row.review_note else ""
+    published = (
+        f"<div class='reason'>published: {len(row.published)} images in "
+        f"<code>{html.escape(row.published[0].rsplit('/', 1)[0])}</code></div>"
+        if row.published
+        else ""
+    )
+    return (
+        f"<div class='review' style='color:{_REVIEW_COLOURS[row.review]}'>"
+        f"review: <b>{row.review}</b>{by}</div>{note}{published}"
     )
 
 

@@ -100,6 +100,12 @@ class Settings(BaseSettings):
         description="Seconds a claim on a bucket's ledger holds without renewal (renewed "
         "every third of it); must outlast a whole send.",
     )
+    review_timeout: int = Field(
+        default=7 * 24 * 3600,
+        ge=1,
+        description="Seconds a deployment run waits suspended for review decisions; "
+        "after it Prefect fails the run and its sets stay pending.",
+    )
     concurrency_limit: str | None = Field(
         default=None,
         description="Name of a Prefect global concurrency limit that API calls take a slot of.",

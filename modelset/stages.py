@@ -20,7 +20,7 @@ from typing import Literal, TypeVar
 
 import httpx
 from PIL import Image
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from modelset.atomic import write_bytes
 from modelset.hidream import (
@@ -344,6 +344,8 @@ class SubmitPolicy(BaseModel):
     refresh: bool = False
     retry_failed: bool = False
     resubmit_unknown: bool = False
+    # --regenerate-declined: ledger key -> the declined attempt, paid again once.
+    regenerate: dict[str, int] = Field(default_factory=dict)
     # A send (every attempt of it) must fit in what is left of the claim's lease.
     send_window_s: float = 0.0
 
@@ -378,6 +380,8 @@ def needs_submit(record: LedgerRecord | None, rules: SubmitPolicy) -> bool:
     if rules.refresh:
         return True
     if record.state is SubmissionState.FINISHED:
+        if rules.regenerate.get(record.key) == record.attempt:
+            return True  # declined in review; a later attempt is not declined (yet)
         return rules.retry_failed and record.outcome == Status.FAILED
     return record.state in (SubmissionState.INTENT, SubmissionState.UNKNOWN)
 
@@ -802,6 +806,8 @@ def row_for(
         "task_id": record.task_id,
         "reason": record.reason,
         "outputs": record.outputs,
+        "ledger_key": record.key,
+        "attempt": record.attempt,
     }
     if record.state is SubmissionState.FINISHED and record.outcome:
         update["status"] = Status(record.outcome)

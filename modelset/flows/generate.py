@@ -27,6 +27,12 @@ from prefect.states import Completed, Failed
 
 from modelset.budget import Budget
 from modelset.errors import UsageError
+from modelset.flows.review import (
+    can_wait_for_review,
+    pending_message,
+    resume_review,
+    review_in_run,
+)
 from modelset.hidream import AccountError
 from modelset.images import Fit, Policy
 from modelset.ledger import LedgerRecord, SubmissionState
@@ -38,6 +44,13 @@ from modelset.report import (
     Status,
     read_manifest,
     update_report,
+)
+from modelset.review import (
+    PUBLISHED_FOLDER,
+    Decision,
+    declined_attempts,
+    mark_pending,
+    pending_among,
 )
 from modelset.settings import Settings
 from modelset.sources import SourceItem, discover, remote_identity
@@ -60,6 +73,7 @@ from modelset.storage import (
     Store,
     is_relative_location,
     locate,
+    open_store,
     probe_conditional_writes,
     read_or_none,
 )
@@ -106,6 +120,7 @@ class RunSummary:
     sheet: str  # where index.html is
     plan: RunPlan
     link: str | None = None  # an https link to index.html, where the store can sign one
+    pending: list[Decision] = field(default_factory=list)  # sets waiting for review
 
     @property
     def not_succeeded(self) -> list[ManifestRow]:
@@ -179,6 +194,8 @@ async def generate_model_sets(
             SKU from an upload event).
     """
     options = options or RunOptions()
+    if options.review and (resumed := await resume_review_of(options)) is not None:
+        return resumed
     listener = _listener
     if started_unattended() and options.max_images is None and Settings().max_images is None:
         listener = _refusing(listener, UNATTENDED_NEEDS_CAP)
@@ -191,9 +208,23 @@ async def generate_model_sets(
         return Failed(message=f"{summary.plan.account_error}; {message}")
     if summary.plan.refused:
         return Failed(message=f"{summary.plan.refused}; report: {summary.sheet}")
+    if summary.pending and options.shard_of is None and can_wait_for_review():
+        store = open_store(summary.out)
+        return await review_in_run(store, summary.out, summary.pending, batch_message=message)
+    if summary.pending:
+        message = f"{message}; {pending_message(len(summary.pending), summary.out)}"
     if any(row.status not in (Status.SUCCEEDED, Status.PLANNED) for row in summary.rows):
         return Failed(message=message)
     return Completed(message=message)
+
+
+async def resume_review_of(options: RunOptions) -> State[Any] | None:
+    """The end of the review this run suspended for, when it runs again after it."""
+    if not can_wait_for_review():
+        return None
+    location = output_location(options.out or Settings().output_dir, setting=OUT_SETTING)
+    store = open_store(location)
+    return await resume_review(store, store.url)
 
 
 UNATTENDED_NEEDS_CAP = (
@@ -233,7 +264,7 @@ async def run_batch(
 ) -> RunSummary:
     settings = Settings()
     log = get_run_logger()
-    location = output_location(options.out or settings.output_dir, setting="options.out")
+    location = output_location(options.out or settings.output_dir, setting=OUT_SETTING)
     with open_workspace(location) as workspace:
         if not workspace.store.is_local:
             await anyio.to_thread.run_sync(probe_conditional_writes, workspace.store)
@@ -250,6 +281,9 @@ async def run_batch(
             refresh=options.refresh,
             retry_failed=options.retry_failed,
             resubmit_unknown=options.resubmit_unknown,
+            regenerate=await anyio.to_thread.run_sync(declined_attempts, workspace.store)
+            if options.regenerate_declined
+            else {},
             send_window_s=settings.send_window(),
         )
         prepare = PrepareOptions(
@@ -292,10 +326,24 @@ async def run_batch(
                 f"{shard_prefix(options.shard_of)}/{ACCOUNT_ERROR}", plan.account_error.encode()
             )
         rows = [plan.rows[(p.source, t)] for p in photos for t in p.template_ids]
+        pending = await anyio.to_thread.run_sync(
+            partial(
+                mark_pending,
+                workspace.store,
+                rows,
+                asked=options.review and not options.dry_run,
+                publish_to=publish_location(options),
+            )
+        )
         sheet = await anyio.to_thread.run_sync(update_report, workspace.store, rows)
         await publish_results(rows, workspace, sheet=sheet)
         summary = RunSummary(
-            out=workspace.out, rows=rows, sheet=sheet, plan=plan, link=report_link(workspace.store)
+            out=workspace.out,
+            rows=rows,
+            sheet=sheet,
+            plan=plan,
+            link=report_link(workspace.store),
+            pending=pending,
         )
         log.info("report written: %s", sheet)
         return summary
@@ -306,12 +354,19 @@ def output_location(location: str, *, setting: str) -> str:
     directory of its own: a worker runs such a flow in a folder it deletes afterwards."""
     if is_relative_location(location) and runs_in_throwaway_folder():
         raise UsageError(
-            f"{setting} (or HIDREAM_OUTPUT_DIR) is the relative folder {location!r}: a worker "
+            f"{setting} is the relative folder {location!r}: a worker "
             "runs this deployment in a temporary folder it deletes afterwards. Set an "
             "absolute folder or a bucket (s3://bucket/prefix), or name a working directory "
             f"for deployment runs ({WORKING_DIRECTORY_SET}=/absolute/folder)"
         )
     return location
+
+
+def publish_location(options: RunOptions) -> str | None:
+    """Where approved sets go, when not ``<out>/published``: checked like the output."""
+    if options.publish_to is None:
+        return None
+    return output_location(options.publish_to, setting="options.publish_to")
 
 
 def runs_in_throwaway_folder() -> bool:
@@ -324,6 +379,7 @@ def runs_in_throwaway_folder() -> bool:
 
 
 WORKING_DIRECTORY_SET = "MODELSET_WORKING_DIRECTORY"
+OUT_SETTING = "options.out (or HIDREAM_OUTPUT_DIR)"
 
 
 def report_link(store: Store) -> str | None:
@@ -345,7 +401,7 @@ def _photos(
     ``known`` maps sources to the names earlier runs gave them in this output folder;
     a new source never takes one of those names, nor one given earlier in this run.
     """
-    taken = set(known.values())
+    taken = set(known.values()) | {PUBLISHED_FOLDER}  # <out>/published holds approved sets
     photos = []
     for item in items:
         given = item.item or (single_item if len(items) == 1 else None)
@@ -848,12 +904,20 @@ async def run_shards(
         log.warning("%d of %d shard runs did not complete", len(failed), len(children))
     sheet = locate(workspace.store, INDEX_HTML)
     await publish_results(rows, workspace, sheet=sheet)
+    pending = (
+        await anyio.to_thread.run_sync(
+            pending_among, workspace.store, [row.task_id for row in rows if row.task_id]
+        )
+        if options.review
+        else []
+    )
     return RunSummary(
         out=workspace.out,
         rows=rows,
         sheet=sheet,
         plan=plan,
         link=report_link(workspace.store),
+        pending=pending,
     )
 
 

@@ -24,9 +24,11 @@ from modelset.flows.generate import (
     runs_in_throwaway_folder,
     started_unattended,
 )
+from modelset.flows.review import can_wait_for_review, resume_review, review_in_run
 from modelset.ledger import Ledger, SubmissionState, open_ledger
 from modelset.options import RunOptions
 from modelset.report import INDEX_HTML, ManifestRow, Status, read_manifest
+from modelset.review import pending_among
 from modelset.settings import Settings
 from modelset.sources import NoImagesFound, SourceItem, discover
 from modelset.storage import (
@@ -58,7 +60,9 @@ async def scan_inbox(
     log = get_run_logger()
     if started_unattended() and options.max_images is None and settings.max_images is None:
         return Failed(message=UNATTENDED_NEEDS_CAP)
-    location = output_location(options.out or settings.output_dir, setting="options.out")
+    location = output_location(
+        options.out or settings.output_dir, setting="options.out (or HIDREAM_OUTPUT_DIR)"
+    )
     if is_relative_location(inbox) and runs_in_throwaway_folder():
         return Failed(
             message=f"inbox is the relative folder {inbox!r}: a worker runs this deployment in "
@@ -66,6 +70,10 @@ async def scan_inbox(
             f"directory for deployment runs ({WORKING_DIRECTORY_SET}=/absolute/folder)"
         )
     store = open_store(location)
+    if options.review and can_wait_for_review():
+        resumed = await resume_review(store, store.url)
+        if resumed is not None:
+            return resumed
     seen_blob = read_or_none(store, SEEN_KEY)
     seen: dict[str, str] = json.loads(seen_blob.data) if seen_blob else {}
     if bucket_scheme(inbox) is None and not Path(inbox).expanduser().exists():
@@ -89,8 +97,9 @@ async def scan_inbox(
     )
     ledger = open_ledger(store)
     outcomes: dict[str, dict[int, bool]] = {source: {} for source in new}
-    for row in read_manifest(store):
-        if row.source in outcomes and row.template_id in template_ids:
+    new_rows = [row for row in read_manifest(store) if row.source in outcomes]
+    for row in new_rows:
+        if row.template_id in template_ids:
             outcomes[row.source][row.template_id] = _final(row, ledger)
     finished = {
         source: _fingerprint(source)
@@ -104,10 +113,15 @@ async def scan_inbox(
         return json.dumps(merged, indent=0).encode(), None
 
     update(store, SEEN_KEY, remember)
+    message = state.message or ""
+    if options.review and state.is_completed():
+        pending = pending_among(store, [row.task_id for row in new_rows if row.task_id])
+        if pending and can_wait_for_review():
+            return await review_in_run(store, store.url, pending, batch_message=message)
     # A new state, not the subflow's: returning that would become "1/1 states failed".
     if state.is_completed():
-        return Completed(message=state.message)
-    return Failed(message=state.message)
+        return Completed(message=message)
+    return Failed(message=message)
 
 
 def _photos_in(inbox: str) -> list[SourceItem]:
