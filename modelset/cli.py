@@ -551,7 +551,7 @@ def review_command(
     for decision in done.decided.decided:
         where = f" -> {decision.published[0].rsplit('/', 1)[0]}" if decision.published else ""
         console.print(f"{decision.review.value}: {decision.set_key}{where}", highlight=False)
-    if done.published and not done.events_sent:
+    if done.decided.approved and not done.events_sent:
         console.print(
             "no Prefect API (PREFECT_API_URL is not set): no modelset.set.published event was sent",
             highlight=False,

@@ -135,10 +135,10 @@ async def _wait_and_publish(
             known=known,
         )
     )
-    published = await publish_approved(store, out, decided.approved)
+    decided.approved = await publish_approved(store, out, decided.approved)
     await anyio.to_thread.run_sync(record_in_report, store, decided.decided)
     await anyio.to_thread.run_sync(forget_waiting, store, waiting.flow_run_id)
-    message = review_message(decided, published) + f"; report: {locate(store, INDEX_HTML)}"
+    message = review_message(decided) + f"; report: {locate(store, INDEX_HTML)}"
     if decided.problems:
         log.warning(message)
     else:
@@ -146,11 +146,12 @@ async def _wait_and_publish(
     return Completed(message=message)
 
 
-def review_message(decided: Decided, published: list[Decision]) -> str:
+def review_message(decided: Decided) -> str:
     reviewer = next((d.reviewer for d in decided.decided if d.reviewer), "")
+    published = sum(1 for decision in decided.approved if decision.published)
     parts = [
         f"review{f' by {reviewer}' if reviewer else ''}: {len(decided.approved)} approved "
-        f"({len(published)} published), {len(decided.declined)} declined, "
+        f"({published} published), {len(decided.declined)} declined, "
         f"{len(decided.still_pending)} still pending"
     ]
     if decided.problems:
@@ -163,18 +164,17 @@ def review_message(decided: Decided, published: list[Decision]) -> str:
 async def publish_approved(
     store: Store, out: str, approved: list[Decision], *, publish_to: str | None = None
 ) -> list[Decision]:
-    """Publish each approved set not published yet and announce it; returns those
-    published now. A set published before is announced again only if its event was not
-    sent (its id is the same, so Prefect keeps one)."""
-    done = []
+    """Publish each approved set not published yet and announce it; returns the
+    decisions as recorded now. A set published before is announced again only if its
+    event was not sent (the event id is the same, so Prefect keeps one)."""
+    recorded = []
     for decision in approved:
         target = publish_target(store, decision, publish_to)
-        recorded, now = await anyio.to_thread.run_sync(publish, store, decision, target)
-        if now:
-            done.append(recorded)
-        if not recorded.event_sent and announce(recorded, out):
-            await anyio.to_thread.run_sync(mark_announced, store, recorded)
-    return done
+        decision, _ = await anyio.to_thread.run_sync(publish, store, decision, target)
+        if not decision.event_sent and announce(decision, out):
+            await anyio.to_thread.run_sync(mark_announced, store, decision)
+        recorded.append(decision)
+    return recorded
 
 
 def published_event(decision: Decision, out: str) -> dict[str, Any]:
@@ -245,7 +245,6 @@ class ShellReview:
     """What ``modelset review OUT --approve ...`` did."""
 
     decided: Decided = field(default_factory=Decided)
-    published: list[Decision] = field(default_factory=list)
     resumed: dict[str, list[str]] = field(default_factory=dict)  # run name -> keys it decides
     events_sent: bool = True
 
@@ -308,8 +307,8 @@ async def review_from_shell(
         )
     )
     decided.problems = {**refused, **decided.problems}
+    decided.approved = await publish_approved(store, out, decided.approved, publish_to=publish_to)
     result.decided = decided
-    result.published = await publish_approved(store, out, decided.approved, publish_to=publish_to)
     result.events_sent = bool(PREFECT_API_URL.value())
     await anyio.to_thread.run_sync(record_in_report, store, decided.decided)
     return result
