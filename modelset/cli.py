@@ -550,14 +550,17 @@ def review_command(
         )
     for decision in done.decided.decided:
         where = f" -> {decision.published[0].rsplit('/', 1)[0]}" if decision.published else ""
-        console.print(f"{decision.review.value}: {decision.set_key}{where}", highlight=False)
+        console.print(
+            f"{decision.review.value}: {decision.set_key}{where}", highlight=False, soft_wrap=True
+        )
     if done.decided.approved and not done.events_sent:
         console.print(
             "no Prefect API (PREFECT_API_URL is not set): no modelset.set.published event was sent",
             highlight=False,
+            soft_wrap=True,
         )
     for key, why in done.decided.problems.items():
-        errors.print(f"[bold red]not decided:[/] {key}: {why}", highlight=False)
+        errors.print(f"[bold red]not decided:[/] {key}: {why}", highlight=False, soft_wrap=True)
     raise typer.Exit(EXIT_USAGE if done.decided.problems else EXIT_OK)
 
 
