@@ -294,8 +294,8 @@ def test_publishing_into_a_bucket_writes_the_marker_last_and_replaces_a_smaller_
     target.write("look-0/20/5.jpg", b"left by an older, larger set")
     recording = RecordingStore(target)
 
-    recorded, now = publish(store, approved, recording)  # type: ignore[arg-type]
-    again, twice = publish(store, recorded, recording)  # type: ignore[arg-type]
+    recorded, now = publish(store, approved, recording)
+    again, twice = publish(store, recorded, recording)
 
     assert now and not twice
     assert recording.written == [
