@@ -278,14 +278,17 @@ def test_the_nightly_scan_waits_for_review_and_its_resume_scans_nothing_again(
     async def resume() -> None:
         async with get_client() as client:
             await client.resume_flow_run(
-                run_id, run_input={"approve_all": True, "reject": ["look-1/20"]}
+                run_id,
+                run_input={"approve_all": True, "approve": ["ghost/20"], "reject": ["look-1/20"]},
             )
 
     asyncio.run(resume())
     done = asyncio.run(wait_for(run_id, {"COMPLETED", "FAILED", "CRASHED"}))
 
     assert done.state is not None and done.state.is_completed(), done.state
-    assert "1 approved (1 published), 1 declined" in (done.state.message or "")
+    message = done.state.message or ""
+    assert "1 approved (1 published), 1 declined" in message
+    assert "not decided: ghost/20 (not a pending set of this review)" in message
     assert len(review_sandbox.submissions()) == paid
     assert {key: r[0] for key, r in reviews(out).items()} == {
         "look-0/20": "approved",
