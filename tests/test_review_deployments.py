@@ -295,3 +295,50 @@ def test_the_nightly_scan_waits_for_review_and_its_resume_scans_nothing_again(
         "look-1/20": "declined",
     }
     assert published_files(out)[-1] == f"look-0/20/{PUBLISHED_MARKER}"
+
+
+def test_a_sharded_parent_waits_for_its_children_then_suspends_for_all_their_sets(
+    one_slot_worker: Worker,
+    review_sandbox: SandboxServer,
+    prefect_server: str,
+    tmp_path: Path,
+) -> None:
+    # The parent holds one worker slot while its children run: they need a second worker.
+    env = worker_env(prefect_server, tmp_path / "home", **hidream_env(review_sandbox))
+    (tmp_path / "second").mkdir()
+    second = Worker(
+        subprocess.Popen(
+            [*PREFECT, "worker", "start", "--pool", POOL, "--name", "second", "--limit", "1"],
+            cwd=tmp_path / "second",
+            env=env,
+            stdout=(tmp_path / "second.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        ),
+        tmp_path / "second",
+        tmp_path / "second.log",
+    )
+    try:
+        out = tmp_path / "out"
+        sources = looks(tmp_path / "in", 4)
+        options = {"review": True, "out": str(out), "shard_size": 2}
+        run_id = asyncio.run(start_run([str(tmp_path / "in")], options))
+        paused = asyncio.run(wait_for(run_id, {"PAUSED", "FAILED", "CRASHED", "COMPLETED"}, 240))
+        assert paused.state is not None and paused.state.is_paused(), paused.state
+        assert len(sources) == 4
+        keys = [f"look-{n}/20" for n in range(4)]
+        assert {key: r[0] for key, r in reviews(out).items()} == dict.fromkeys(keys, "pending")
+        paid = len(review_sandbox.submissions())
+
+        async def resume() -> None:
+            async with get_client() as client:
+                await client.resume_flow_run(run_id, run_input={"approve_all": True})
+
+        asyncio.run(resume())
+        done = asyncio.run(wait_for(run_id, {"COMPLETED", "FAILED", "CRASHED"}))
+    finally:
+        second.stop()
+
+    assert done.state is not None and done.state.is_completed(), done.state
+    assert "4 approved (4 published), 0 declined" in (done.state.message or "")
+    assert len(review_sandbox.submissions()) == paid  # the resume launched no shard again
+    assert len(published_files(out)) == 20

@@ -10,6 +10,7 @@ the suspension hands over the decision instead of suspending again.
 
 from __future__ import annotations
 
+import io
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ from modelset.review import (
     record_waiting,
 )
 from modelset.settings import Settings
+from modelset.stages import thumbnail_jpeg
 from modelset.storage import Store, locate
 from modelset.tasks.artifacts import _markdown_image, _strip, _thumbnails
 
@@ -53,19 +55,23 @@ PUBLISHED_EVENT = "modelset.set.published"
 REVIEW_PAUSE_KEY = "modelset-review"
 FORM_THUMBNAIL_ROWS = 24
 """Sets shown with thumbnails in the Resume form; the others are listed by key."""
+FORM_THUMBNAIL = (42, 56)  # the form's text box is narrow: a set of four fits at this size
 
 
 class ReviewInput(RunInput):
     """The Resume form of a run waiting for review. Keys are ``<item>/<template_id>``."""
 
+    # The UI renders descriptions as markdown: no angle brackets in them.
     approve_all: bool = Field(
         default=False, description="Approve every pending set not named under reject."
     )
     approve: list[str] = Field(
-        default_factory=list, description="Sets to approve and publish: <item>/<template_id>."
+        default_factory=list,
+        description="Sets to approve and publish, each as item/template_id (e.g. sku-1/20).",
     )
     reject: list[str] = Field(
-        default_factory=list, description="Sets to decline (never published): <item>/<template_id>."
+        default_factory=list,
+        description="Sets to decline, never published, each as item/template_id.",
     )
     note: str = Field(default="", description="Kept with every decision of this round.")
     reviewer: str = Field(default="", description="Who decided: kept in the manifest and events.")
@@ -107,7 +113,13 @@ async def review_in_run(
         set_keys=[decision.set_key for decision in pending],
     )
     await anyio.to_thread.run_sync(record_waiting, store, waiting)
-    get_run_logger().info("%s; %s", batch_message, pending_message(len(pending), out))
+    get_run_logger().info(
+        "%s; %d sets wait for review: decide them in this run's Resume form, or with "
+        "`modelset review %s`",
+        batch_message,
+        len(pending),
+        out,
+    )
     description = await anyio.to_thread.run_sync(form_description, store, pending, out)
     return await _wait_and_publish(store, out, waiting, description=description)
 
@@ -218,11 +230,14 @@ def form_description(store: Store, pending: list[Decision], out: str) -> str:
             status=Status.SUCCEEDED,
         )
         shown.append(row.model_copy(update={"outputs": decision.outputs}))
-    pictures = _thumbnails(store, shown)
+    pictures = {
+        key: thumbnail_jpeg(io.BytesIO(jpeg), FORM_THUMBNAIL)
+        for key, jpeg in _thumbnails(store, shown).items()
+    }
     lines = [
-        f"**{len(pending)} sets to decide** in `{out}`. Name a set as `<item>/<template_id>` "
-        "under approve or reject, or tick approve_all (reject still wins). Approved sets "
-        "are published; declined ones can be paid again with `--regenerate-declined`.",
+        f"**{len(pending)} sets to decide** in `{out}`. Name sets under approve or reject "
+        "(reject wins), or turn on approve_all. Approved sets are published; declined ones "
+        "can be paid again with `--regenerate-declined`.",
         "",
         "| set | input | generated |",
         "|---|---|---|",
@@ -235,8 +250,8 @@ def form_description(store: Store, pending: list[Decision], out: str) -> str:
         lines.append(f"| `{decision.set_key}` | {inputs} | {outputs} |")
     rest = pending[FORM_THUMBNAIL_ROWS:]
     if rest:
-        lines.append("")
-        lines.append("Also pending: " + ", ".join(f"`{d.set_key}`" for d in rest))
+        lines.append("\nAlso pending (thumbnails in the report): ")
+        lines.append(", ".join(f"`{decision.set_key}`" for decision in rest))
     return "\n".join(lines)
 
 
