@@ -408,6 +408,8 @@ class Waiting(BaseModel):
     api_url: str | None = None
     sets: list[tuple[str, int]]  # (ledger key, attempt) of the sets it waits on
     set_keys: list[str]
+    batch_message: str = ""  # how the batch before the review ended
+    batch_failed: bool = False  # ... and whether that fails the run, review or not
     created: str = ""
 
 

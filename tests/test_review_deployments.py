@@ -256,6 +256,7 @@ def test_the_nightly_scan_waits_for_review_and_its_resume_scans_nothing_again(
 ) -> None:
     out, inbox = tmp_path / "out", tmp_path / "inbox"
     looks(inbox, 2)
+    (inbox / "broken.jpg").write_bytes(b"not a photo")  # rejected: fails the run, after review
 
     async def start_scan() -> UUID:
         async with get_client() as client:
@@ -285,12 +286,14 @@ def test_the_nightly_scan_waits_for_review_and_its_resume_scans_nothing_again(
     asyncio.run(resume())
     done = asyncio.run(wait_for(run_id, {"COMPLETED", "FAILED", "CRASHED"}))
 
-    assert done.state is not None and done.state.is_completed(), done.state
+    assert done.state is not None and done.state.is_failed(), done.state
     message = done.state.message or ""
     assert "1 approved (1 published), 1 declined" in message
     assert "not decided: ghost/20 (not a pending set of this review)" in message
+    assert "before the review: 1 of 3 did not succeed: broken/20: rejected" in message
     assert len(review_sandbox.submissions()) == paid
     assert {key: r[0] for key, r in reviews(out).items()} == {
+        "broken/20": "",
         "look-0/20": "approved",
         "look-1/20": "declined",
     }

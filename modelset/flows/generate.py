@@ -208,12 +208,15 @@ async def generate_model_sets(
         return Failed(message=f"{summary.plan.account_error}; {message}")
     if summary.plan.refused:
         return Failed(message=f"{summary.plan.refused}; report: {summary.sheet}")
+    failed = any(row.status not in (Status.SUCCEEDED, Status.PLANNED) for row in summary.rows)
     if summary.pending and options.shard_of is None and can_wait_for_review():
         store = open_store(summary.out)
-        return await review_in_run(store, summary.out, summary.pending, batch_message=message)
+        return await review_in_run(
+            store, summary.out, summary.pending, batch_message=message, batch_failed=failed
+        )
     if summary.pending:
         message = f"{message}; {pending_message(len(summary.pending), summary.out)}"
-    if any(row.status not in (Status.SUCCEEDED, Status.PLANNED) for row in summary.rows):
+    if failed:
         return Failed(message=message)
     return Completed(message=message)
 

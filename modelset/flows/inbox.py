@@ -114,10 +114,16 @@ async def scan_inbox(
 
     update(store, SEEN_KEY, remember)
     message = state.message or ""
-    if options.review and state.is_completed():
+    if options.review and can_wait_for_review():
         pending = pending_among(store, [row.task_id for row in new_rows if row.task_id])
-        if pending and can_wait_for_review():
-            return await review_in_run(store, store.url, pending, batch_message=message)
+        if pending:
+            return await review_in_run(
+                store,
+                store.url,
+                pending,
+                batch_message=message,
+                batch_failed=not state.is_completed(),
+            )
     # A new state, not the subflow's: returning that would become "1/1 states failed".
     if state.is_completed():
         return Completed(message=message)

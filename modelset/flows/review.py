@@ -14,6 +14,7 @@ import io
 import logging
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -25,7 +26,7 @@ from prefect.flow_runs import asuspend_flow_run
 from prefect.input import RunInput
 from prefect.runtime import flow_run
 from prefect.settings import PREFECT_API_URL
-from prefect.states import Completed
+from prefect.states import Completed, Failed
 from pydantic import Field
 
 from modelset.report import INDEX_HTML, ManifestRow, Status, read_manifest
@@ -100,7 +101,7 @@ async def resume_review(store: Store, out: str) -> State[Any] | None:
 
 
 async def review_in_run(
-    store: Store, out: str, pending: list[Decision], *, batch_message: str
+    store: Store, out: str, pending: list[Decision], *, batch_message: str, batch_failed: bool
 ) -> State[Any]:
     """Suspend this run until a person decides ``pending`` (the process exits here; the
     resumed run finishes in :func:`resume_review`)."""
@@ -111,6 +112,9 @@ async def review_in_run(
         api_url=PREFECT_API_URL.value(),
         sets=[(decision.ledger_key, decision.attempt) for decision in pending],
         set_keys=[decision.set_key for decision in pending],
+        batch_message=batch_message,
+        batch_failed=batch_failed,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     await anyio.to_thread.run_sync(record_waiting, store, waiting)
     get_run_logger().info(
@@ -155,6 +159,9 @@ async def _wait_and_publish(
         log.warning(message)
     else:
         log.info(message)
+    if waiting.batch_failed:
+        # The review does not hide what failed before it: the run fails as it would have.
+        return Failed(message=f"{message}; before the review: {waiting.batch_message}")
     return Completed(message=message)
 
 
