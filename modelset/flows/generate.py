@@ -122,6 +122,25 @@ class RunSummary:
     link: str | None = None  # an https link to index.html, where the store can sign one
     pending: list[Decision] = field(default_factory=list)  # sets waiting for review
 
+    @classmethod
+    def written(
+        cls,
+        workspace: Workspace,
+        rows: list[ManifestRow],
+        sheet: str,
+        plan: RunPlan,
+        pending: list[Decision],
+    ) -> RunSummary:
+        """The summary of a run whose report is written, with a link where one can be signed."""
+        return cls(
+            out=workspace.out,
+            rows=rows,
+            sheet=sheet,
+            plan=plan,
+            link=report_link(workspace.store),
+            pending=pending,
+        )
+
     @property
     def not_succeeded(self) -> list[ManifestRow]:
         return [row for row in self.rows if row.status is not Status.SUCCEEDED]
@@ -340,16 +359,8 @@ async def run_batch(
         )
         sheet = await anyio.to_thread.run_sync(update_report, workspace.store, rows)
         await publish_results(rows, workspace, sheet=sheet)
-        summary = RunSummary(
-            out=workspace.out,
-            rows=rows,
-            sheet=sheet,
-            plan=plan,
-            link=report_link(workspace.store),
-            pending=pending,
-        )
         log.info("report written: %s", sheet)
-        return summary
+        return RunSummary.written(workspace, rows, sheet, plan, pending)
 
 
 def output_location(location: str, *, setting: str) -> str:
@@ -914,14 +925,7 @@ async def run_shards(
         if options.review
         else []
     )
-    return RunSummary(
-        out=workspace.out,
-        rows=rows,
-        sheet=sheet,
-        plan=plan,
-        link=report_link(workspace.store),
-        pending=pending,
-    )
+    return RunSummary.written(workspace, rows, sheet, plan, pending)
 
 
 ACCOUNT_ERROR = "account-error.txt"
