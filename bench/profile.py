@@ -67,10 +67,10 @@ FLOW_RULES: list[tuple[str, tuple[str, ...]]] = [
 ]
 
 SERVER_RULES: list[tuple[str, tuple[str, ...]]] = [
-    ("events: receive (websocket)", ("api/events.py", "events/stream.py", "messaging/")),
-    ("events: persist (event + resources rows)", ("event_persister", "events/storage")),
     ("task runs recorded from events", ("task_run_recorder",)),
+    ("events: persist (event + resources rows)", ("event_persister", "events/storage")),
     ("triggers / automations", ("events/triggers.py", "events/actions.py", "proactive")),
+    ("events: receive (websocket)", ("api/events.py", "events/stream.py", "events/messaging")),
     ("logs", ("api/logs.py", "models/logs.py")),
     ("artifacts", ("api/artifacts.py", "models/artifacts.py")),
     ("flow runs (create, states)", ("api/flow_runs.py", "models/flow_runs.py", "flow_run_states")),
