@@ -27,6 +27,7 @@ from PIL import Image
 
 from bench.measure import (
     Run,
+    machine_busy_seconds,
     peak_rss_mib,
     reset_peak_rss,
     run_measured,
@@ -34,7 +35,7 @@ from bench.measure import (
     tree,
     wait_until_idle,
 )
-from bench.photos import ensure_photos, photo_paths
+from bench.photos import ensure_photos, ensure_small_photos, photo_paths
 from bench.servers import BIN, PrefectServer, S3Server, Sandbox, clean_environment
 
 TEMPLATE = 20
@@ -68,6 +69,37 @@ class Figure:
     goal: str
     verdict: str  # "pass", "falls short", "reported", "not run"
     details: list[str] = field(default_factory=list)
+    runs: list[Run] = field(default_factory=list, repr=False)  # what the noise is read from
+
+    def noise(self) -> tuple[str, bool]:
+        """The CPU other processes used during the figure's runs, and whether any run
+        was noisy (they took more than NOISY_SHARE of the machine's CPU during it)."""
+        if not self.runs:
+            return "n/a", False
+        other = sum(r.other_cpu_s for r in self.runs)
+        busy = sum(r.busy_cpu_s for r in self.runs)
+        worst = max(self.runs, key=lambda r: r.noise_share)
+        noisy = any(r.noisy for r in self.runs)
+        text = (
+            f"{other:.1f} s of {busy:.1f} s = {other / busy if busy else 0:.0%} "
+            f"(worst run {worst.noise_share:.0%})"
+        )
+        return (f"{text} NOISY" if noisy else text), noisy
+
+    @property
+    def shown_verdict(self) -> str:
+        """The verdict, never a pass when the figure was noisy."""
+        _, noisy = self.noise()
+        if noisy and self.verdict == "pass":
+            return "noisy (not a pass)"
+        if noisy and self.verdict == "falls short":
+            return "falls short (noisy)"
+        return self.verdict
+
+    def record(self) -> dict[str, Any]:
+        text, noisy = self.noise()
+        kept = {k: v for k, v in self.__dict__.items() if k != "runs"}
+        return {**kept, "shown_verdict": self.shown_verdict, "noise": text, "noisy": noisy}
 
 
 @dataclass
@@ -325,6 +357,11 @@ def p2_preparation(
     for path in warm:
         bare_pillow(path)
     rounds: dict[str, list[float]] = {"bare": [], "core": [], "prepare_image": [], "fetch": []}
+    busy_before, cpu_before, wall_before = (
+        machine_busy_seconds(),
+        time.process_time(),
+        time.perf_counter(),
+    )
     for round_index in range(2):
         if round_index == 0:  # warm the preparation up in a workspace of its own
             warm_out = Path(tempfile.mkdtemp(dir=bench.work))
@@ -357,6 +394,18 @@ def p2_preparation(
         shutil.rmtree(scratch, ignore_errors=True)
     best = {what: min(values) for what, values in rounds.items()}
     ratio = best["core"] / best["bare"]
+    busy = machine_busy_seconds() - busy_before
+    own = time.process_time() - cpu_before
+    in_process = Run(
+        command=["P2, in the bench process"],
+        wall_s=time.perf_counter() - wall_before,
+        cpu_s=own,
+        peak_rss_mib=0.0,
+        returncode=0,
+        log=bench.logs,
+        other_cpu_s=max(0.0, busy - own),
+        busy_cpu_s=busy,
+    )
     bench.raw["P2"] = {"per_photo_cpu_s": rounds, "best": best, "photos": len(photos)}
     prefect = (
         f"+{prefect_cpu_per_photo * 1000:.0f} ms in the flow process and "
@@ -379,6 +428,7 @@ def p2_preparation(
             "Prefect per photo, from P1: (pipeline process CPU - baseline process CPU) / N, "
             "and the Prefect server's CPU during and right after the run / N",
         ],
+        runs=[in_process],
     )
 
 
@@ -406,6 +456,7 @@ def p1_throughput(bench: Bench, *, with_baseline: bool, with_bucket: bool = Fals
     photos = ensure_photos(config.n)
     baseline_walls: list[float] = []
     baseline_cpus: list[float] = []
+    baseline_runs: list[Run] = []
     runs: dict[str, list[PipelineRun]] = {"pipeline": [], "pipeline-s3": []}
     details: list[str] = []
     kinds = [
@@ -424,6 +475,7 @@ def p1_throughput(bench: Bench, *, with_baseline: bool, with_bucket: bool = Fals
                 run, summary, sandbox_cpu = bench.run_baseline(photos, f"p1-baseline-{index}")
                 baseline_walls.append(run.wall_s)
                 baseline_cpus.append(run.cpu_s)
+                baseline_runs.append(run)
                 details.append(
                     f"baseline #{index + 1}: {run.wall_s:.1f} s wall, {run.cpu_s:.1f} s CPU, "
                     f"{run.peak_rss_mib:.0f} MiB peak, {summary.get('images', '?')} images, "
@@ -469,12 +521,21 @@ def p1_throughput(bench: Bench, *, with_baseline: bool, with_bucket: bool = Fals
             "P1",
             title,
             f"pipeline {_median(pipeline_walls):.1f} s (baseline not run)",
-            "pipeline <= 1.25x baseline",
+            f"pipeline <= {p1_goal(config.n)}x baseline",
             "not run",
             details,
+            runs=[r.run for r in folder],
         )
         return P1Runs(figure, folder, runs["pipeline-s3"], None)
-    ratio = _median(pipeline_walls) / _median(baseline_walls)
+    # Each pair's ratio (a pair ran back to back, in alternating order), then their median.
+    pairs = [p / b for p, b in zip(pipeline_walls, baseline_walls, strict=False)]
+    ratio = _median(pairs)
+    spread = (
+        f" (median of {len(pairs)} pairs: {', '.join(f'{r:.2f}x' for r in pairs)}; spread "
+        f"{min(pairs):.2f}-{max(pairs):.2f}x)"
+        if len(pairs) > 1
+        else ""
+    )
     pipeline_cpu = _median([r.run.cpu_s for r in folder])
     prefect_cpu = (pipeline_cpu - _median(baseline_cpus)) / config.n
     server_cpu = _median([r.server_cpu_s + r.server_tail_cpu_s for r in folder]) / config.n
@@ -483,17 +544,49 @@ def p1_throughput(bench: Bench, *, with_baseline: bool, with_bucket: bool = Fals
         f"{_median(baseline_cpus) / config.n * 1000:.0f} ms, Prefect server "
         f"{server_cpu * 1000:.0f} ms"
     )
+    goal = p1_goal(config.n)
     figure = Figure(
         "P1",
         title,
         f"pipeline {_median(pipeline_walls):.1f} s vs baseline {_median(baseline_walls):.1f} s "
-        f"= {ratio:.2f}x",
-        "pipeline <= 1.25x baseline",
-        "invalid" if broken else _verdict(ratio <= 1.25),
+        f"= {ratio:.2f}x{spread}",
+        f"pipeline <= {goal}x baseline",
+        "invalid" if broken else _verdict(ratio <= goal),
         details,
+        runs=[*baseline_runs, *(r.run for r in folder)],
     )
     bench.raw["P1"]["ratio"] = ratio
+    bench.raw["P1"]["pair_ratios"] = pairs
+    per_photo = pipeline_cpu / config.n
+    baseline_per_photo = _median(baseline_cpus) / config.n
+    cpu_ratio = per_photo / baseline_per_photo
+    bench.figures["P1-CPU"] = Figure(
+        "P1-CPU",
+        f"CPU of P1's runs, N={config.n}",
+        f"pipeline process {per_photo * 1000:.0f} ms per photo vs baseline "
+        f"{baseline_per_photo * 1000:.0f} ms = {cpu_ratio:.2f}x; Prefect server "
+        f"{server_cpu * 1000:.0f} ms per set",
+        f"<= {CPU_GOAL}x baseline; server <= {SERVER_GOAL_MS} ms per set",
+        "invalid"
+        if broken
+        else _verdict(cpu_ratio <= CPU_GOAL and server_cpu * 1000 <= SERVER_GOAL_MS),
+        [
+            "medians of P1's runs: the flow process's CPU from wait4; the server's during "
+            "the run and while it finished writing afterwards (it idles at about 0.03 of "
+            "a core, counted too)",
+        ],
+        runs=[*baseline_runs, *(r.run for r in folder)],
+    )
     return P1Runs(figure, folder, runs["pipeline-s3"], (prefect_cpu, server_cpu))
+
+
+CPU_GOAL = 1.25  # the pipeline process's CPU per photo over the baseline's (issue 13)
+SERVER_GOAL_MS = 25.0  # the Prefect server's CPU per set (issue 13)
+
+
+def p1_goal(n: int) -> float:
+    """Issue 13: <= 1.20x at N=200, <= 1.15x at N=1000 (and above)."""
+    return 1.15 if n >= 1000 else 1.20
 
 
 def _run_line(label: str, result: PipelineRun) -> str:
@@ -583,6 +676,7 @@ def p1_bucket(bench: Bench, p1: P1Runs) -> Figure:
         f"<= {BUCKET_GOAL}x folder",
         "invalid" if broken else _verdict(ratio <= BUCKET_GOAL),
         details,
+        runs=[r.run for r in [*p1.folder, *p1.bucket]],
     )
 
 
@@ -616,6 +710,7 @@ def p3_memory(bench: Bench, small: PipelineRun, large: PipelineRun) -> Figure:
             f"the N={config.n} run is P1's pipeline run",
             *broken,
         ],
+        runs=[small.run, large.run],
     )
 
 
@@ -692,6 +787,7 @@ def p4_rerun(bench: Bench, runs: P4Runs) -> Figure:
         "0 submissions, <= 10%",
         "invalid" if broken else _verdict(ok),
         [*(_rerun_line(f"rerun #{i + 1}", r) for i, r in enumerate(runs.folder)), *broken],
+        runs=[first.run, *(r.result.run for r in runs.folder)],
     )
 
 
@@ -727,6 +823,7 @@ def p4_bucket(bench: Bench, runs: P4Runs) -> Figure:
         f"<= {BUCKET_GOAL}x folder, 0 submissions",
         "invalid" if broken else _verdict(ratio <= BUCKET_GOAL and submissions == 0),
         details,
+        runs=[r.result.run for r in [*runs.folder, *runs.bucket]],
     )
 
 
@@ -837,6 +934,7 @@ def p5_fixed_cost(bench: Bench) -> Figure:
         "<= 4.5 s",
         "invalid" if broken else _verdict(fixed <= 4.5),
         details,
+        runs=[r.run for r in server_runs],
     )
 
 
@@ -890,4 +988,77 @@ def p6_slot_use(bench: Bench) -> Figure:
         "polling >= 0.90, callbacks >= 0.97",
         _verdict(use >= 0.90),
         details,
+        runs=[result.run],
+    )
+
+
+# -- P7: scale ---------------------------------------------------------------------------
+
+P7_PHOTOS = 5000
+P7_CONCURRENCY = 64
+P7_GENERATION_S = 1.0
+P7_RERUN_SETTLE_S = 600.0  # the server may still be writing the first run's records
+
+
+def p7_scale(bench: Bench, n1000_rss_mib: float | None) -> Figure:
+    """5,000 small photos (600x800), one image per set, 1 s generation, concurrency 64, on
+    the running server; then its rerun, once the server has finished writing."""
+    photos = ensure_small_photos(P7_PHOTOS)
+    sandbox = Sandbox(
+        bench.logs,
+        generation_s=P7_GENERATION_S,
+        images_per_set=1,
+        name=bench._name("sandbox-p7"),
+    ).start()
+    bench.started.append(sandbox)
+    first = bench.run_pipeline(
+        [str(photos)], "p7-first", sandbox=sandbox, concurrency=P7_CONCURRENCY
+    )
+    # The rerun is measured once the server is idle again (it writes task runs after a
+    # flow returns), so it times the rerun and not the first run's tail.
+    waited, tail_cpu = wait_until_idle(bench.server.pid, max_s=P7_RERUN_SETTLE_S)
+    before = count_task_runs(bench.server.api_url)
+    again = bench.run_pipeline(
+        [str(photos)], "p7-rerun", sandbox=sandbox, out=first.out, concurrency=P7_CONCURRENCY
+    )
+    task_runs = count_task_runs(bench.server.api_url) - before
+    sandbox.stop()
+    server_per_set = (first.server_cpu_s + first.server_tail_cpu_s + tail_cpu) / P7_PHOTOS
+    share = again.run.wall_s / first.run.wall_s
+    rss = first.run.peak_rss_mib
+    rss_ok = n1000_rss_mib is None or rss <= 1.2 * n1000_rss_mib
+    broken = [
+        reason
+        for reason in (invalid(first, P7_PHOTOS, 1), invalid(again, P7_PHOTOS, 1))
+        if reason is not None
+    ]
+    versus = (
+        f" vs N=1000's {n1000_rss_mib:.0f} MiB = {rss / n1000_rss_mib:.2f}x"
+        if n1000_rss_mib
+        else " (N=1000 not run: no comparison)"
+    )
+    bench.raw["P7"] = {
+        "first": _pipeline_raw(first),
+        "rerun": {**_pipeline_raw(again), "task_runs": task_runs},
+        "settled_s": waited,
+        "settle_cpu_s": tail_cpu,
+    }
+    ok = rss_ok and again.submissions == 0 and share <= 0.10
+    return Figure(
+        "P7",
+        f"scale: {P7_PHOTOS} photos of 600x800, 1 image per set, concurrency {P7_CONCURRENCY}",
+        f"{first.run.wall_s:.0f} s; flow peak RSS {rss:.0f} MiB{versus}; server "
+        f"{server_per_set * 1000:.0f} ms CPU per set; rerun {again.run.wall_s:.1f} s = "
+        f"{share:.1%}, {again.submissions} submissions",
+        "RSS <= 1.2x N=1000; rerun 0 submissions, <= 10%",
+        "invalid" if broken else _verdict(ok),
+        [
+            _run_line("first run", first),
+            f"the server finished writing the first run's records {waited:.0f} s after it "
+            f"returned ({tail_cpu:.1f} s CPU more; counted in the CPU per set)",
+            _rerun_line("rerun", Rerun(again, task_runs)),
+            f"flow process CPU {first.run.cpu_s / P7_PHOTOS * 1000:.0f} ms per photo",
+            *broken,
+        ],
+        runs=[first.run, again.run],
     )

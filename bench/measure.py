@@ -25,6 +25,9 @@ from importlib import metadata
 from pathlib import Path
 
 TICKS = os.sysconf("SC_CLK_TCK")
+NOISY_SHARE = 0.10
+"""A run during which other processes used more than this share of the machine's CPU is
+noisy: its figure is marked so and never counted as a pass (issue 13)."""
 
 
 @dataclass
@@ -174,6 +177,16 @@ class Run:
     log: Path
     watched_cpu_s: dict[str, float] = field(default_factory=dict)
     other_cpu_s: float = 0.0  # CPU used during the run by processes not measured here
+    busy_cpu_s: float = 0.0  # the whole machine's busy CPU during the run
+
+    @property
+    def noise_share(self) -> float:
+        """The share of the machine's CPU during the run that other processes used."""
+        return self.other_cpu_s / self.busy_cpu_s if self.busy_cpu_s > 0 else 0.0
+
+    @property
+    def noisy(self) -> bool:
+        return self.noise_share > NOISY_SHARE
 
     def tail(self, lines: int = 15) -> str:
         try:
@@ -219,7 +232,8 @@ def run_measured(
     process.returncode = os.waitstatus_to_exitcode(status)
     watched = {name: cpu_seconds(tree(pid)) - before[name] for name, pid in watch.items()}
     cpu = usage.ru_utime + usage.ru_stime
-    other = machine_busy_seconds() - busy_before - cpu - sum(watched.values())
+    busy = machine_busy_seconds() - busy_before
+    other = busy - cpu - sum(watched.values())
     return Run(
         command=list(command),
         wall_s=wall,
@@ -229,6 +243,7 @@ def run_measured(
         log=log,
         watched_cpu_s=watched,
         other_cpu_s=max(0.0, other),
+        busy_cpu_s=busy,
     )
 
 

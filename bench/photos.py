@@ -57,10 +57,14 @@ def _colour(rng: random.Random, low: int = 0, high: int = 256) -> tuple[int, int
     return (rng.randrange(low, high), rng.randrange(low, high), rng.randrange(low, high))
 
 
-def render(index: int, seed: int = SEED) -> bytes:
-    """The JPEG bytes of photo ``index``."""
+SMALL = (600, 800)
+"""P7's small photos (3:4, all the same size)."""
+
+
+def render(index: int, seed: int = SEED, size: tuple[int, int] | None = None) -> bytes:
+    """The JPEG bytes of photo ``index`` (at ``size``, else its size in the 2K set)."""
     rng = random.Random(seed * 1_000_003 + index)
-    width, height = size_of(index)
+    width, height = size or size_of(index)
     small = (width // 4, height // 4)
     gradient = Image.linear_gradient("L").rotate(rng.uniform(0, 360)).resize(small)
     image = Image.composite(
@@ -92,23 +96,37 @@ def render(index: int, seed: int = SEED) -> bytes:
     return buffer.getvalue()
 
 
-def _write(target: Path, index: int, seed: int) -> None:
-    data = render(index, seed)
+def _write(target: Path, index: int, seed: int, size: tuple[int, int] | None = None) -> None:
+    data = render(index, seed, size)
     partial = target.with_name(f".{target.name}.{os.getpid()}")
     partial.write_bytes(data)
     os.replace(partial, target)
 
 
-def _write_many(args: tuple[str, list[int], int]) -> int:
-    folder, indices, seed = args
+def _write_many(args: tuple[str, list[int], int, tuple[int, int] | None]) -> int:
+    folder, indices, seed, size = args
     for index in indices:
-        _write(Path(folder) / name_of(index), index, seed)
+        _write(Path(folder) / name_of(index), index, seed, size)
     return len(indices)
 
 
-def ensure_photos(n: int, *, seed: int = SEED, cache: Path = CACHE, workers: int = 2) -> Path:
-    """``cache/photos-<n>/`` with photos 0..n-1, generating only what is missing."""
-    folder = cache / (f"photos-{n}" if seed == SEED else f"photos-{n}-s{seed}")
+def ensure_small_photos(n: int, *, cache: Path = CACHE) -> Path:
+    """``cache/small-<n>/``: n photos of 600x800 (P7), generated once."""
+    return ensure_photos(n, cache=cache, size=SMALL)
+
+
+def ensure_photos(
+    n: int,
+    *,
+    seed: int = SEED,
+    cache: Path = CACHE,
+    workers: int = 2,
+    size: tuple[int, int] | None = None,
+) -> Path:
+    """``cache/photos-<n>/`` with photos 0..n-1, generating only what is missing (with
+    ``size``, ``cache/small-<n>/`` of photos all that size)."""
+    kind = "photos" if size is None else "small"
+    folder = cache / (f"{kind}-{n}" if seed == SEED else f"{kind}-{n}-s{seed}")
     folder.mkdir(parents=True, exist_ok=True)
     if not _current(folder):
         for stale in folder.glob("*.jpg"):
@@ -116,7 +134,7 @@ def ensure_photos(n: int, *, seed: int = SEED, cache: Path = CACHE, workers: int
         (folder / ".generator").write_text(str(GENERATOR))
     siblings = [
         d
-        for d in cache.glob("photos-*")
+        for d in cache.glob(f"{kind}-*")
         if d.is_dir() and d != folder and _same_seed(d, seed) and _current(d)
     ]
     missing: list[int] = []
@@ -133,9 +151,9 @@ def ensure_photos(n: int, *, seed: int = SEED, cache: Path = CACHE, workers: int
         if workers > 1 and len(missing) >= 8:
             shares = [missing[i::workers] for i in range(workers)]
             with ProcessPoolExecutor(max_workers=workers) as pool:
-                list(pool.map(_write_many, [(str(folder), s, seed) for s in shares]))
+                list(pool.map(_write_many, [(str(folder), s, seed, size) for s in shares]))
         else:
-            _write_many((str(folder), missing, seed))
+            _write_many((str(folder), missing, seed, size))
     return folder
 
 

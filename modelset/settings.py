@@ -110,6 +110,12 @@ class Settings(BaseSettings):
         default=None,
         description="Name of a Prefect global concurrency limit that API calls take a slot of.",
     )
+    task_run_events: Literal["final", "all"] = Field(
+        default="final",
+        description="Which state changes of modelset's task runs reach the Prefect server: "
+        "'final' (one event per task run; a task run shows once finished) or 'all' "
+        "(Pending and Running too; about 15 ms more server CPU per task run).",
+    )
 
     @model_validator(mode="after")
     def _lease_outlasts_a_send(self) -> Settings:

@@ -85,6 +85,7 @@ from modelset.tasks.runtime import BatchRuntime, collect, open_runtime
 from modelset.tasks.submission import submit_photo
 
 PREPARE_CHUNK = 16
+PREPARING_CHUNKS = max(2, os.cpu_count() or 1)  # chunks prepared at once, in order
 
 
 @dataclass
@@ -98,6 +99,13 @@ class Photo:
     paid_upload: str | None = None  # the upload's sha256, for a photo whose sets are done
     # Its sets' ledger records by template, when every one is finished (read once).
     finished: dict[int, LedgerRecord] = field(default_factory=dict)
+    sha256: str | None = None  # a local source's hash, known before it is prepared
+    preparing: asyncio.Future[Any] | None = None  # its chunk's stages, until done
+
+
+async def _prepared(photos: list[Photo]) -> None:
+    """Wait until every photo has its PreparedPhoto (its chunk's stages are done)."""
+    await asyncio.gather(*{p.preparing for p in photos if p.preparing is not None})
 
 
 @dataclass
@@ -441,7 +449,8 @@ def _safe_name(name: str) -> str:
 
 async def _prepare_all(photos: list[Photo], runtime: BatchRuntime, base_url: str) -> None:
     """Give every photo its PreparedPhoto: from the ledger for sets already finished (no
-    task run at all), else through the fetch, validate and prepare stages in chunks."""
+    task run at all), else through the fetch, validate and prepare stages in chunks,
+    started here and awaited by ``_generate`` (``Photo.preparing``)."""
     hashes: dict[str, str] = {}
     for photo in photos:
         if is_local_file(photo.source):
@@ -466,22 +475,30 @@ async def _prepare_all(photos: list[Photo], runtime: BatchRuntime, base_url: str
     chunks = range(0, len(pending), PREPARE_CHUNK)
     if not pending:
         return
+    for photo in pending:
+        photo.sha256 = hashes.get(photo.source)
     storage = await results_storage(runtime.workspace.out)
-    results = await asyncio.gather(
-        *(
-            _stages(
-                pending[start : start + PREPARE_CHUNK],
+    # A few chunks at a time, in order, so the first photos are ready first: submitting
+    # starts while later photos are still being prepared (_generate).
+    in_order = asyncio.Semaphore(PREPARING_CHUNKS)
+
+    async def chunk(start: int) -> None:
+        photos = pending[start : start + PREPARE_CHUNK]
+        async with in_order:
+            prepared = await _stages(
+                photos,
                 items[start : start + PREPARE_CHUNK],
                 runtime,
                 storage,
                 label=f"{start + 1}-{min(start + PREPARE_CHUNK, len(pending))} of {total}",
             )
-            for start in chunks
-        )
-    )
-    for start, prepared in zip(chunks, results, strict=True):
-        for photo, result in zip(pending[start : start + PREPARE_CHUNK], prepared, strict=True):
+        for photo, result in zip(photos, prepared, strict=True):
             photo.prepared = result
+
+    for start in chunks:
+        preparing = asyncio.ensure_future(chunk(start))
+        for photo in pending[start : start + PREPARE_CHUNK]:
+            photo.preparing = preparing
 
 
 async def _stages(
@@ -571,6 +588,10 @@ class _SetJob:
     key: str
     sending: bool  # False: submitted earlier, only collected now
     paid_as: str | None = None  # the key an identical upload was paid under, if another
+    # Planned from the source's hash while its photo was still being prepared: the
+    # upload checks of planning are made once it is (``_when_prepared``).
+    unprepared: bool = False
+    fresh: bool = False  # its key had no record when planned
 
 
 async def _generate(
@@ -583,27 +604,39 @@ async def _generate(
     dry_run: bool,
     listener: RunListener,
 ) -> RunPlan:
-    """Consult the ledger, then submit and collect what is left; one row per photo+template."""
+    """Consult the ledger, then submit and collect what is left; one row per photo+template.
+
+    Local photos still being prepared are planned from their source's hash (what the
+    ledger key is made of), so their sets start as soon as their chunk is ready; the
+    checks that need the prepared upload are made then (``_when_prepared``). A dry run,
+    or a batch with remote sources, plans once everything is prepared.
+    """
     plan = RunPlan()
+    streaming = not dry_run and all(p.prepared is not None or p.sha256 for p in photos)
+    if not streaming:
+        await _prepared(photos)
     first_by_hash: dict[tuple[str, int], Photo] = {}
     first_by_upload: dict[tuple[str, int], Photo] = {}
     wanted: list[tuple[Photo, int, str]] = []
     jobs: list[_SetJob] = []
     duplicates: list[tuple[Photo, int, Photo]] = []
+    later: list[tuple[Photo, int, LedgerRecord | None, str]] = []  # rows once prepared
     for photo in photos:
         prepared = photo.prepared
-        assert prepared is not None
-        for template_id in photo.template_ids:
-            if not prepared.ready or prepared.source_sha256 is None:
+        if prepared is not None and (not prepared.ready or prepared.source_sha256 is None):
+            for template_id in photo.template_ids:
                 plan.rows[(photo.source, template_id)] = _row(photo, template_id, None)
-                continue
-            original = first_by_hash.setdefault((prepared.source_sha256, template_id), photo)
-            if original is photo and prepared.upload_sha256 is not None:
+            continue
+        digest = prepared.source_sha256 if prepared is not None else photo.sha256
+        assert digest is not None
+        for template_id in photo.template_ids:
+            original = first_by_hash.setdefault((digest, template_id), photo)
+            if original is photo and prepared is not None and prepared.upload_sha256:
                 original = first_by_upload.setdefault((prepared.upload_sha256, template_id), photo)
             if original is not photo:
                 duplicates.append((photo, template_id, original))
                 continue
-            key = key_for(base_url, template_id, prepared.source_sha256, runtime.prepare)
+            key = key_for(base_url, template_id, digest, runtime.prepare)
             wanted.append((photo, template_id, key))
     ledger = runtime.ledger
     # Records found finished while planning are final for this run's rules: not read twice.
@@ -619,7 +652,7 @@ async def _generate(
     uploads = {
         key: _upload_key(photo, template_id, base_url, runtime.prepare)
         for photo, template_id, key in wanted
-        if records[key] is None and not runtime.rules.refresh
+        if records[key] is None and not runtime.rules.refresh and photo.prepared is not None
     }
     owners = await anyio.to_thread.run_sync(ledger.upload_owners, uploads.values())
     paid_under = {
@@ -635,14 +668,18 @@ async def _generate(
         if paid_as is not None:
             record, sending = records[paid_as], False
         if sending or (record is not None and record.state is SubmissionState.SUBMITTED):
-            jobs.append(_SetJob(photo, template_id, key, sending, paid_as))
+            unprepared = photo.prepared is None
+            jobs.append(
+                _SetJob(photo, template_id, key, sending, paid_as, unprepared, record is None)
+            )
         else:
             plan.already_done += 1
-            plan.rows[(photo.source, template_id)] = _paid_row(photo, template_id, record, key)
-    plan.tasks = sum(1 for job in jobs if job.sending)
+            later.append((photo, template_id, record, key))
+    plan.tasks = sum(1 for job in jobs if job.sending)  # at most: see _when_prepared
     sizes = {t: budget.set_size(t) for t in {job.template_id for job in jobs if job.sending}}
     plan.images = sum(sizes[job.template_id] for job in jobs if job.sending)
     if dry_run or not listener.on_plan(plan):
+        await _prepared(photos)
         for job in jobs:
             plan.rows[(job.photo.source, job.template_id)] = _row(
                 job.photo,
@@ -664,7 +701,11 @@ async def _generate(
                 sorted({job.template_id for job in jobs if job.sending}),
                 results_in=runtime.workspace.out,
             )
-        await _run_jobs(jobs, runtime, plan, budget, concurrency, listener)
+        checks = _UploadChecks(base_url, first_by_upload, duplicates)
+        await _run_jobs(jobs, runtime, plan, budget, concurrency, listener, checks)
+    await _prepared(photos)
+    for photo, template_id, record, key in later:
+        plan.rows[(photo.source, template_id)] = _paid_row(photo, template_id, record, key)
     for photo, template_id, original in duplicates:
         model = plan.rows[(original.source, template_id)]
         note = f"{_sameness(photo, original)} as {original.source}"
@@ -679,6 +720,57 @@ async def _generate(
             }
         )
     return plan
+
+
+@dataclass
+class _UploadChecks:
+    """What planning checks of the prepared upload, for sets planned before it existed."""
+
+    base_url: str
+    first_by_upload: dict[tuple[str, int], Photo]
+    duplicates: list[tuple[Photo, int, Photo]]
+
+
+_GO_ON = "go on"
+_DUPLICATE = "duplicate"
+
+
+async def _when_prepared(
+    job: _SetJob, runtime: BatchRuntime, plan: RunPlan, checks: _UploadChecks
+) -> ManifestRow | str:
+    """Wait for the job's photo to be prepared, then make planning's upload checks: its
+    row when nothing is left to do (rejected, paid under another key), ``_DUPLICATE``
+    (its row is the original's, made at the end), else ``_GO_ON`` (submit, or collect
+    what another key paid for)."""
+    photo, template_id = job.photo, job.template_id
+    if photo.preparing is not None:
+        # Shielded: an interrupted set must not cancel its whole chunk's preparation.
+        await asyncio.shield(photo.preparing)
+    prepared = photo.prepared
+    assert prepared is not None
+    job.unprepared = False
+    if not prepared.ready or prepared.upload_sha256 is None:
+        plan.tasks -= job.sending
+        return _row(photo, template_id, None)
+    original = checks.first_by_upload.setdefault((prepared.upload_sha256, template_id), photo)
+    if original is not photo:
+        plan.tasks -= job.sending
+        checks.duplicates.append((photo, template_id, original))
+        return _DUPLICATE
+    if not job.fresh or runtime.rules.refresh:
+        return _GO_ON
+    ledger = runtime.ledger
+    upload = _upload_key(photo, template_id, checks.base_url, runtime.prepare)
+    owner = (await ledger.run(ledger.upload_owners, [upload]))[upload]
+    if owner is None or owner == job.key:
+        return _GO_ON
+    record = await ledger.run(ledger.read, owner)
+    plan.tasks -= job.sending
+    job.paid_as, job.sending = owner, False
+    if record is not None and record.state is SubmissionState.SUBMITTED:
+        return _GO_ON
+    plan.already_done += 1
+    return _paid_row(photo, template_id, record, job.key)
 
 
 def _sameness(photo: Photo, original: Photo) -> str:
@@ -710,6 +802,7 @@ async def _run_jobs(
     budget: Budget,
     concurrency: int,
     listener: RunListener,
+    checks: _UploadChecks | None = None,
 ) -> None:
     """Every set concurrently within ``concurrency``; an interrupt stops them all."""
     listener.on_total(len(jobs))
@@ -718,7 +811,8 @@ async def _run_jobs(
     )
     slots = asyncio.Semaphore(concurrency)
     running = [
-        asyncio.ensure_future(_one_set(job, runtime, slots, plan, budget, progress)) for job in jobs
+        asyncio.ensure_future(_one_set(job, runtime, slots, plan, budget, progress, checks))
+        for job in jobs
     ]
     everything: asyncio.Future[Any] = asyncio.gather(*running, return_exceptions=True)
     interrupted: asyncio.Future[Any] = asyncio.ensure_future(listener.interrupted.wait())
@@ -729,14 +823,17 @@ async def _run_jobs(
             future.cancel()
     interrupted.cancel()
     await asyncio.gather(everything, return_exceptions=True)
+    await _prepared([job.photo for job in jobs])  # an interrupted set's row needs it
     for job, future in zip(jobs, running, strict=True):
+        row: ManifestRow | None
         if future.cancelled():
             row = _interrupted_row(job, runtime)
         elif (error := future.exception()) is not None:
             raise error
         else:
             row = future.result()
-        plan.rows[(job.photo.source, job.template_id)] = row
+        if row is not None:  # None: a duplicate, whose row is its original's
+            plan.rows[(job.photo.source, job.template_id)] = row
 
 
 def _interrupted_row(job: _SetJob, runtime: BatchRuntime) -> ManifestRow:
@@ -782,29 +879,40 @@ async def _one_set(
     plan: RunPlan,
     budget: Budget,
     progress: _Progress,
-) -> ManifestRow:
-    """Submit (once) and collect one photo+template, holding one of the batch's slots.
+    checks: _UploadChecks | None = None,
+) -> ManifestRow | None:
+    """Submit (once) and collect one photo+template, holding one of the batch's slots
+    (a photo still being prepared is waited for first, without a slot).
 
-    Whatever goes wrong with one set fails that set's row, never the batch.
+    Whatever goes wrong with one set fails that set's row, never the batch. None: the set
+    is a duplicate of another in this batch, whose row it gets at the end.
     """
-    async with slots:
-        try:
-            row = await _submit_and_collect(job, runtime, plan, budget)
-        except Exception as exc:
-            get_run_logger().exception("set %s/%s failed", job.photo.item, job.template_id)
-            record = runtime.ledger.read(job.key)
-            row = _row(job.photo, job.template_id, record).model_copy(
-                update={
-                    "status": Status.FAILED,
-                    "reason": f"unexpected error ({type(exc).__name__}: {exc}); a rerun "
-                    "resumes from the ledger",
-                }
-            )
+    early: ManifestRow | str = _GO_ON
+    if job.unprepared and checks is not None:
+        early = await _when_prepared(job, runtime, plan, checks)
+    if isinstance(early, ManifestRow):
+        row = early
+    elif early == _DUPLICATE:
+        row = _row(job.photo, job.template_id, None, status="skipped", reason=_DUPLICATE)
+    else:
+        async with slots:
+            try:
+                row = await _submit_and_collect(job, runtime, plan, budget)
+            except Exception as exc:
+                get_run_logger().exception("set %s/%s failed", job.photo.item, job.template_id)
+                record = runtime.ledger.read(job.key)
+                row = _row(job.photo, job.template_id, record).model_copy(
+                    update={
+                        "status": Status.FAILED,
+                        "reason": f"unexpected error ({type(exc).__name__}: {exc}); a rerun "
+                        "resumes from the ledger",
+                    }
+                )
     try:
         await progress.advance(row)
     except Exception as exc:  # the progress artifact is a nicety, never a reason to fail
         get_run_logger().warning("progress not updated: %s", exc)
-    return row
+    return None if early == _DUPLICATE else row
 
 
 async def _submit_and_collect(

@@ -37,6 +37,7 @@ from modelset.stages import (
     prepare_validated,
     validate_photo,
 )
+from modelset.tasks.events import final_state_only
 from modelset.tasks.runtime import BatchRuntime
 
 _CPU_LIMITER = anyio.CapacityLimiter(max(1, os.cpu_count() or 1))
@@ -138,3 +139,6 @@ async def prepare_photos(
 ) -> list[PreparedPhoto]:
     """The one decode per photo: the upload and its thumbnail, into the output location."""
     return _portable(await _each(prepare_validated, photos, runtime))
+
+
+final_state_only(fetch_photos, validate_photos, prepare_photos)

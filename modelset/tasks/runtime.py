@@ -16,6 +16,7 @@ from modelset.hidream import HiDreamClient
 from modelset.ledger import Ledger, LedgerRecord, open_ledger
 from modelset.settings import MissingTokenError, Settings
 from modelset.stages import PrepareOptions, SubmitPolicy, Workspace, collect_once
+from modelset.tasks.events import recording_final_states
 
 TASK_FINISHED_EVENT = "hidream.task.finished"
 TASK_RESOURCE_PREFIX = "hidream.task."
@@ -63,7 +64,18 @@ async def open_runtime(
     except MissingTokenError:
         if need_client:
             raise
-    async with httpx.AsyncClient(timeout=settings.read_timeout) as downloads:
+    async with (
+        httpx.AsyncClient(
+            timeout=settings.read_timeout,
+            # Every set in flight downloads: connections kept for all of them (httpx keeps
+            # 20 by default, and reconnecting costs CPU on every image past that).
+            limits=httpx.Limits(
+                max_connections=max(16, 2 * settings.concurrency),
+                max_keepalive_connections=max(16, 2 * settings.concurrency),
+            ),
+        ) as downloads,
+        _final_states(settings),
+    ):
         runtime = BatchRuntime(
             client=client,
             downloads=downloads,
@@ -89,6 +101,12 @@ async def open_runtime(
                     await listener
             if client is not None:
                 await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def _final_states(settings: Settings) -> AsyncIterator[None]:
+    with recording_final_states(settings.task_run_events == "final"):
+        yield
 
 
 async def _wake_on_callbacks(runtime: BatchRuntime) -> None:

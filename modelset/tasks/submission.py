@@ -14,6 +14,7 @@ from prefect.concurrency.asyncio import concurrency
 from modelset.hidream import HiDreamError
 from modelset.ledger import LedgerRecord
 from modelset.stages import PreparedPhoto, submit_once, upload_file
+from modelset.tasks.events import final_state_only
 from modelset.tasks.runtime import BatchRuntime
 
 
@@ -61,3 +62,6 @@ async def submit_photo(
             upload=upload,
             notify_url=runtime.notify_url.get_secret_value() if runtime.notify_url else None,
         )
+
+
+final_state_only(submit_photo)

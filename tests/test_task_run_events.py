@@ -1,0 +1,73 @@
+"""What the Prefect server records of a batch's task runs: by default each from its final
+state alone (one event, not three: docs/performance.md), every state with
+HIDREAM_TASK_RUN_EVENTS=all; either way the run graph shows every stage and submit."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import State, StateType
+
+from modelset.flows.generate import generate_model_sets
+from modelset.options import RunOptions
+from tests.conftest import make_photo
+from tests.test_run_graph import task_runs
+
+pytestmark = pytest.mark.usefixtures("prefect_server", "env")
+
+PHOTOS = 3
+
+
+def run(tmp_path: Path) -> State[Any]:
+    folder = tmp_path / "in"
+    for index in range(PHOTOS):
+        make_photo(folder / f"look-{index}.jpg", colour=(index * 40, 90, 150))
+
+    async def go() -> State[Any]:
+        return await generate_model_sets(
+            [str(folder)], [20], RunOptions(out=str(tmp_path / "out")), return_state=True
+        )
+
+    state = asyncio.run(go())
+    assert state.is_completed(), state.message
+    return state
+
+
+def state_types(task_run_ids: list[Any]) -> list[list[StateType]]:
+    async def read() -> list[list[StateType]]:
+        async with get_client() as client:
+            return [
+                [s.type for s in await client.read_task_run_states(task_run_id)]
+                for task_run_id in task_run_ids
+            ]
+
+    return asyncio.run(read())
+
+
+def test_task_runs_are_recorded_from_their_final_state(tmp_path: Path) -> None:
+    runs = task_runs(run(tmp_path))
+    names = sorted(r.name for r in runs)
+    assert [n for n in names if n.startswith("submit ")] == [
+        f"submit look-{i}/20" for i in range(PHOTOS)
+    ]
+    assert {"fetch 1-3 of 3", "validate 1-3 of 3", "prepare 1-3 of 3"} <= set(names)
+    for task_run in runs:
+        assert task_run.state is not None and task_run.state.is_completed()
+        assert task_run.start_time is not None and task_run.end_time is not None
+    ours = [r.id for r in runs if not r.name.startswith("template-catalogue")]
+    assert state_types(ours) == [[StateType.COMPLETED]] * len(ours)
+
+
+def test_every_state_reaches_the_server_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HIDREAM_TASK_RUN_EVENTS", "all")
+    runs = task_runs(run(tmp_path))
+    submits = [r.id for r in runs if r.name.startswith("submit ")]
+    assert len(submits) == PHOTOS
+    for types in state_types(submits):
+        assert types == [StateType.PENDING, StateType.RUNNING, StateType.COMPLETED]
