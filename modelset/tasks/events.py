@@ -28,7 +28,9 @@ import prefect.task_engine
 _QUIET_TASK_KEYS: set[str] = set()
 _final_only: ContextVar[bool] = ContextVar("modelset_final_states_only", default=False)
 _engine: Any = prefect.task_engine  # rebinds a name the module does not export
-_original = _engine.emit_task_run_state_change_event
+# Prefect is pinned (requirements.lock); should a release move the function, every state
+# is sent again rather than the import failing.
+_original = getattr(_engine, "emit_task_run_state_change_event", None)
 
 
 def _emit(task_run: Any, initial_state: Any, validated_state: Any, follows: Any = None) -> Any:
@@ -48,6 +50,8 @@ def _emit(task_run: Any, initial_state: Any, validated_state: Any, follows: Any 
 
 def final_state_only(*tasks: Any) -> None:
     """Mark tasks whose runs send only their final state inside a batch."""
+    if _original is None:
+        return
     _QUIET_TASK_KEYS.update(task.task_key for task in tasks)
     # The engine calls the function through its module's name: route it through ours.
     _engine.emit_task_run_state_change_event = _emit
