@@ -30,7 +30,7 @@ _final_only: ContextVar[bool] = ContextVar("modelset_final_states_only", default
 _engine: Any = prefect.task_engine  # rebinds a name the module does not export
 # Prefect is pinned (requirements.lock); should a release move the function, every state
 # is sent again rather than the import failing.
-_original = getattr(_engine, "emit_task_run_state_change_event", None)
+_original: Any = getattr(_engine, "emit_task_run_state_change_event", None)
 
 
 def _emit(task_run: Any, initial_state: Any, validated_state: Any, follows: Any = None) -> Any:
