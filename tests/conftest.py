@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import pwd
@@ -417,3 +418,35 @@ def prefect_postgres_server(
         yield api_url
     finally:
         stop_process(process)
+
+
+# --- Prefect events -----------------------------------------------------------------------
+
+
+async def stored_events(name: str, resource_id: str) -> list[Any]:
+    """The events of ``name`` about ``resource_id`` the Prefect server has stored."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    async with get_client() as prefect:
+        # limit: the client's default (100) is over what the 3.9.1 server accepts (50).
+        page = await prefect.read_events(
+            filter=EventFilter(
+                event=EventNameFilter(name=[name]), resource=EventResourceFilter(id=[resource_id])
+            ),
+            limit=10,
+        )
+    return list(page.events)
+
+
+async def wait_for_events(
+    name: str, resource_id: str, *, at_least: int = 1, within: float = 30
+) -> list[Any]:
+    """The stored events of ``name`` about ``resource_id``, once there are ``at_least``
+    of them (or ``within`` seconds passed)."""
+    deadline = time.monotonic() + within
+    events = await stored_events(name, resource_id)
+    while len(events) < at_least and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        events = await stored_events(name, resource_id)
+    return events

@@ -38,7 +38,14 @@ from modelset.errors import UsageError
 from modelset.hidream import HiDreamClient, TaskResult
 from modelset.sandbox import SandboxServer
 from modelset.settings import CALLBACK_PATH, OUT_PARAMETER, MissingTokenError, Settings
-from tests.conftest import TOKEN, SandboxFactory, free_port, make_photo
+from tests.conftest import (
+    TOKEN,
+    SandboxFactory,
+    free_port,
+    make_photo,
+    stored_events,
+    wait_for_events,
+)
 
 SECRET = "cb-7Qx9Lm2Vt4Rz8Wp1Kd5Hs3Jf6"
 SIMILAR_SECRETS = [SECRET[:-1], SECRET + "x", SECRET.upper(), SECRET[1:], "cb-7Qx9Lm2Vt4"]
@@ -311,29 +318,13 @@ def test_an_event_id_depends_on_the_task_and_its_outcome_only() -> None:
 async def test_the_real_emit_reaches_the_prefect_server(
     sandbox_factory: SandboxFactory, start_receiver: ReceiverFactory, photo: Path
 ) -> None:
-    from prefect.client.orchestration import get_client
-    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
-
     sandbox = sandbox_factory(generation_s=0.2)
     receiver = start_receiver(create_receiver_app(receiver_settings(sandbox)))
     async with HiDreamClient(TOKEN, base_url=sandbox.base_url) as client:
         receipt = await client.submit_variation(photo, template_id=20, notify_url=receiver.url())
     resource_id = f"hidream.task.{receipt.task_id}"
 
-    events: list[Any] = []
-    deadline = time.monotonic() + 30
-    async with get_client() as prefect:
-        while not events and time.monotonic() < deadline:
-            await asyncio.sleep(0.5)
-            # limit: the client's default (100) is over what the 3.9.1 server accepts (50).
-            page = await prefect.read_events(
-                filter=EventFilter(
-                    event=EventNameFilter(name=[EVENT_NAME]),
-                    resource=EventResourceFilter(id=[resource_id]),
-                ),
-                limit=10,
-            )
-            events = page.events
+    events = await wait_for_events(EVENT_NAME, resource_id)
 
     [event] = events
     assert event.event == EVENT_NAME
@@ -664,8 +655,6 @@ async def test_prefect_keeps_one_event_of_a_callback_two_receivers_emitted(
     photo: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from prefect.client.orchestration import get_client
-    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
     from prefect.events.worker import EventsWorker
 
     caplog.set_level(logging.INFO, logger="modelset.callbacks")
@@ -684,25 +673,10 @@ async def test_prefect_keeps_one_event_of_a_callback_two_receivers_emitted(
         await asyncio.sleep(0.05)
     assert caplog.text.count(emitted) == 2  # each receiver emitted its own
 
-    async def stored() -> list[Any]:
-        async with get_client() as prefect:
-            page = await prefect.read_events(
-                filter=EventFilter(
-                    event=EventNameFilter(name=[EVENT_NAME]),
-                    resource=EventResourceFilter(id=[resource_id]),
-                ),
-                limit=10,
-            )
-            return list(page.events)
-
-    deadline = time.monotonic() + 30
-    events = await stored()
-    while not events and time.monotonic() < deadline:
-        await asyncio.sleep(0.5)
-        events = await stored()
+    await wait_for_events(EVENT_NAME, resource_id)
     await asyncio.to_thread(EventsWorker.drain_all)  # both emissions have been sent
     await asyncio.sleep(1.0)
-    events = await stored()
+    events = await stored_events(EVENT_NAME, resource_id)
 
     expected = TaskFinished.from_result(result.task_id, result, BUCKET_OUT)
     assert [(event.id, event.payload) for event in events] == [(expected.id, expected.payload)]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from modelset.review import (
 )
 from modelset.sandbox import SandboxServer
 from modelset.storage import BucketStore, Store, open_store
-from tests.conftest import make_photo
+from tests.conftest import make_photo, wait_for_events
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 runner = CliRunner()
@@ -56,23 +55,7 @@ def reviews(out: Path) -> dict[str, tuple[str, str, str, list[str]]]:
 
 async def published_events(resource_id: str, *, at_least: int = 1) -> list[Any]:
     """The modelset.set.published events of a set, once Prefect has stored them."""
-    from prefect.client.orchestration import get_client
-    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
-
-    events: list[Any] = []
-    deadline = time.monotonic() + 30
-    async with get_client() as prefect:
-        while len(events) < at_least and time.monotonic() < deadline:
-            await asyncio.sleep(0.5)
-            page = await prefect.read_events(
-                filter=EventFilter(
-                    event=EventNameFilter(name=[PUBLISHED_EVENT]),
-                    resource=EventResourceFilter(id=[resource_id]),
-                ),
-                limit=10,
-            )
-            events = page.events
-    return events
+    return await wait_for_events(PUBLISHED_EVENT, resource_id, at_least=at_least)
 
 
 def published_files(out: Path) -> list[str]:
