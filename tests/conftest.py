@@ -440,13 +440,18 @@ async def stored_events(name: str, resource_id: str) -> list[Any]:
 
 
 async def wait_for_events(
-    name: str, resource_id: str, *, at_least: int = 1, within: float = 30
+    name: str,
+    resource_id: str,
+    *,
+    at_least: int = 1,
+    within: float = 30,
+    where: Callable[[Any], bool] = lambda event: True,
 ) -> list[Any]:
-    """The stored events of ``name`` about ``resource_id``, once there are ``at_least``
-    of them (or ``within`` seconds passed)."""
+    """The stored events of ``name`` about ``resource_id`` that ``where`` keeps, once
+    there are ``at_least`` of them (or ``within`` seconds passed)."""
     deadline = time.monotonic() + within
-    events = await stored_events(name, resource_id)
-    while len(events) < at_least and time.monotonic() < deadline:
+    while True:
+        events = [event for event in await stored_events(name, resource_id) if where(event)]
+        if len(events) >= at_least or time.monotonic() > deadline:
+            return events
         await asyncio.sleep(0.5)
-        events = await stored_events(name, resource_id)
-    return events

@@ -53,9 +53,15 @@ def reviews(out: Path) -> dict[str, tuple[str, str, str, list[str]]]:
     }
 
 
-async def published_events(resource_id: str, *, at_least: int = 1) -> list[Any]:
-    """The modelset.set.published events of a set, once Prefect has stored them."""
-    return await wait_for_events(PUBLISHED_EVENT, resource_id, at_least=at_least)
+async def published_events(resource_id: str, out: Path, *, at_least: int = 1) -> list[Any]:
+    """The modelset.set.published events of a set in ``out``, once Prefect has stored
+    them (other tests publish sets of the same name from other output locations)."""
+    return await wait_for_events(
+        PUBLISHED_EVENT,
+        resource_id,
+        at_least=at_least,
+        where=lambda event: event.payload.get("out") == str(out),
+    )
 
 
 def published_files(out: Path) -> list[str]:
@@ -100,7 +106,7 @@ def test_a_run_outside_a_deployment_leaves_its_sets_pending_and_the_shell_decide
     )  # fmt: skip
 
     assert decided.exit_code == 0, decided.output
-    [event] = asyncio.run(published_events("modelset.set.look-0.20"))
+    [event] = asyncio.run(published_events("modelset.set.look-0.20", out))
     assert event.payload == {
         "item": "look-0",
         "template_id": 20,

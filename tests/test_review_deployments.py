@@ -170,10 +170,10 @@ def test_a_review_run_suspends_without_holding_the_worker_then_publishes_what_wa
         assert found[key] == ("declined", "spring lookbook", "", [])
     for key in approve:
         item = key.split("/")[0]
-        [event] = asyncio.run(published_events(f"modelset.set.{item}.20"))
+        [event] = asyncio.run(published_events(f"modelset.set.{item}.20", out))
         assert event.payload["published"] == found[key][3]
         assert event.payload["out"] == str(out)
-    assert asyncio.run(published_events("modelset.set.look-4.20", at_least=0)) == []
+    assert asyncio.run(published_events("modelset.set.look-4.20", out, at_least=0)) == []
     assert open_store(out).list(WAITING_PREFIX) == []
     assert list(one_slot_worker.cwd.iterdir()) == []
 
