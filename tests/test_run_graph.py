@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-from prefect.client.schemas.objects import State, TaskRun
+from prefect.client.schemas.objects import State, TaskRun, TaskRunResult
 
 from modelset.flows.generate import generate_model_sets
 from modelset.options import RunOptions
@@ -75,6 +75,17 @@ def test_the_stages_show_as_named_task_runs(photos: Path, tmp_path: Path) -> Non
     submits = [name for name in names if name.startswith("submit ")]
     assert sorted(submits) == sorted(f"submit look-{i:02d}/20" for i in range(PHOTOS))
     assert len(runs) / PHOTOS <= 1.5, f"{len(runs)} task runs for {PHOTOS} photos"
+    # The graph draws no edge between sets: one submit never feeds another (20 sets at
+    # concurrency 8, so later submits start after earlier ones returned).
+    submit_ids = {str(r.id) for r in runs if r.name.startswith("submit ")}
+    for submit in (r for r in runs if r.name.startswith("submit ")):
+        upstream = {
+            str(i.id)
+            for inputs in submit.task_inputs.values()
+            for i in inputs
+            if isinstance(i, TaskRunResult)
+        }
+        assert not upstream & submit_ids, f"{submit.name} is drawn as fed by other submits"
 
 
 def test_a_rerun_with_another_template_is_cached_and_a_finished_one_makes_none(

@@ -81,7 +81,7 @@ from modelset.tasks.artifacts import ProgressArtifact, publish_results
 from modelset.tasks.catalogue import check_templates
 from modelset.tasks.photos import FetchItem, fetch_photos, prepare_photos, validate_photos
 from modelset.tasks.results import OutputLocationResults, results_storage
-from modelset.tasks.runtime import BatchRuntime, collect, open_runtime
+from modelset.tasks.runtime import BatchRuntime, collect, open_runtime, unsearched
 from modelset.tasks.submission import submit_photo
 
 PREPARE_CHUNK = 16
@@ -932,7 +932,9 @@ async def _submit_and_collect(
             return _row(photo, template_id, None, status="skipped", reason=budget.refusal())
         sent: LedgerRecord | None = None
         try:
-            sent = await submit_photo(job.key, photo.prepared, photo.item, template_id, runtime)
+            sent = await submit_photo(
+                job.key, photo.prepared, photo.item, template_id, unsearched(runtime)
+            )
         except AccountError as exc:
             plan.stopped = plan.account_error = exc.message
             return _row(

@@ -7,8 +7,10 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import cast
 
 import httpx
+from prefect.utilities.annotations import quote
 from pydantic import SecretStr
 
 from modelset.credentials import client_from_settings
@@ -38,6 +40,16 @@ class BatchRuntime:
     notify_url: SecretStr | None = None  # carries the callback secret
     deadline_s: float | None = None
     wakeups: dict[str, asyncio.Event] = field(default_factory=dict)
+
+
+def unsearched(runtime: BatchRuntime) -> BatchRuntime:
+    """The runtime as a task argument Prefect does not search for upstream results.
+
+    Prefect links a task run to every earlier result whose objects its arguments hold;
+    each submit's record holds this run's id, which the runtime holds too, so every
+    submit would be drawn as fed by all the submits before it (and the search costs CPU).
+    """
+    return cast(BatchRuntime, quote(runtime))
 
 
 @contextlib.asynccontextmanager
