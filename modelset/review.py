@@ -242,18 +242,7 @@ def decide(
     """
     approve, reject = list(dict.fromkeys(approve)), list(dict.fromkeys(reject))
     by_key = {decision.set_key: decision for decision in pending}
-    decided_before = {d.set_key: d for d in known if d.review is not Review.PENDING}
-    result = Decided()
-    for key in [*approve, *[k for k in reject if k not in approve]]:
-        if key in approve and key in reject:
-            result.problems[key] = "named to approve and to reject"
-        elif key not in by_key:
-            earlier = decided_before.get(key)
-            result.problems[key] = (
-                f"not pending: already {earlier.review.value}"
-                if earlier is not None
-                else "not a pending set of this review"
-            )
+    result = Decided(problems=undecidable(approve, reject, set(by_key), known))
     wanted: dict[str, Review] = {}
     for key in by_key:
         if key in result.problems:
@@ -278,6 +267,28 @@ def decide(
         d for key, d in by_key.items() if key not in wanted or key in result.problems
     ]
     return result
+
+
+def undecidable(
+    approve: Iterable[str], reject: Iterable[str], pending: set[str], known: Iterable[Decision]
+) -> dict[str, str]:
+    """The named keys that cannot be decided, each with why: named to approve and to
+    reject, or not among the ``pending`` keys (``known`` tells a decided set from an
+    unknown key)."""
+    approve, reject = list(dict.fromkeys(approve)), list(dict.fromkeys(reject))
+    decided_before = {d.set_key: d for d in known if d.review is not Review.PENDING}
+    problems = {}
+    for key in [*approve, *[k for k in reject if k not in approve]]:
+        if key in approve and key in reject:
+            problems[key] = "named to approve and to reject"
+        elif key not in pending:
+            earlier = decided_before.get(key)
+            problems[key] = (
+                f"not pending: already {earlier.review.value}"
+                if earlier is not None
+                else "not a pending set of this review"
+            )
+    return problems
 
 
 def _swap(

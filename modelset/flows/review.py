@@ -46,6 +46,7 @@ from modelset.review import (
     read_waiting,
     record_in_report,
     record_waiting,
+    undecidable,
 )
 from modelset.settings import Settings
 from modelset.stages import thumbnail_jpeg
@@ -290,9 +291,7 @@ async def review_from_shell(
     pending_keys = {decision.set_key for decision in pending}
     result = ShellReview()
     # Named keys that cannot be decided are refused before anything is handed on.
-    screened = decide(store, [], approve=approve, reject=reject, known=known)
-    refused = {key: why for key, why in screened.problems.items() if key not in pending_keys}
-    refused.update({key: "named to approve and to reject" for key in set(approve) & set(reject)})
+    refused = undecidable(approve, reject, pending_keys, known)
     approve = [key for key in approve if key not in refused]
     reject = [key for key in reject if key not in refused]
     handed: set[str] = set()
