@@ -15,6 +15,7 @@ from prefect.client.schemas.objects import State, StateType
 from modelset.flows.generate import generate_model_sets
 from modelset.options import RunOptions
 from tests.conftest import make_photo
+from tests.test_reliability import prefect_run_logs
 from tests.test_run_graph import task_runs
 
 pytestmark = pytest.mark.usefixtures("prefect_server", "env")
@@ -62,6 +63,19 @@ def test_task_runs_are_recorded_from_their_final_state(tmp_path: Path) -> None:
     assert state_types(ours) == [[StateType.COMPLETED]] * len(ours)
 
 
+def finished_lines(state: State[Any]) -> list[str]:
+    flow_run_id = state.state_details.flow_run_id
+    lines = prefect_run_logs([str(flow_run_id)]).splitlines()
+    # The flow run's own line carries its message: "Completed('all 3 succeeded; ...')".
+    return [line.split("(")[0] for line in lines if line.startswith("Finished in state")]
+
+
+def test_completed_task_runs_of_a_batch_log_no_routine_line(tmp_path: Path) -> None:
+    # The flow run's line and the template catalogue's (not one of the batch's stage or
+    # submit tasks) are still sent: only the batch's own 3 + 3 lines are left out.
+    assert finished_lines(run(tmp_path)) == ["Finished in state Completed"] * 2
+
+
 def test_every_state_reaches_the_server_when_asked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -71,3 +85,11 @@ def test_every_state_reaches_the_server_when_asked(
     assert len(submits) == PHOTOS
     for types in state_types(submits):
         assert types == [StateType.PENDING, StateType.RUNNING, StateType.COMPLETED]
+
+
+def test_every_completion_line_is_logged_when_every_state_is_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HIDREAM_TASK_RUN_EVENTS", "all")
+    lines = finished_lines(run(tmp_path))
+    assert lines == ["Finished in state Completed"] * (2 + PHOTOS + 3)
