@@ -10,7 +10,6 @@ the suspension hands over the decision instead of suspending again.
 
 from __future__ import annotations
 
-import io
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -49,9 +48,8 @@ from modelset.review import (
     undecidable,
 )
 from modelset.settings import Settings
-from modelset.stages import thumbnail_jpeg
 from modelset.storage import Store, locate
-from modelset.tasks.artifacts import _markdown_image, _strip, _thumbnails
+from modelset.tasks.artifacts import _markdown_image, picture_cells, set_cell
 
 PUBLISHED_EVENT = "modelset.set.published"
 REVIEW_PAUSE_KEY = "modelset-review"
@@ -238,10 +236,7 @@ def form_description(store: Store, pending: list[Decision], out: str) -> str:
             status=Status.SUCCEEDED,
         )
         shown.append(row.model_copy(update={"outputs": decision.outputs}))
-    pictures = {
-        key: thumbnail_jpeg(io.BytesIO(jpeg), FORM_THUMBNAIL)
-        for key, jpeg in _thumbnails(store, shown).items()
-    }
+    cells = picture_cells(store, shown, FORM_THUMBNAIL)
     lines = [
         f"**{len(pending)} sets to decide** in `{out}`. Name sets under approve or reject "
         "(reject wins), or turn on approve_all. Approved sets are published; declined ones "
@@ -251,10 +246,8 @@ def form_description(store: Store, pending: list[Decision], out: str) -> str:
         "|---|---|---|",
     ]
     for decision, row in zip(pending, shown, strict=False):
-        inputs = _markdown_image("input", pictures.get(row.thumbnail or ""))
-        outputs = _markdown_image(
-            f"{len(decision.outputs)} generated", _strip([pictures.get(o) for o in row.outputs])
-        )
+        inputs = _markdown_image("input", cells.get(row.thumbnail or ""))
+        outputs = _markdown_image(f"{len(decision.outputs)} generated", cells.get(set_cell(row)))
         lines.append(f"| `{decision.set_key}` | {inputs} | {outputs} |")
     rest = pending[FORM_THUMBNAIL_ROWS:]
     if rest:

@@ -22,7 +22,13 @@ from prefect.artifacts import (
 )
 
 from modelset.report import STATE_DIR, ManifestRow, summarize
-from modelset.stages import Workspace, output_thumbnail_key, thumbnail_jpeg, thumbnail_key
+from modelset.stages import (
+    Workspace,
+    jpeg_bytes,
+    output_thumbnail_key,
+    small_image,
+    thumbnail_key,
+)
 from modelset.storage import Store, read_many, read_or_none
 
 log = logging.getLogger("modelset.artifacts")
@@ -31,6 +37,7 @@ THUMBNAIL_ROWS = 200
 MARKDOWN_THUMBNAIL = (72, 96)  # at most 96 px tall: the UI shows images at their size
 SUMMARY_THUMBNAILS = f"{STATE_DIR}/summary-thumbnails.json"
 """On a bucket, the last summary's small JPEGs, with a digest of the rows they show."""
+CELLS_VERSION = 2  # 1 kept each image; 2 keeps each row's cells
 
 
 @dataclass
@@ -91,7 +98,9 @@ async def publish_results(rows: list[ManifestRow], workspace: Workspace, *, shee
         description=f"Results in {workspace.out}",
     )
     shown = rows[:THUMBNAIL_ROWS]
-    pictures = await anyio.to_thread.run_sync(_thumbnails, workspace.store, shown)
+    cells = await anyio.to_thread.run_sync(
+        picture_cells, workspace.store, shown, MARKDOWN_THUMBNAIL
+    )
     counts = ", ".join(f"{status}: {n}" for status, n in summarize(rows).items() if n)
     lines = [
         f"# modelset results\n\n{counts}\n\nOutput location: `{workspace.out}`; "
@@ -100,10 +109,8 @@ async def publish_results(rows: list[ManifestRow], workspace: Workspace, *, shee
         "|---|---|---|---|---|---|",
     ]
     for row in shown:
-        inputs = _markdown_image("input", pictures.get(row.thumbnail or ""))
-        outputs = _markdown_image(
-            f"{len(row.outputs)} generated", _strip([pictures.get(o) for o in row.outputs])
-        )
+        inputs = _markdown_image("input", cells.get(row.thumbnail or ""))
+        outputs = _markdown_image(f"{len(row.outputs)} generated", cells.get(set_cell(row)))
         reason = (row.reason or "").replace("|", "\\|")
         lines.append(
             f"| {inputs} | {outputs} | {row.item} | {row.template_id} "
@@ -132,10 +139,14 @@ def _markdown_image(alt: str, jpeg: bytes | None) -> str:
     return f"![{alt}](data:image/jpeg;base64,{base64.b64encode(jpeg).decode('ascii')})"
 
 
-def _strip(pictures: list[bytes | None]) -> bytes | None:
-    """The set's thumbnails side by side in one small image: the UI stacks separate
-    images in a table cell."""
-    images = [Image.open(io.BytesIO(p)) for p in pictures if p is not None]
+def set_cell(row: ManifestRow) -> str:
+    """The name :func:`picture_cells` gives a row's generated set."""
+    return f"set:{row.source}#{row.template_id}"
+
+
+def _strip(images: list[Image.Image]) -> Image.Image | None:
+    """A set's thumbnails side by side in one small image: the UI stacks separate images
+    in a table cell."""
     if not images:
         return None
     gap = 4
@@ -146,18 +157,19 @@ def _strip(pictures: list[bytes | None]) -> bytes | None:
     )
     left = 0
     for image in images:
-        strip.paste(image.convert("RGB"), (left, 0))
+        strip.paste(image, (left, 0))
         left += image.width + gap
-    encoded = io.BytesIO()
-    strip.save(encoded, "JPEG", quality=80)
-    return encoded.getvalue()
+    return strip
 
 
-def _thumbnails(store: Store, rows: list[ManifestRow]) -> dict[str, bytes]:
-    """Small JPEGs (at most 96 px tall) of the inputs and outputs of these rows, by key.
+def picture_cells(store: Store, rows: list[ManifestRow], size: tuple[int, int]) -> dict[str, bytes]:
+    """Small JPEGs of these rows: each input (by its thumbnail's key) and each generated
+    set side by side (by :func:`set_cell`), every image fitted into ``size``.
 
     Made from the input thumbnails and from the bucket's output thumbnails where they
-    exist, else from the images themselves: only for the rows shown.
+    exist, else from the images themselves, each decoded once at a reduced scale: only
+    for the rows shown. On a bucket the last call's cells are kept beside the report and
+    used again while the rows and size are the same.
     """
     wanted: dict[str, list[str]] = {}
     for row in rows:
@@ -167,8 +179,9 @@ def _thumbnails(store: Store, rows: list[ManifestRow]) -> dict[str, bytes]:
             wanted[row.thumbnail] = [row.thumbnail]
         for output in row.outputs:
             wanted[output] = [output_thumbnail_key(output), output]
-    digest = hashlib.sha256("\n".join(row.model_dump_json() for row in rows).encode()).hexdigest()
-    if not store.is_local and (cached := _cached_thumbnails(store, digest)) is not None:
+    listed = "\n".join([f"{CELLS_VERSION} {size}", *(row.model_dump_json() for row in rows)])
+    digest = hashlib.sha256(listed.encode()).hexdigest()
+    if not store.is_local and (cached := _cached_cells(store, digest)) is not None:
         return cached  # the same rows as the last summary: one request, not one per image
     found = read_many(store, [keys[0] for keys in wanted.values()])
     # The image itself only where its thumbnail is missing (a folder keeps none): on a
@@ -176,22 +189,29 @@ def _thumbnails(store: Store, rows: list[ManifestRow]) -> dict[str, bytes]:
     fallbacks = [keys[1] for keys in wanted.values() if len(keys) > 1 and found[keys[0]] is None]
     if fallbacks:
         found.update(read_many(store, fallbacks))
-    pictures = {}
+    pictures: dict[str, Image.Image] = {}
     for shown, keys in wanted.items():
         blob = next((found[key] for key in keys if found.get(key) is not None), None)
         if blob is None:
             continue
         try:
-            pictures[shown] = thumbnail_jpeg(io.BytesIO(blob.data), MARKDOWN_THUMBNAIL)
+            pictures[shown] = small_image(io.BytesIO(blob.data), size)
         except Exception as exc:  # a broken image is shown as nothing, never a failed run
             log.info("no thumbnail for %s: %s", shown, type(exc).__name__)
+    cells: dict[str, bytes] = {}
+    for row in rows:
+        if row.thumbnail and (picture := pictures.get(row.thumbnail)) is not None:
+            cells[row.thumbnail] = jpeg_bytes(picture)
+        strip = _strip([pictures[o] for o in row.outputs if o in pictures])
+        if strip is not None:
+            cells[set_cell(row)] = jpeg_bytes(strip)
     if not store.is_local:
-        saved = {key: base64.b64encode(jpeg).decode("ascii") for key, jpeg in pictures.items()}
+        saved = {key: base64.b64encode(jpeg).decode("ascii") for key, jpeg in cells.items()}
         store.write(SUMMARY_THUMBNAILS, json.dumps({"rows": digest, "pictures": saved}).encode())
-    return pictures
+    return cells
 
 
-def _cached_thumbnails(store: Store, digest: str) -> dict[str, bytes] | None:
+def _cached_cells(store: Store, digest: str) -> dict[str, bytes] | None:
     blob = read_or_none(store, SUMMARY_THUMBNAILS)
     if blob is None:
         return None
