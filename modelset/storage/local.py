@@ -80,6 +80,8 @@ class FolderStore:
 
     def create(self, key: str, data: bytes) -> str:
         path = self._path(key)
+        if path.exists():  # the common refusal, without a durable write; link() decides
+            raise AlreadyExists(f"{self.url}: {key} exists")
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
         try:
