@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         ephemeral_home=CACHE / "prefect-ephemeral-home",
         s3=s3,
     )
-    needs_server = config.wants("P1", "P3", "P4", "P5", "P6", "P1-S3", "P4-S3")
+    needs_server = config.wants("P1", "P3", "P4", "P5", "P6", "P7", "P1-S3", "P4-S3")
     figures: dict[str, Figure] = {}
     try:
         # Start what takes a while side by side: the servers, the ephemeral home's one-time
