@@ -4,13 +4,13 @@
 .venv/bin/python -m bench --quick --only P1 --wrap ".venv/bin/python -m bench.stagetimer"
 ```
 
-Wraps the stages (``prepare_photo``, ``submit_once``, ``collect_set``, the client's calls,
-each image download), the Prefect task calls around them (``TASK ...``: the difference is
-Prefect's per-task-run cost), the steps that read or write the output location in bulk
-(the bucket probe, reading the manifest, the preparation cache and the ledger, writing the
-report) and measures the event loop's lag. At exit it prints one
-``STAGES {json}`` line and one ``LAG`` line (p50/max per 5 s) to stderr, which the bench
-keeps in the run's log.
+Wraps the stages (``prepare_validated``: the decode, fix and encode; ``submit_once``,
+``collect_set``, the client's calls, each image download), the Prefect task calls around
+them (``TASK ...``: the difference is Prefect's per-task-run cost), the steps that read or
+write the output location in bulk (the bucket probe, reading the manifest and the ledger,
+writing the report) and measures the event loop's lag. At exit it
+prints one ``STAGES {json}`` line and one ``LAG`` line (p50/max per 5 s) to stderr, which
+the bench keeps in the run's log.
 
 ``BENCH_NO_TASKS=1`` tries one more step without editing ``modelset/``: no task run per
 set at all (the submit as plain code; docs/performance.md).
@@ -110,11 +110,11 @@ def install() -> None:
 
     for name in ("submit_once", "collect_once", "collect_set", "download_image"):
         _timed_async(stages, name)
-    _timed_sync(stages, "prepare_photo")
+    _timed_sync(stages, "prepare_validated")
     for name in ("submit_variation", "wait_for_result", "get_result"):
         _timed_async(client.HiDreamClient, name)
     # The task modules imported the stages by name: point them at the timed ones.
-    photos.prepare_photo = stages.prepare_photo
+    photos.prepare_validated = stages.prepare_validated
     submission.submit_once = stages.submit_once
     runtime.collect_once = stages.collect_once
 
@@ -127,7 +127,6 @@ def install() -> None:
     for name in (
         "probe_conditional_writes",
         "read_manifest",
-        "cached_preparations",
         "update_report",
     ):
         _timed_sync(flow, name)
@@ -135,7 +134,6 @@ def install() -> None:
     _timed_sync(ledger.Ledger, "read_many")
     _timed_async(flow, "submit_photo", "TASK submit-photo")
     _timed_async(flow, "collect", "collect (plain code)")
-    _timed_async(flow, "prepare_photos", "TASK prepare-photos")
 
     generate: Callable[..., Any] = flow._generate
 
