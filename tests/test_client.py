@@ -39,24 +39,11 @@ def client_for(server: SandboxServer, token: str = TOKEN, **options: object) -> 
 
 
 def sandbox_requests(caplog: pytest.LogCaptureFixture, method: str) -> int:
-    """The requests the sandbox logged. It logs each once it has sent the answer, so a
-    count taken the moment the client returns can miss the last: wait until no new line
-    comes for a moment (the sandbox answers from its own thread)."""
-
-    def count() -> int:
-        return sum(
-            1
-            for record in caplog.records
-            if record.name == "modelset.sandbox" and record.getMessage().startswith(method)
-        )
-
-    seen, deadline = count(), time.monotonic() + 2.0
-    while time.monotonic() < deadline:
-        time.sleep(0.1)
-        if (now := count()) == seen:
-            return now
-        seen = now
-    return seen
+    return sum(
+        1
+        for record in caplog.records
+        if record.name == "modelset.sandbox" and record.getMessage().startswith(method)
+    )
 
 
 @pytest.fixture

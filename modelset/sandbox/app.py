@@ -81,16 +81,11 @@ class _RequestLog:
             return
         started = time.perf_counter()
         status: int | None = None
+        logged = False
 
-        async def send_logged(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_logged)
-        finally:
+        def log_line() -> None:
+            nonlocal logged
+            logged = True
             logger.info(
                 "%s %s -> %s code=%s %.0f ms",
                 scope["method"],
@@ -99,6 +94,22 @@ class _RequestLog:
                 scope.get(_CODE_KEY, "-"),
                 (time.perf_counter() - started) * 1000,
             )
+
+        async def send_logged(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                # Before the answer's last bytes leave: a client that has its answer can
+                # count the line.
+                log_line()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_logged)
+        finally:
+            if not logged:
+                log_line()
 
 
 def _envelope(
