@@ -200,8 +200,9 @@ def picture_cells(store: Store, rows: list[ManifestRow], size: tuple[int, int]) 
             log.info("no thumbnail for %s: %s", shown, type(exc).__name__)
     cells: dict[str, bytes] = {}
     for row in rows:
-        if row.thumbnail and (picture := pictures.get(row.thumbnail)) is not None:
-            cells[row.thumbnail] = jpeg_bytes(picture)
+        # A photo with several templates has one input cell, encoded once.
+        if row.thumbnail and row.thumbnail not in cells and row.thumbnail in pictures:
+            cells[row.thumbnail] = jpeg_bytes(pictures[row.thumbnail])
         strip = _strip([pictures[o] for o in row.outputs if o in pictures])
         if strip is not None:
             cells[set_cell(row)] = jpeg_bytes(strip)
