@@ -56,6 +56,7 @@ class Config:
     only: set[str]
     pipeline_env: dict[str, str] = field(default_factory=dict)
     wrap: list[str] = field(default_factory=list)  # e.g. a profiler's command line
+    wrap_baseline: list[str] = field(default_factory=list)  # the same for the baseline
 
     def wants(self, *keys: str) -> bool:
         return any(key in self.only for key in keys)
@@ -254,6 +255,7 @@ class Bench:
             out = self.work / self._name(f"out-{what}")
             env = clean_environment()
             command = [
+                *self.config.wrap_baseline,
                 str(BIN / "python"),
                 "-m",
                 "bench.baseline",

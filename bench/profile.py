@@ -4,6 +4,7 @@
 python3 -m venv /tmp/prof-venv && /tmp/prof-venv/bin/pip install py-spy
 .venv/bin/python -m bench.profile --n 200 --py-spy /tmp/prof-venv/bin/py-spy
 .venv/bin/python -m bench.profile --n 200 --pipeline-env PREFECT_LOGGING_HANDLERS_API_LEVEL=0
+.venv/bin/python -m bench.profile --n 200 --baseline   # and bench.baseline beside it
 ```
 
 Starts a Prefect server and a fresh sandbox (as the bench does), runs ``modelset run`` on
@@ -35,7 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.figures import Bench, Config
-from bench.measure import machine
+from bench.measure import Run, machine
 from bench.photos import CACHE, ensure_photos
 from bench.servers import PrefectServer
 
@@ -151,6 +152,41 @@ def table(title: str, counts: Counter[str], rate: int, n: int, measured_s: float
     return lines
 
 
+def side_by_side(
+    flow: Counter[str],
+    baseline: Counter[str],
+    rate: int,
+    n: int,
+    flow_cpu_s: float,
+    baseline_cpu_s: float,
+) -> list[str]:
+    """The flow process beside the baseline, category by category: what the pipeline adds
+    to the work both do, and what only it does."""
+    per_photo = {
+        name: (flow[name] / rate / n * 1000, baseline[name] / rate / n * 1000)
+        for name in {*flow, *baseline} - {WAITING}
+    }
+    lines = [
+        "### flow process beside the baseline (same photos, same sandbox settings)",
+        "",
+        f"measured from outside: pipeline {flow_cpu_s / n * 1000:.1f} ms per photo, "
+        f"baseline {baseline_cpu_s / n * 1000:.1f} ms per photo",
+        "",
+        "| where | pipeline ms per photo | baseline ms per photo | difference |",
+        "|---|---:|---:|---:|",
+    ]
+    ordered = sorted(per_photo.items(), key=lambda item: item[1][1] - item[1][0])
+    for category, (ours, theirs) in ordered:
+        lines.append(f"| {category} | {ours:.1f} | {theirs:.1f} | {ours - theirs:+.1f} |")
+    ours_total = sum(ours for ours, _ in per_photo.values())
+    theirs_total = sum(theirs for _, theirs in per_photo.values())
+    lines.append(
+        f"| **sampled total** | {ours_total:.1f} | {theirs_total:.1f} | "
+        f"{ours_total - theirs_total:+.1f} |"
+    )
+    return lines
+
+
 def summarize(folder: Path, rate: int, n: int) -> str:
     """The two tables again from the raw stacks a run left in ``folder``."""
     flow = classify(parse_raw(folder / "flow.pyspy.txt"), FLOW_RULES)
@@ -171,12 +207,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=int, default=100)
     parser.add_argument("--py-spy", default="/tmp/prof-venv/bin/py-spy")
     parser.add_argument("--pipeline-env", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also profile bench.baseline on the same photos and print both side by side",
+    )
     args = parser.parse_args(argv)
     extra = dict(pair.split("=", 1) for pair in args.pipeline_env)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     logs = CACHE / "logs" / f"{stamp}-profile"
     logs.mkdir(parents=True)
     flow_raw, server_raw = logs / "flow.pyspy.txt", logs / "server.pyspy.txt"
+    baseline_raw = logs / "baseline.pyspy.txt"
     spy = [args.py_spy, "record", "--nonblocking", "-r", str(args.rate), "-f", "raw"]
     config = Config(
         quick=True,
@@ -190,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         only={"P1"},
         pipeline_env=extra,
         wrap=[*spy, "-o", str(flow_raw), "--"],
+        wrap_baseline=[*spy, "-o", str(baseline_raw), "--"],
     )
     work = Path(tempfile.mkdtemp(prefix="modelset-profile-"))
     server = PrefectServer(logs)
@@ -204,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine().describe()}", flush=True)
     photos = ensure_photos(args.n)
     server.start()
+    baseline: Run | None = None
     try:
         sandbox = bench.sandbox("profile")
         bench.settle()
@@ -216,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         result = bench.run_pipeline([str(photos)], "profile", sandbox=sandbox)
         watcher.send_signal(signal.SIGINT)
         watcher.wait(timeout=60)
+        if args.baseline:
+            baseline = bench.run_baseline(photos, "profile-baseline")[0]
     finally:
         bench.stop_all()
         server.stop()
@@ -236,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
             "Prefect server", served, args.rate, n, result.server_cpu_s + result.server_tail_cpu_s
         ),
     ]
+    if baseline is not None:
+        print(f"baseline: {baseline.wall_s:.1f} s wall, CPU {baseline.cpu_s:.1f} s (with py-spy)")
+        by_stage = classify(parse_raw(baseline_raw), FLOW_RULES)
+        lines += ["", *side_by_side(flow, by_stage, args.rate, n, run.cpu_s, baseline.cpu_s)]
     text = "\n".join(lines)
     print(text)
     (logs / "profile.md").write_text(text + "\n", encoding="utf-8")
