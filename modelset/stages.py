@@ -297,19 +297,26 @@ def prepare_photo(source: str, workspace: Workspace, options: PrepareOptions) ->
     return prepare_validated(validate_photo(fetched, workspace, options), workspace, options)
 
 
+def upload_on_disk(photo: PreparedPhoto, workspace: Workspace) -> Path | None:
+    """The prepared upload where it already is on this machine's disk (one stat, cheap
+    enough for the event loop), else None."""
+    if photo.upload_key is None:
+        return None
+    local = workspace.store.local_path(photo.upload_key)
+    if local is None:
+        local = workspace.uploads / Path(photo.upload_key).name
+    return local if local.exists() else None
+
+
 def upload_file(photo: PreparedPhoto, workspace: Workspace, options: PrepareOptions) -> Path | None:
     """The prepared upload as a file on this machine: from the output location (a bucket's
     copied into the scratch folder once), or prepared again if it is gone."""
     if photo.upload_key is None:
         return None
-    local = workspace.store.local_path(photo.upload_key)
-    if local is not None:
-        if local.exists():
-            return local
-    else:
+    if (found := upload_on_disk(photo, workspace)) is not None:
+        return found
+    if workspace.store.local_path(photo.upload_key) is None:
         local = workspace.uploads / Path(photo.upload_key).name
-        if local.exists():
-            return local
         blob = read_or_none(workspace.store, photo.upload_key)
         if blob is not None:
             write_bytes(local, blob.data, durable=False)

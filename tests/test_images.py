@@ -29,6 +29,13 @@ from modelset.images import (
     inspect_image,
     prepare_image,
 )
+from modelset.stages import (
+    PrepareOptions,
+    open_workspace,
+    prepare_photo,
+    upload_file,
+    upload_on_disk,
+)
 
 RED = (255, 0, 0)
 BLUE = (0, 0, 255)
@@ -1033,3 +1040,18 @@ def test_fix_writes_a_preview_from_the_decoded_pixels(tmp_path: Path) -> None:
         pixel = image.convert("RGB").getpixel((image.width // 2, image.height // 2))
         assert isinstance(pixel, tuple)
         assert pixel[0] > 150 > pixel[1]
+
+
+def test_a_gone_upload_is_prepared_again_to_the_bytes_paid_for(tmp_path: Path) -> None:
+    source = save(Image.effect_noise((900, 1200), 40).convert("RGB"), tmp_path / "p.jpg")
+    options = PrepareOptions()
+    with open_workspace(tmp_path / "out") as workspace:
+        prepared = prepare_photo(str(source), workspace, options)
+        assert prepared.reason is None and prepared.upload_sha256 is not None
+        on_disk = upload_on_disk(prepared, workspace)
+        assert on_disk is not None and upload_file(prepared, workspace, options) == on_disk
+        on_disk.unlink()
+        assert upload_on_disk(prepared, workspace) is None
+        again = upload_file(prepared, workspace, options)
+        assert again is not None
+        assert hashlib.sha256(again.read_bytes()).hexdigest() == prepared.upload_sha256

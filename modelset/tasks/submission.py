@@ -13,7 +13,7 @@ from prefect.concurrency.asyncio import concurrency
 
 from modelset.hidream import HiDreamError
 from modelset.ledger import LedgerRecord
-from modelset.stages import PreparedPhoto, submit_once, upload_file
+from modelset.stages import PreparedPhoto, submit_once, upload_file, upload_on_disk
 from modelset.tasks.events import final_state_only
 from modelset.tasks.runtime import BatchRuntime
 
@@ -44,7 +44,8 @@ async def submit_photo(
     assert runtime.client is not None
     upload = None
     if not prepared.passes_url(runtime.prepare):  # a URL that passes needs no upload here
-        upload = await anyio.to_thread.run_sync(
+        # Only an upload that must be fetched or prepared again is worth a thread's hop.
+        upload = upload_on_disk(prepared, runtime.workspace) or await anyio.to_thread.run_sync(
             upload_file, prepared, runtime.workspace, runtime.prepare
         )
     async with AsyncExitStack() as stack:
