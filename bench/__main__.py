@@ -15,11 +15,9 @@ import json
 import shlex
 import shutil
 import sys
-import tempfile
 import threading
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -128,22 +126,14 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"pipeline environment: {config.pipeline_env}")
     if config.wrap:
         console.print(f"pipeline runs under: {shlex.join(config.wrap)}")
-    work = Path(tempfile.mkdtemp(prefix="modelset-bench-"))
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     logs = CACHE / "logs" / stamp
     logs.mkdir(parents=True)
-    server = PrefectServer(logs)
     with_bucket = config.wants("P1-S3", "P4-S3")
-    s3 = S3Server(logs) if with_bucket else None
-    bench = Bench(
-        config=config,
-        work=work,
-        logs=logs,
-        server=server,
-        client_home=work / "client-prefect-home",
-        ephemeral_home=CACHE / "prefect-ephemeral-home",
-        s3=s3,
+    bench = Bench.fresh(
+        config, logs, ephemeral_home=CACHE / "prefect-ephemeral-home", with_s3=with_bucket
     )
+    work, server, s3 = bench.work, bench.server, bench.s3
     needs_server = config.wants("P1", "P3", "P4", "P5", "P6", "P7", "P1-S3", "P4-S3")
     figures: dict[str, Figure] = {}
     try:

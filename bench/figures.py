@@ -139,6 +139,27 @@ class Bench:
     started: list[Sandbox] = field(default_factory=list)
     _counter: int = 0
 
+    @classmethod
+    def fresh(
+        cls,
+        config: Config,
+        logs: Path,
+        *,
+        ephemeral_home: Path | None = None,
+        with_s3: bool = False,
+    ) -> Bench:
+        """A bench in a new scratch folder, with its Prefect server (and S3 server) to start."""
+        work = Path(tempfile.mkdtemp(prefix="modelset-bench-"))
+        return cls(
+            config=config,
+            work=work,
+            logs=logs,
+            server=PrefectServer(logs),
+            client_home=work / "client-prefect-home",
+            ephemeral_home=ephemeral_home or work / "ephemeral-prefect-home",
+            s3=S3Server(logs) if with_s3 else None,
+        )
+
     def _name(self, what: str) -> str:
         self._counter += 1
         return f"{self._counter:02d}-{what}"
