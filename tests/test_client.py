@@ -177,7 +177,8 @@ async def test_server_errors_before_a_task_exists_are_resent_after_lookup(
 ) -> None:
     server = sandbox_factory(faults={"server_error": 0.5}, seed=11)
     photos = [make_photo(tmp_path / f"s{i}.jpg", colour=(30 * i, 60, 200)) for i in range(6)]
-    async with client_for(server, max_attempts=8) as client:
+    # read_timeout sets the pause before "not found" is asked again: keep it short here.
+    async with client_for(server, max_attempts=8, read_timeout=2.0) as client:
         for i, path in enumerate(photos):
             await client.submit_variation(path, 20, request_id=f"s{i}")
     request_ids = [s["request_id"] for s in server.submissions()]
@@ -188,7 +189,7 @@ async def test_persistent_server_errors_give_up_with_a_service_error(
     sandbox_factory: SandboxFactory, photo: Path
 ) -> None:
     server = sandbox_factory(faults={"server_error": 1.0})
-    async with client_for(server, max_attempts=2) as client:
+    async with client_for(server, max_attempts=2, read_timeout=2.0) as client:
         with pytest.raises(ServiceError, match="HTTP 500"):
             await client.submit_variation(photo, 20, request_id="e1")
     assert server.submissions() == []
