@@ -18,14 +18,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from PIL import Image
 from prefect.client.schemas.objects import State
 
 from modelset.flows.generate import generate_model_sets
 from modelset.options import RunOptions
-from modelset.report import MANIFEST_FIELDS
+from modelset.report import MANIFEST_FIELDS, ManifestRow, Status
 from modelset.sandbox import SandboxServer
+from modelset.stages import download_image, open_workspace
+from modelset.tasks.artifacts import MARKDOWN_THUMBNAIL, picture_cells, set_cell
 from tests.conftest import CORPUS, SandboxFactory, make_photo
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -294,6 +297,38 @@ def photo_server(tmp_path: Path) -> Iterator[str]:
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
+
+
+async def test_the_summarys_sets_are_pictured_as_they_download_and_only_those(
+    tmp_path: Path, photo_server: str
+) -> None:
+    make_photo(tmp_path / "web" / "generated.jpg", size=(768, 1024))
+    url = f"{photo_server}/generated.jpg"
+    shown, other = "shown/20/1.jpg", "other/20/1.jpg"
+    with open_workspace(tmp_path / "out") as workspace:
+        workspace.pictures.want(["shown/20"])
+        async with httpx.AsyncClient() as http:
+            for target in (shown, other):
+                assert (
+                    await download_image(http, url, workspace.store, target, workspace.pictures)
+                    is None
+                )
+        assert set(workspace.pictures.made) == {shown}
+        with Image.open(io.BytesIO(workspace.pictures.made[shown])) as picture:
+            assert picture.height <= 128
+        # The summary takes the picture made on arrival: with the image itself gone from the
+        # folder, its set still has a cell, and only from that picture.
+        (tmp_path / "out" / shown).unlink()
+        row = ManifestRow(
+            source="look.jpg",
+            item="shown",
+            template_id=20,
+            status=Status.SUCCEEDED,
+            outputs=[shown],
+        )
+        made = workspace.pictures.made
+        assert set_cell(row) in picture_cells(workspace.store, [row], MARKDOWN_THUMBNAIL, made)
+        assert set_cell(row) not in picture_cells(workspace.store, [row], MARKDOWN_THUMBNAIL)
 
 
 def test_valid_url_photos_pass_through_unchanged_when_asked(

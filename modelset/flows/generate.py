@@ -77,7 +77,7 @@ from modelset.storage import (
     probe_conditional_writes,
     read_or_none,
 )
-from modelset.tasks.artifacts import ProgressArtifact, publish_results
+from modelset.tasks.artifacts import THUMBNAIL_ROWS, ProgressArtifact, publish_results
 from modelset.tasks.catalogue import check_templates
 from modelset.tasks.photos import FetchItem, fetch_photos, prepare_photos, validate_photos
 from modelset.tasks.results import OutputLocationResults, results_storage
@@ -306,6 +306,8 @@ async def run_batch(
         )
         if options.shard_size and len(photos) > options.shard_size:
             return await run_shards(photos, options, workspace, listener)
+        shown = [f"{p.item}/{t}" for p in photos for t in p.template_ids][:THUMBNAIL_ROWS]
+        workspace.pictures.want(shown)  # the summary's sets, pictured as they arrive
         rules = SubmitPolicy(
             run_id=str(flow_run.get_id() or uuid.uuid4()),
             refresh=options.refresh,

@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from uuid import UUID
 
@@ -99,7 +100,7 @@ async def publish_results(rows: list[ManifestRow], workspace: Workspace, *, shee
     )
     shown = rows[:THUMBNAIL_ROWS]
     cells = await anyio.to_thread.run_sync(
-        picture_cells, workspace.store, shown, MARKDOWN_THUMBNAIL
+        picture_cells, workspace.store, shown, MARKDOWN_THUMBNAIL, workspace.pictures.made
     )
     counts = ", ".join(f"{status}: {n}" for status, n in summarize(rows).items() if n)
     lines = [
@@ -162,15 +163,22 @@ def _strip(images: list[Image.Image]) -> Image.Image | None:
     return strip
 
 
-def picture_cells(store: Store, rows: list[ManifestRow], size: tuple[int, int]) -> dict[str, bytes]:
+def picture_cells(
+    store: Store,
+    rows: list[ManifestRow],
+    size: tuple[int, int],
+    made: Mapping[str, bytes] | None = None,
+) -> dict[str, bytes]:
     """Small JPEGs of these rows: each input (by its thumbnail's key) and each generated
     set side by side (by :func:`set_cell`), every image fitted into ``size``.
 
-    Made from the input thumbnails and from the bucket's output thumbnails where they
-    exist, else from the images themselves, each decoded once at a reduced scale: only
+    Made from the output thumbnails this run ``made`` as it downloaded (see
+    ``stages.SetPictures``), the input thumbnails and the bucket's output thumbnails where
+    they exist, else from the images themselves, each decoded once at a reduced scale: only
     for the rows shown. On a bucket the last call's cells are kept beside the report and
     used again while the rows and size are the same.
     """
+    made = made or {}
     wanted: dict[str, list[str]] = {}
     for row in rows:
         if row.thumbnail is None and row.source_sha256:
@@ -183,19 +191,22 @@ def picture_cells(store: Store, rows: list[ManifestRow], size: tuple[int, int]) 
     digest = hashlib.sha256(listed.encode()).hexdigest()
     if not store.is_local and (cached := _cached_cells(store, digest)) is not None:
         return cached  # the same rows as the last summary: one request, not one per image
-    found = read_many(store, [keys[0] for keys in wanted.values()])
+    data = {shown: made[shown] for shown in wanted if shown in made}
+    to_read = {shown: keys for shown, keys in wanted.items() if shown not in data}
+    found = read_many(store, [keys[0] for keys in to_read.values()])
     # The image itself only where its thumbnail is missing (a folder keeps none): on a
     # bucket every output has one, and reading both moved every image out again.
-    fallbacks = [keys[1] for keys in wanted.values() if len(keys) > 1 and found[keys[0]] is None]
+    fallbacks = [keys[1] for keys in to_read.values() if len(keys) > 1 and found[keys[0]] is None]
     if fallbacks:
         found.update(read_many(store, fallbacks))
-    pictures: dict[str, Image.Image] = {}
-    for shown, keys in wanted.items():
+    for shown, keys in to_read.items():
         blob = next((found[key] for key in keys if found.get(key) is not None), None)
-        if blob is None:
-            continue
+        if blob is not None:
+            data[shown] = blob.data
+    pictures: dict[str, Image.Image] = {}
+    for shown, jpeg in data.items():
         try:
-            pictures[shown] = small_image(io.BytesIO(blob.data), size)
+            pictures[shown] = small_image(io.BytesIO(jpeg), size)
         except Exception as exc:  # a broken image is shown as nothing, never a failed run
             log.info("no thumbnail for %s: %s", shown, type(exc).__name__)
     cells: dict[str, bytes] = {}
