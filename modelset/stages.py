@@ -90,6 +90,11 @@ class Workspace:
         self.fetched_files: dict[str, Path] = {}
         self.pictures = SetPictures()
 
+    def file_for(self, key: str) -> Path:
+        """Where ``key`` is a file on this machine: in a folder, the key's own file; from a
+        bucket, its copy in the scratch folder (which may not exist yet)."""
+        return self.store.local_path(key) or self.uploads / Path(key).name
+
     @property
     def out(self) -> str:
         """The location as a person names it (a path or ``s3://bucket/prefix``)."""
@@ -259,9 +264,9 @@ def prepare_validated(
     assert photo.source_sha256 is not None
     store = workspace.store
     key = upload_key_of(photo.source_sha256, options)
-    upload = store.local_path(key) or workspace.uploads / Path(key).name
+    upload = workspace.file_for(key)
     preview_key = thumbnail_key(photo.source_sha256)
-    preview = store.local_path(preview_key) or workspace.uploads / f"{photo.source_sha256}.jpg"
+    preview = workspace.file_for(preview_key)
     try:
         source = _source_file(photo, workspace, options)
         prepared = prepare_image(
@@ -303,9 +308,7 @@ def upload_on_disk(photo: PreparedPhoto, workspace: Workspace) -> Path | None:
     enough for the event loop), else None."""
     if photo.upload_key is None:
         return None
-    local = workspace.store.local_path(photo.upload_key)
-    if local is None:
-        local = workspace.uploads / Path(photo.upload_key).name
+    local = workspace.file_for(photo.upload_key)
     return local if local.exists() else None
 
 
@@ -316,10 +319,10 @@ def upload_file(photo: PreparedPhoto, workspace: Workspace, options: PrepareOpti
         return None
     if (found := upload_on_disk(photo, workspace)) is not None:
         return found
-    if workspace.store.local_path(photo.upload_key) is None:
-        local = workspace.uploads / Path(photo.upload_key).name
+    if not workspace.store.is_local:  # a bucket's upload, copied here once
         blob = read_or_none(workspace.store, photo.upload_key)
         if blob is not None:
+            local = workspace.file_for(photo.upload_key)
             write_bytes(local, blob.data, durable=False)
             return local
     again = prepare_validated(photo.model_copy(update={"upload_sha256": None}), workspace, options)
@@ -799,13 +802,13 @@ class SetPictures:
 
 
 def _store_image(store: Store, target: str, data: bytes, pictures: SetPictures | None) -> None:
-    wanted = pictures is not None and pictures.wants(target)
-    if not store.is_local or wanted:
+    keeping = pictures if pictures is not None and pictures.wants(target) else None
+    if not store.is_local or keeping is not None:
         thumbnail = thumbnail_jpeg(io.BytesIO(data), OUTPUT_THUMBNAIL)
         if not store.is_local:
             store.write(output_thumbnail_key(target), thumbnail)
-        if pictures is not None and wanted:
-            pictures.made[target] = thumbnail
+        if keeping is not None:
+            keeping.made[target] = thumbnail
     store.write(target, data)
 
 
