@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+UV := $(BIN)/uv
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 
@@ -12,12 +13,26 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 
 setup: $(STAMP)
 
-# Installs exactly what requirements.lock pins (hash-checked), then the project itself,
-# then migrates Prefect's database so the first run does not wait on it.
-$(STAMP): requirements.lock pyproject.toml
+# The installer comes from installer.lock, pinned and hash-checked, never from whatever
+# `venv` bundles: Python 3.11's pip 23.2 resolves an extra a package asks for (prefect's
+# httpx[http2]) against the newest release on the index instead of the lock's pin, so
+# one upstream release broke every fresh install. The venv's own pip is used once, for
+# two hash-checked wheels that have no dependencies; the setuptools `venv` also bundles
+# (unpinned, and needed by nothing here) is removed, so the venv holds only pins.
+$(UV): installer.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r installer.lock
+	$(UV) pip uninstall --quiet --python $(BIN)/python setuptools
+	touch $(UV)
+
+# `uv pip sync` makes the venv exactly what the locks pin (hash-checked, no resolution,
+# so nothing newer on the index is ever considered; anything else installed is removed),
+# then the project itself, a check that every requirement is met, and Prefect's
+# database migration so the first run does not wait on it.
+$(STAMP): $(UV) requirements.lock pyproject.toml
+	$(UV) pip sync --quiet --python $(BIN)/python --require-hashes requirements.lock installer.lock
+	$(UV) pip install --quiet --python $(BIN)/python --no-deps --no-build-isolation -e .
+	$(UV) pip check --quiet --python $(BIN)/python
 	$(BIN)/prefect server database upgrade -y >/dev/null
 	touch $(STAMP)
 
@@ -33,8 +48,11 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
+# On both cores: the suite waits on servers and subprocesses as much as it computes.
+# Each worker starts its own servers (Prefect, moto, PostgreSQL), so no test sees
+# another's work pool, deployments or buckets.
 pytest: setup
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist worksteal
 
 bench: setup
 	$(BIN)/python -m bench
