@@ -18,10 +18,13 @@ from modelset.tasks.events import final_state_only
 from modelset.tasks.runtime import BatchRuntime
 
 
-def retry_unless_refused(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
-    """Retry only what the ledger makes safe: never a refused account or input."""
+async def retry_unless_refused(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """Retry only what the ledger makes safe: never a refused account or input.
+
+    Async, and awaited by the engine: in Prefect 3 ``state.result()`` called from async
+    code returns a coroutine, which never raises, so no submit was ever retried."""
     try:
-        state.result()
+        await state.aresult()
     except HiDreamError:
         return False
     except Exception:
