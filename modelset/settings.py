@@ -100,6 +100,18 @@ class Settings(BaseSettings):
         description="Seconds a claim on a bucket's ledger holds without renewal (renewed "
         "every third of it); must outlast a whole send.",
     )
+    store_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds one request to a bucket may take."
+    )
+    store_max_attempts: int = Field(
+        default=10, ge=1, description="Attempts per bucket request that fails transiently."
+    )
+    store_retry_budget: float = Field(
+        default=120.0,
+        gt=0,
+        description="Seconds a bucket request may spend in all, retries and backoff "
+        "included, before the run is told the bucket is unavailable.",
+    )
     review_timeout: int = Field(
         default=7 * 24 * 3600,
         ge=1,

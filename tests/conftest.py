@@ -5,7 +5,7 @@
   own PREFECT_HOME, and points this process (and its children) at it.
 - ``s3_server`` starts moto's S3 server and points the ``AWS_*`` variables at it for the
   session; ``bucket`` is a fresh bucket on it, ``careless_bucket`` one behind a proxy that
-  drops the conditional-write headers (``careless_s3``).
+  drops the conditional-write headers (``careless_s3``, a ``BucketProxy``).
 - ``postgres_url`` starts a PostgreSQL 15 for the session (skipped where it is not
   installed); ``prefect_postgres_server`` a second Prefect server on that database.
 """
@@ -25,6 +25,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ import pytest
 from PIL import Image
 
 from modelset.sandbox import SandboxConfig, SandboxServer
-from tests.careless_s3 import CarelessProxy
+from modelset.sandbox.bucket import BucketProxy
 
 TOKEN = "test-token-5f1c"
 REPO = Path(__file__).resolve().parents[1]
@@ -156,11 +157,11 @@ def environment(values: dict[str, str], *, removed: Iterable[str] = ()) -> Itera
 
 
 def start_prefect_server(
-    home: Path, *, within: float = 120, **settings: str
+    home: Path, *, within: float = 120, port: int | None = None, **settings: str
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """``prefect server start`` on a free port with its own PREFECT_HOME; returns the
-    process and its API URL once it answers."""
-    port = free_port()
+    """``prefect server start`` on ``port`` (a free one by default) with its own
+    PREFECT_HOME; returns the process and its API URL once it answers."""
+    port = port or free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     env = {
         **os.environ,
@@ -172,7 +173,7 @@ def start_prefect_server(
     }
     log_path = home / "server.log"
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
-    with log_path.open("wb") as log:
+    with log_path.open("ab") as log:
         process = subprocess.Popen(
             [*command, "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
         )
@@ -281,9 +282,9 @@ def out_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture(scope="session")
-def careless_s3(s3_server: str) -> Iterator[CarelessProxy]:
+def careless_s3(s3_server: str) -> Iterator[BucketProxy]:
     """A proxy in front of ``s3_server`` that drops If-None-Match and If-Match."""
-    proxy = CarelessProxy(s3_server).start()
+    proxy = BucketProxy(s3_server, drop_conditions=True).start()
     try:
         yield proxy
     finally:
@@ -291,7 +292,7 @@ def careless_s3(s3_server: str) -> Iterator[CarelessProxy]:
 
 
 @pytest.fixture
-def careless_bucket(careless_s3: CarelessProxy, monkeypatch: pytest.MonkeyPatch) -> str:
+def careless_bucket(careless_s3: BucketProxy, monkeypatch: pytest.MonkeyPatch) -> str:
     """``s3://<name>/out`` of a fresh bucket, reached only through the careless proxy:
     ``AWS_ENDPOINT_URL`` points at the proxy for this test."""
     name = make_bucket(careless_s3.url)
@@ -322,10 +323,31 @@ def postgres_bindir() -> Path | None:
     return None
 
 
+@dataclass
+class Postgres:
+    """The session's PostgreSQL: its ``prefect`` database's URL, and what a test about
+    the database itself may do with it."""
+
+    url: str
+    run: Callable[..., None]
+    pg_ctl: list[str]
+    admin: list[str]
+
+    def restart(self) -> None:
+        """Stop (dropping every connection) and start again, as a failover would."""
+        self.run(*self.pg_ctl, "-m", "fast", "-w", "restart")
+
+    def create_database(self, name: str) -> str:
+        """A new, empty database owned by the session's user; returns its URL."""
+        owner = self.url.split("//", 1)[1].split(":", 1)[0]
+        self.run(*self.admin, "-d", "postgres", "-c", f"CREATE DATABASE {name} OWNER {owner}")
+        return self.url.rsplit("/", 1)[0] + f"/{name}"
+
+
 @pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
+def postgres() -> Iterator[Postgres]:
     """A PostgreSQL 15 for the session on 127.0.0.1 (a free port), with a database
-    ``prefect`` owned by a password user; yields its ``postgresql+asyncpg://`` URL."""
+    ``prefect`` owned by a password user (skipped where it is not installed)."""
     bindir = postgres_bindir()
     if bindir is None:
         pytest.skip(POSTGRES_MISSING)
@@ -389,7 +411,10 @@ def postgres_url() -> Iterator[str]:
             *("-c", "CREATE EXTENSION IF NOT EXISTS pg_trgm"),
             PGPASSWORD=password,
         )
-        yield f"postgresql+asyncpg://{user}:{password}@127.0.0.1:{port}/prefect"
+        pg_ctl = [str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o", options]
+        yield Postgres(
+            f"postgresql+asyncpg://{user}:{password}@127.0.0.1:{port}/prefect", run, pg_ctl, admin
+        )
     finally:
         subprocess.run(
             [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
@@ -399,6 +424,12 @@ def postgres_url() -> Iterator[str]:
             check=False,
         )
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres: Postgres) -> str:
+    """The ``postgresql+asyncpg://`` URL of the session PostgreSQL's ``prefect`` database."""
+    return postgres.url
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from modelset.sandbox.bucket import BucketProxy
 from modelset.storage import (
     AlreadyExists,
     Blob,
@@ -30,7 +31,6 @@ from modelset.storage import (
     update,
 )
 from modelset.storage.probe import PROBE_PREFIX
-from tests.careless_s3 import CarelessProxy
 
 
 @pytest.fixture(params=["folder", "bucket"])
@@ -216,18 +216,20 @@ def test_the_probe_passes_and_leaves_nothing_behind(store: Store) -> None:
 
 
 def test_the_probe_refuses_a_store_that_ignores_conditional_writes(
-    careless_bucket: str, careless_s3: CarelessProxy, monkeypatch: pytest.MonkeyPatch
+    careless_bucket: str, careless_s3: BucketProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     careless = open_store(careless_bucket)
-    dropped = careless_s3.dropped
+    dropped = careless_s3.counts["dropped"]
     with pytest.raises(ConditionalWritesIgnored) as info:
         probe_conditional_writes(careless)
     assert careless_bucket in str(info.value)
-    assert careless_s3.dropped > dropped  # the proxy, not a broken store, caused it
+    assert careless_s3.counts["dropped"] > dropped  # the proxy, not a broken store, caused it
     assert careless.list(PROBE_PREFIX) == []
     # The same bucket straight on the server (no proxy) passes: the headers made the
     # difference.
-    monkeypatch.setenv("AWS_ENDPOINT_URL", careless_s3.upstream_url)
+    monkeypatch.setenv(
+        "AWS_ENDPOINT_URL", f"http://{careless_s3.upstream_host}:{careless_s3.upstream_port}"
+    )
     probe_conditional_writes(open_store(careless_bucket))
 
 

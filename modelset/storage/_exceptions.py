@@ -37,7 +37,14 @@ class PreconditionFailed(StorageError):
 
 
 class StoreUnavailable(StorageError):
-    """The store could not be reached, or it refused the credentials."""
+    """The store could not be reached, or it refused the credentials.
+
+    ``transient`` tells a failure worth retrying (a throttle, a 5xx, a dropped
+    connection, a timeout) from one that will not change (refused credentials)."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class UnsupportedLocation(StorageError, UsageError):

@@ -9,17 +9,34 @@ allowed), web identity, the container and instance metadata services, and with
 ``AWS_PROFILE`` set the shared config files through boto3 where it is installed; for GCS
 ``GOOGLE_APPLICATION_CREDENTIALS`` or the metadata server; for Azure the
 ``AZURE_STORAGE_*`` variables or managed identity.
+
+Retries live here, in one place, not in obstore (whose own are switched off): a request
+that failed in a way S3 documents as retryable (``503 SlowDown``, other 5xx, 429, 408,
+a connection reset or refused, a timeout) is sent again after an exponential backoff
+with full jitter, within ``HIDREAM_STORE_MAX_ATTEMPTS`` attempts and
+``HIDREAM_STORE_RETRY_BUDGET`` seconds in all (:class:`StoreRetry`). A conditional write
+(create-if-absent, compare-and-swap) is never resent blindly: its answer may have been
+lost after it landed, so the object is read back first. Each conditional write carries a
+token of its own in the object's metadata: our token there means it succeeded; the old
+version (or none) means it did not, and it is sent again; anything else means another
+writer won, and the caller is told so, as if the store had answered.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import mimetypes
 import os
-from collections.abc import Iterator
+import random
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import obstore
@@ -48,7 +65,51 @@ if TYPE_CHECKING:
     from obstore.auth.boto3 import Boto3CredentialProvider
     from obstore.store import ClientConfig
 
+T = TypeVar("T")
 BUCKET_SCHEMES = {"s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs", "az": "az", "abfs": "az"}
+log = logging.getLogger("modelset.storage")
+WRITE_TOKEN = "modelset-write"  # noqa: S105 (metadata naming the conditional write that made it)
+# obstore's message names the HTTP status it got, or says the request never got one.
+_STATUS = re.compile(r"status code: (\d{3})")
+_TRANSPORT = re.compile(r"error sending request|connection|timed out|timeout|broken pipe", re.I)
+_RETRYABLE_STATUS = frozenset({408, 429})
+
+
+@dataclass(frozen=True)
+class StoreRetry:
+    """How a bucket request is retried: attempts, a total time budget, a per-request
+    timeout, and the backoff between attempts (full jitter: a random wait up to
+    ``base * 2**n``, at most ``cap``)."""
+
+    attempts: int = 10
+    budget: float = 120.0
+    timeout: float = 30.0
+    base: float = 0.1
+    cap: float = 10.0
+
+    @classmethod
+    def from_settings(cls) -> StoreRetry:
+        from modelset.settings import Settings
+
+        settings = Settings()
+        return cls(
+            attempts=settings.store_max_attempts,
+            budget=settings.store_retry_budget,
+            timeout=settings.store_timeout,
+        )
+
+    def pause(self, attempt: int) -> float:
+        """The wait before attempt ``attempt + 1`` (``attempt`` counts from 1)."""
+        return random.uniform(0, min(self.cap, self.base * 2**attempt))
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether obstore's error is one S3 documents as worth retrying."""
+    text = str(exc)
+    if found := _STATUS.search(text):
+        status = int(found[1])
+        return status >= 500 or status in _RETRYABLE_STATUS
+    return bool(_TRANSPORT.search(text))
 
 
 def bucket_scheme(location: str) -> str | None:
@@ -57,11 +118,15 @@ def bucket_scheme(location: str) -> str | None:
     return BUCKET_SCHEMES.get(scheme)
 
 
-def _client_options(kind: str) -> ClientConfig:
+def _client_options(kind: str, retry: StoreRetry) -> ClientConfig:
+    options: ClientConfig = {
+        "timeout": timedelta(seconds=retry.timeout),
+        "connect_timeout": timedelta(seconds=min(retry.timeout, 10.0)),
+    }
     endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT") or ""
     if kind == "s3" and endpoint.startswith("http://"):
-        return {"allow_http": True}
-    return {}
+        options["allow_http"] = True
+    return options
 
 
 def _credential_provider(kind: str) -> Boto3CredentialProvider | None:
@@ -75,7 +140,8 @@ def _credential_provider(kind: str) -> Boto3CredentialProvider | None:
 
 
 class BucketStore:
-    def __init__(self, location: str) -> None:
+    def __init__(self, location: str, retry: StoreRetry | None = None) -> None:
+        self._retry = retry or StoreRetry.from_settings()
         kind = bucket_scheme(location)
         parts = urlsplit(location)
         if kind is None or not parts.netloc:
@@ -89,7 +155,8 @@ class BucketStore:
         try:
             self._store = from_url(
                 normalised,
-                client_options=_client_options(kind),
+                client_options=_client_options(kind, self._retry),
+                retry_config={"max_retries": 0},
                 credential_provider=_credential_provider(kind),
             )
         except Exception as exc:  # configuration problems: a usage error, nothing paid
@@ -111,21 +178,25 @@ class BucketStore:
 
     def read(self, key: str) -> Blob:
         path = check_key(key)
-        with self._errors(key):
+
+        def get() -> Blob:
             result = obstore.get(self._store, path)
-            data = bytes(result.bytes())
-            return Blob(data, str(result.meta.get("e_tag") or ""))
+            return Blob(bytes(result.bytes()), str(result.meta.get("e_tag") or ""))
+
+        return self._retrying(key, get)
 
     def head(self, key: str) -> Head:
         path = check_key(key)
-        with self._errors(key):
+
+        def head() -> Head:
             meta = obstore.head(self._store, path)
             return Head(int(meta["size"]), str(meta.get("e_tag") or ""))
 
+        return self._retrying(key, head)
+
     def read_chunks(self, key: str, chunk_size: int = CHUNK_SIZE) -> Chunks:
         path = check_key(key)
-        with self._errors(key):
-            result = obstore.get(self._store, path)
+        result = self._retrying(key, lambda: obstore.get(self._store, path))
         return self._chunks(key, result.stream(min_chunk_size=chunk_size))
 
     def _chunks(self, key: str, stream: Iterator[bytes]) -> Chunks:
@@ -135,43 +206,58 @@ class BucketStore:
 
     def write(self, key: str, data: bytes) -> str:
         path = check_key(key)
-        with self._errors(key):
-            return _etag(obstore.put(self._store, path, data, attributes=_attributes(path)))
+        attributes = _attributes(path)
+        return self._retrying(
+            key, lambda: _etag(obstore.put(self._store, path, data, attributes=attributes))
+        )
 
     def write_file(self, key: str, path: Path) -> str:
         target = check_key(key)
-        with self._errors(key):
-            return _etag(obstore.put(self._store, target, path, attributes=_attributes(target)))
+        attributes = _attributes(target)
+        return self._retrying(
+            key, lambda: _etag(obstore.put(self._store, target, path, attributes=attributes))
+        )
 
     def create(self, key: str, data: bytes) -> str:
         path = check_key(key)
-        with self._errors(key):
-            return _etag(
-                obstore.put(self._store, path, data, mode="create", attributes=_attributes(path))
-            )
+        attributes = _attributes(path)
+
+        def create() -> str:
+            return _etag(obstore.put(self._store, path, data, mode="create", attributes=attributes))
+
+        return self._conditional(key, attributes, create, before=None)
 
     def swap(self, key: str, data: bytes, etag: str) -> str:
         path = check_key(key)
+        attributes = _attributes(path)
         # obstore wants the version left out, not None (which it refuses).
         mode: UpdateVersion = {"e_tag": etag}
-        with self._errors(key):
+
+        def swap() -> str:
             try:
-                return _etag(
-                    obstore.put(self._store, path, data, mode=mode, attributes=_attributes(path))
-                )
+                return _etag(obstore.put(self._store, path, data, mode=mode, attributes=attributes))
             except NotFoundError:  # AWS answers If-Match on a missing key with 404
                 raise PreconditionFailed(f"{self._url}: {key} is gone") from None
 
+        return self._conditional(key, attributes, swap, before=etag)
+
     def list(self, prefix: str) -> list[str]:
         path = check_key(prefix) if prefix else None
-        with self._errors(prefix or "/"):
+
+        def listing() -> list[str]:
             stream = obstore.list(self._store, prefix=path)
             return sorted(meta["path"] for batch in stream for meta in batch)
 
+        return self._retrying(prefix or "/", listing)
+
     def delete(self, key: str) -> None:
         path = check_key(key)
-        with self._errors(key), contextlib.suppress(NotFoundError):
-            obstore.delete(self._store, path)
+
+        def delete() -> None:
+            with contextlib.suppress(NotFoundError):
+                obstore.delete(self._store, path)
+
+        self._retrying(key, delete)
 
     def local_path(self, key: str) -> Path | None:
         check_key(key)
@@ -186,6 +272,87 @@ class BucketStore:
 
     def _errors(self, key: str) -> _Translated:
         return _Translated(self._url, key)
+
+    def _retrying(self, key: str, request: Callable[[], T]) -> T:
+        """``request`` (safe to repeat), sent again while it fails transiently, within
+        the retry policy; the seam's error once the policy is spent."""
+        started = time.monotonic()
+        for attempt in range(1, self._retry.attempts + 1):
+            try:
+                with self._errors(key):
+                    return request()
+            except StoreUnavailable as exc:
+                if not exc.transient:
+                    raise
+                self._pause_or_give_up(exc, attempt, started)
+        raise AssertionError("unreachable: the last attempt raises")
+
+    def _pause_or_give_up(self, exc: StoreUnavailable, attempt: int, started: float) -> None:
+        elapsed = time.monotonic() - started
+        pause = self._retry.pause(attempt)
+        if attempt >= self._retry.attempts or elapsed + pause > self._retry.budget:
+            raise StoreUnavailable(
+                f"{exc} (gave up after {attempt} attempts in {elapsed:.0f} s)", transient=True
+            ) from None
+        log.debug("retrying %s in %.2f s after: %s", self._url, pause, exc)
+        time.sleep(pause)
+
+    def _conditional(
+        self,
+        key: str,
+        attributes: dict[str, Any],
+        request: Callable[[], str],
+        *,
+        before: str | None,
+    ) -> str:
+        """A create-if-absent (``before`` None) or compare-and-swap from ``before``,
+        sent again only once a read-back shows that a lost attempt did not land.
+
+        Each conditional write carries a token of its own in the object's metadata, so
+        the read-back tells our write from another writer's with the same bytes."""
+        token = uuid.uuid4().hex
+        attributes[WRITE_TOKEN] = token
+        started = time.monotonic()
+        for attempt in range(1, self._retry.attempts + 1):
+            try:
+                with self._errors(key):
+                    return request()
+            except (AlreadyExists, PreconditionFailed):
+                if attempt == 1:
+                    raise  # the store's own answer to our only attempt
+                # Refused after a lost answer: perhaps because our own attempt landed.
+                landed = self._landed(key, token, before)
+                if landed is None:
+                    raise
+                return landed
+            except StoreUnavailable as exc:
+                if not exc.transient:
+                    raise
+                self._pause_or_give_up(exc, attempt, started)
+                landed = self._landed(key, token, before)
+                if landed is not None:
+                    return landed
+        raise AssertionError("unreachable: the last attempt raises")
+
+    def _landed(self, key: str, token: str, before: str | None) -> str | None:
+        """After a conditional write's answer was lost: its ETag if the object is our
+        write; None if the object is as it was (send again); else the refusal the store
+        would have given, since another writer got there first."""
+        path = check_key(key)
+        try:
+            current = self._retrying(key, lambda: obstore.get(self._store, path))
+        except NotFound:
+            if before is None:
+                return None
+            raise PreconditionFailed(f"{self._url}: {key} is gone") from None
+        etag = str(current.meta.get("e_tag") or "")
+        if current.attributes.get(WRITE_TOKEN) == token:
+            return etag
+        if before is not None and etag == before:
+            return None
+        if before is None:
+            raise AlreadyExists(f"{self._url}: {key} exists")
+        raise PreconditionFailed(f"{self._url}: {key} changed")
 
 
 class _Translated:
@@ -210,10 +377,12 @@ class _Translated:
             raise PreconditionFailed(f"{self.where} changed") from None
         if isinstance(exc, UnauthenticatedError | PermissionDeniedError):
             raise StoreUnavailable(f"{self.where}: access refused ({_first_line(exc)})") from None
-        raise StoreUnavailable(f"{self.where}: {_first_line(exc)}") from None
+        raise StoreUnavailable(
+            f"{self.where}: {_first_line(exc)}", transient=is_transient(exc)
+        ) from None
 
 
-def _attributes(key: str) -> dict[str, str]:
+def _attributes(key: str) -> dict[str, Any]:
     """The Content-Type a browser needs to show an object (index.html, images) inline."""
     kind, _ = mimetypes.guess_type(key)
     return {"Content-Type": kind or "application/octet-stream"}
