@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn, TypeVar
 
+import httpx
 import typer
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
@@ -33,6 +34,7 @@ from modelset.hidream import (
 )
 from modelset.options import RunOptions
 from modelset.settings import Settings
+from modelset.storage import StorageError
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import State
@@ -72,6 +74,21 @@ def reported_errors() -> Iterator[None]:
         fail(exc.message, EXIT_ACCOUNT)
     except HiDreamError as exc:
         fail(exc.message, EXIT_ITEMS_FAILED)
+    except StorageError as exc:
+        fail(
+            f"the output location failed: {exc}. Nothing paid for is lost: every set sent "
+            "is in the ledger, or found again by its request_id. Run the same command again "
+            "to finish; sets this run still held are taken over at once from this machine, "
+            "from another one once their lease (HIDREAM_LEDGER_LEASE) runs out",
+            EXIT_ITEMS_FAILED,
+        )
+    except httpx.TransportError as exc:  # the HiDream client raises its own errors
+        fail(
+            f"the Prefect server did not answer ({type(exc).__name__}: {exc}). Nothing paid "
+            "for is lost: the ledger in the output location, not Prefect, records what was "
+            "sent. Check PREFECT_API_URL (`modelset doctor`), then run the same command again",
+            EXIT_ITEMS_FAILED,
+        )
 
 
 def run_async(coroutine: Coroutine[Any, Any, T]) -> T:

@@ -104,7 +104,10 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="Seconds one request to a bucket may take."
     )
     store_max_attempts: int = Field(
-        default=10, ge=1, description="Attempts per bucket request that fails transiently."
+        default=30,
+        ge=1,
+        description="Attempts per bucket request that fails transiently (the retry "
+        "budget is what usually ends the retries).",
     )
     store_retry_budget: float = Field(
         default=120.0,

@@ -9,12 +9,14 @@ reading the object back. Never retried: refused credentials.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from modelset.ledger.locks import LeaseLocks
 from modelset.sandbox.bucket import BucketFaults, BucketProxy
 from modelset.storage import AlreadyExists, PreconditionFailed, StoreUnavailable, update
 from modelset.storage.objects import BucketStore, StoreRetry
@@ -138,3 +140,22 @@ def test_refused_credentials_are_not_retried(proxy: BucketProxy) -> None:
     assert not info.value.transient
     assert "access refused" in str(info.value), info.value
     assert proxy.counts["requests"] - before == 1
+
+
+async def test_a_lease_this_process_could_not_release_is_taken_back_at_once(
+    proxy: BucketProxy,
+) -> None:
+    store = bucket_store(proxy, StoreRetry(attempts=3, budget=1.0, timeout=1.0, base=0.01))
+    locks = LeaseLocks(store, "ledger", duration_s=600)
+    async with locks.hold("key", wait=True) as held:
+        assert held is not None
+        proxy.outage(1.5)  # the release fails: the lease stays on the store
+    time.sleep(1.6)
+    assert json.loads(store.read("ledger/key.lease").data)["expires"] > time.time() + 500
+    # Another run of this process still sees a live lease; this one knows it let go.
+    async with LeaseLocks(store, "ledger", duration_s=600).hold("key", wait=False) as other:
+        assert other is None
+    started = time.monotonic()
+    async with locks.hold("key", wait=True) as again:
+        assert again is not None
+    assert time.monotonic() - started < 5

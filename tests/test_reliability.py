@@ -217,14 +217,20 @@ RERUN_REASON_WORDS = ("rerun", "retry", "resubmit")
 
 
 def check_batch(
-    out: str, sandbox: SandboxServer, *, images: int = 2, allow_retryable: bool = False
+    out: str,
+    sandbox: SandboxServer,
+    *,
+    images: int = 2,
+    allow_retryable: bool = False,
+    photos: int = PHOTOS,
 ) -> list[dict[str, Any]]:
-    """The checks every matrix test makes; returns the rows that did not succeed."""
+    """The checks every matrix test makes on a batch of ``photos`` named ``p00``...;
+    returns the rows that did not succeed."""
     store = open_store(out)
     rows = manifest(out)
-    assert len(rows) == PHOTOS, f"the report lists {len(rows)} of {PHOTOS} photos"
-    assert {row["item"] for row in rows} == {f"p{i:02d}" for i in range(PHOTOS)}
-    assert read_text(store, "manifest.csv").count("\n") == PHOTOS + 1
+    assert len(rows) == photos, f"the report lists {len(rows)} of {photos} photos"
+    assert {row["item"] for row in rows} == {f"p{i:02d}" for i in range(photos)}
+    assert read_text(store, "manifest.csv").count("\n") == photos + 1
     assert "<html" in read_text(store, "index.html")
     assert accepted_twice(sandbox) == [], "a photo+template was accepted twice"
     open_rows = []

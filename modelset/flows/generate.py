@@ -70,6 +70,7 @@ from modelset.stages import (
     upload_key_of,
 )
 from modelset.storage import (
+    StorageError,
     Store,
     is_relative_location,
     locate,
@@ -901,20 +902,30 @@ async def _one_set(
             try:
                 row = await _submit_and_collect(job, runtime, plan, budget)
             except Exception as exc:
-                get_run_logger().exception("set %s/%s failed", job.photo.item, job.template_id)
-                record = runtime.ledger.read(job.key)
-                row = _row(job.photo, job.template_id, record).model_copy(
-                    update={
-                        "status": Status.FAILED,
-                        "reason": f"unexpected error ({type(exc).__name__}: {exc}); a rerun "
-                        "resumes from the ledger",
-                    }
-                )
+                row = _failed_row(job, runtime, exc)
     try:
         await progress.advance(row)
     except Exception as exc:  # the progress artifact is a nicety, never a reason to fail
         get_run_logger().warning("progress not updated: %s", exc)
     return None if early == _DUPLICATE else row
+
+
+def _failed_row(job: _SetJob, runtime: BatchRuntime, exc: Exception) -> ManifestRow:
+    """The row of a set that raised: the output location failing (which the store has
+    retried already), or anything unexpected. A rerun resumes it from the ledger."""
+    if isinstance(exc, StorageError):
+        get_run_logger().error("set %s/%s: %s", job.photo.item, job.template_id, exc)
+        what = f"the output location failed ({exc})"
+    else:
+        get_run_logger().exception("set %s/%s failed", job.photo.item, job.template_id)
+        what = f"unexpected error ({type(exc).__name__}: {exc})"
+    try:
+        record = runtime.ledger.read(job.key)
+    except StorageError:
+        record = None
+    return _row(job.photo, job.template_id, record).model_copy(
+        update={"status": Status.FAILED, "reason": f"{what}; a rerun resumes from the ledger"}
+    )
 
 
 async def _submit_and_collect(

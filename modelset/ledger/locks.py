@@ -6,7 +6,9 @@ when its process dies. A lease is an object of its own, created with create-if-a
 and renewed by compare-and-swap every third of its duration; a failed renewal sets
 ``lost`` and the holder stops sending. An expired lease means its holder is gone (it
 would have renewed), and so does a lease of a process of this host that no longer runs:
-the next claimer takes it over with a compare-and-swap.
+the next claimer takes it over with a compare-and-swap. So does a lease of this very
+process that it could not release (the store was down) and holds no longer: a submit
+retried after the bucket came back must not wait out its own earlier attempt's lease.
 """
 
 from __future__ import annotations
@@ -132,6 +134,8 @@ class LeaseLocks:
         self.duration_s = duration_s
         self.short_duration_s = min(short_duration_s, duration_s)
         self.owner = owner_name()
+        self._held: set[str] = set()
+        self._unreleased: set[str] = set()  # ours, not held, still on the store
 
     @contextlib.asynccontextmanager
     async def hold(
@@ -143,6 +147,8 @@ class LeaseLocks:
         if etag is None:
             yield None
             return
+        self._held.add(key)
+        self._unreleased.discard(key)
         hold = Hold(expires=time.time() + duration)
         renewing = asyncio.create_task(self._renew(key, etag, hold, duration))
         try:
@@ -151,8 +157,9 @@ class LeaseLocks:
             renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 etag = await renewing
-            if not hold.lost.is_set():
-                await self._release(key, etag)
+            if hold.lost.is_set() or not await self._release(key, etag):
+                self._unreleased.add(key)
+            self._held.discard(key)
 
     def _body(self, expires: float) -> bytes:
         return json.dumps({"owner": self.owner, "expires": expires}).encode()
@@ -185,7 +192,8 @@ class LeaseLocks:
             expires, holder = float(lease["expires"]), str(lease["owner"])
         except (ValueError, KeyError, TypeError):
             expires, holder = 0.0, ""  # an unreadable lease protects nothing
-        if expires > time.time() and not holder_is_gone(holder):
+        abandoned_by_us = holder == self.owner and key in self._unreleased
+        if expires > time.time() and not holder_is_gone(holder) and not abandoned_by_us:
             return None
         try:
             return self.store.swap(key, body, current.etag)
@@ -208,8 +216,12 @@ class LeaseLocks:
             hold.lost.set()
             return etag
 
-    async def _release(self, key: str, etag: str) -> None:
-        # A released lease is an expired one: the next claimer swaps it, and a slow
-        # holder can never delete a lease someone else took over.
-        with contextlib.suppress(StorageError):
+    async def _release(self, key: str, etag: str) -> bool:
+        """Whether the lease was released. A released lease is an expired one: the next
+        claimer swaps it, and a slow holder can never delete a lease someone else took
+        over."""
+        try:
             await anyio.to_thread.run_sync(self.store.swap, key, self._body(0.0), etag)
+        except StorageError:
+            return False
+        return True

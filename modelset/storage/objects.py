@@ -81,7 +81,7 @@ class StoreRetry:
     timeout, and the backoff between attempts (full jitter: a random wait up to
     ``base * 2**n``, at most ``cap``)."""
 
-    attempts: int = 10
+    attempts: int = 30
     budget: float = 120.0
     timeout: float = 30.0
     base: float = 0.1
