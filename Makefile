@@ -60,10 +60,12 @@ bench: setup
 bench-quick: setup
 	$(BIN)/python -m bench --quick
 
-# Regenerates the lock file after a change to pyproject.toml's dependencies.
-lock:
-	$(PYTHON) -m pip install --quiet uv
-	$(PYTHON) -m uv pip compile pyproject.toml --extra dev --generate-hashes \
+# Regenerates both locks after a change to pyproject.toml's dependencies or to
+# installer.in, with the pinned installer: every package, and every extra a dependency
+# asks for (prefect's httpx[http2] brings h2), is pinned with the hashes of its files.
+lock: $(UV)
+	$(UV) pip compile --quiet installer.in --generate-hashes --python-version 3.11 -o installer.lock
+	$(UV) pip compile --quiet pyproject.toml --extra dev --generate-hashes \
 		--python-version 3.11 -o requirements.lock
 
 clean:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from modelset.report import read_manifest
-from modelset.storage import open_store
+from modelset.storage import Store, open_store
 from tests.conftest import (
     REPO,
     SandboxFactory,
@@ -100,11 +100,21 @@ def test_a_callback_brings_the_set_of_a_run_that_died_after_submitting(
     while len(list(folder.glob("*.jpg"))) < 4 and time.monotonic() < deadline:
         time.sleep(0.5)
     assert len(list(folder.glob("*.jpg"))) == 4, logs[1].read_text()[-3000:]
-    rows = {row.item: row for row in read_manifest(out)}
-    assert rows["orphan"].status.value == "succeeded"
+    assert row_status(out, "orphan") == "succeeded"
     assert len(submissions(env)) == 1
     for log in logs:
         assert SECRET not in log.read_text()
+
+
+def row_status(location: Store | Path, item: str, within: float = 30) -> str | None:
+    """The report's status of ``item``, once the collecting flow has written its row
+    (it writes the images first)."""
+    deadline = time.monotonic() + within
+    while True:
+        rows = {row.item: row for row in read_manifest(location)}
+        if item in rows or time.monotonic() > deadline:
+            return rows[item].status.value if item in rows else None
+        time.sleep(0.2)
 
 
 def test_a_callback_brings_the_set_of_a_dead_run_into_its_bucket(
@@ -144,8 +154,7 @@ def test_a_callback_brings_the_set_of_a_dead_run_into_its_bucket(
     while len(images()) < 4 and time.monotonic() < deadline:
         time.sleep(0.5)
     assert images() == [f"drifter/20/{n}.jpg" for n in range(1, 5)], logs[1].read_text()[-3000:]
-    rows = {row.item: row for row in read_manifest(store)}
-    assert rows["drifter"].status.value == "succeeded"
+    assert row_status(store, "drifter") == "succeeded"
     assert len(submissions(env)) == 1
     assert not elsewhere.exists()
     for log in logs:

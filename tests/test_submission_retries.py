@@ -9,6 +9,7 @@ import asyncio
 
 import pytest
 from prefect import flow, task
+from prefect.client.schemas.objects import State
 
 from modelset.hidream import NoCredits, RequestRejected
 from modelset.storage import StoreUnavailable
@@ -31,8 +32,8 @@ def attempts_until_done(first_failure: Exception) -> tuple[int, bool]:
 
     @flow
     async def batch() -> bool:
-        state = await submit(return_state=True)
-        return state.is_completed()
+        state: State[str] = await submit(return_state=True)  # type: ignore[misc]
+        return bool(state.is_completed())
 
     completed = asyncio.run(batch())
     return len(calls), bool(completed)
