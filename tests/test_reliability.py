@@ -12,9 +12,12 @@ up, and checks the same things:
 - neither the API token nor the callback secret shows in any output: captured logs,
   stdout/stderr, the run's logs on the Prefect server and every file of the report.
 
-Every test runs twice: with the output location a local folder, and an ``s3://`` prefix
-on the session's S3 server (``out_location``). The checks read through the storage seam
-(``open_store``), so they are the same for both.
+A test runs twice, with the output location a local folder and an ``s3://`` prefix on
+the session's S3 server (``out_location``), where the fault leaves ledger state that is
+resolved later (HTTP 500s, stalled submits, a restarted service, outages, URL refreshes);
+the others, whose faults the client absorbs before the store is involved, run on a folder
+(``folder_out``). The bucket's own faults are ``test_infrastructure_faults.py``. The
+checks read through the storage seam (``open_store``), so they are the same for both.
 """
 
 from __future__ import annotations
@@ -163,6 +166,11 @@ def prefect_run_logs(flow_run_ids: list[str]) -> str:
 
 
 @pytest.fixture
+def folder_out(tmp_path: Path) -> str:
+    return str(tmp_path / "out")
+
+
+@pytest.fixture
 def harness(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
@@ -272,11 +280,11 @@ def sandbox_lines(caplog: pytest.LogCaptureFixture, needle: str) -> int:
 
 
 def test_throttle_bursts_with_retry_after(
-    harness: Harness, sandbox_factory: SandboxFactory, batch: Path, out_location: str
+    harness: Harness, sandbox_factory: SandboxFactory, batch: Path, folder_out: str
 ) -> None:
     sandbox = sandbox_factory(**MATRIX_SANDBOX, faults={"throttle": 0.5}, retry_after_s=1)
     harness.point_at(sandbox)
-    out = out_location
+    out = folder_out
     state = harness.run([str(batch)], out)
     assert state.is_completed(), state.message
     check_batch(out, sandbox)
@@ -311,11 +319,11 @@ def test_accept_then_stall_submits_are_found_by_request_id(
 
 
 def test_malformed_json_answers(
-    harness: Harness, sandbox_factory: SandboxFactory, batch: Path, out_location: str
+    harness: Harness, sandbox_factory: SandboxFactory, batch: Path, folder_out: str
 ) -> None:
     sandbox = sandbox_factory(**MATRIX_SANDBOX, faults={"malformed": 0.25})
     harness.point_at(sandbox)
-    out = out_location
+    out = folder_out
     run_until_done(harness, batch, out, sandbox)
     assert sandbox_lines(harness.caplog, "code=malformed") >= 10
     assert len(sandbox.submissions()) == PHOTOS
@@ -323,11 +331,11 @@ def test_malformed_json_answers(
 
 
 def test_unknown_task_statuses_are_waited_out(
-    harness: Harness, sandbox_factory: SandboxFactory, batch: Path, out_location: str
+    harness: Harness, sandbox_factory: SandboxFactory, batch: Path, folder_out: str
 ) -> None:
     sandbox = sandbox_factory(**MATRIX_SANDBOX, faults={"unknown_status": 0.5})
     harness.point_at(sandbox)
-    out = out_location
+    out = folder_out
     state = harness.run([str(batch)], out)
     assert state.is_completed(), state.message
     check_batch(out, sandbox)
@@ -335,11 +343,11 @@ def test_unknown_task_statuses_are_waited_out(
 
 
 def test_expired_result_urls_are_fetched_again(
-    harness: Harness, sandbox_factory: SandboxFactory, batch: Path, out_location: str
+    harness: Harness, sandbox_factory: SandboxFactory, batch: Path, folder_out: str
 ) -> None:
     sandbox = sandbox_factory(**MATRIX_SANDBOX, faults={"expire": 0.5})
     harness.point_at(sandbox)
-    out = out_location
+    out = folder_out
     state = harness.run([str(batch)], out)
     assert state.is_completed(), state.message
     check_batch(out, sandbox)
@@ -501,7 +509,7 @@ def test_a_failing_url_refresh_fails_that_set_not_the_batch(
 
 
 def test_duplicated_early_and_forged_callbacks_change_nothing(
-    harness: Harness, sandbox_factory: SandboxFactory, batch: Path, out_location: str
+    harness: Harness, sandbox_factory: SandboxFactory, batch: Path, folder_out: str
 ) -> None:
     """The real receiver in this process turns callbacks into events that wake the batch;
     the sandbox delivers every callback twice, half of them early (with the final body),
@@ -548,7 +556,7 @@ def test_duplicated_early_and_forged_callbacks_change_nothing(
             HIDREAM_POLL_MAX_INTERVAL="1",
         )
         forger.start()
-        out = out_location
+        out = folder_out
         state = harness.run([str(batch)], out)
     finally:
         forger_stop.set()
