@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import pwd
 import secrets
@@ -449,6 +450,23 @@ def prefect_postgres_server(
         yield api_url
     finally:
         stop_process(process)
+
+
+# --- The fault matrix's harness ---------------------------------------------------------
+
+
+@pytest.fixture
+def harness(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> Any:
+    """Runs the batch flow in this process and checks it (``test_reliability.Harness``;
+    imported here only when a test asks, since it imports the flows)."""
+    from tests.test_reliability import Harness
+
+    caplog.set_level(logging.DEBUG)
+    return Harness(monkeypatch, caplog, capsys)
 
 
 # --- Prefect events -----------------------------------------------------------------------

@@ -40,7 +40,6 @@ from tests.conftest import (
     stop_process,
 )
 from tests.test_reliability import (
-    CALLBACK_SECRET,
     MATRIX_SANDBOX,
     Harness,
     accepted_twice,
@@ -60,17 +59,6 @@ def make_batch(folder: Path, photos: int) -> Path:
         colour = (index * 5 % 256, index * 37 % 256, index * 91 % 256)
         make_photo(folder / f"p{index:02d}.jpg", size=(96, 128), colour=colour)
     return folder
-
-
-@pytest.fixture
-def harness(
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-    capsys: pytest.CaptureFixture[str],
-) -> Harness:
-    """The fault matrix's harness, its secrets with the AWS secret key."""
-    caplog.set_level(logging.DEBUG)
-    return Harness(monkeypatch, caplog, capsys, secrets=(TOKEN, CALLBACK_SECRET, AWS_SECRET))
 
 
 @pytest.fixture
@@ -100,6 +88,7 @@ def test_a_throttling_and_dropping_bucket_costs_retries_not_sets(
     tmp_path: Path,
 ) -> None:
     proxy, out = faulty_bucket
+    harness.secrets = (*harness.secrets, AWS_SECRET)
     batch = make_batch(tmp_path / "batch", 60)
     sandbox = sandbox_factory(**MATRIX_SANDBOX)
     harness.point_at(sandbox, **STORE_ENV)
@@ -136,6 +125,7 @@ def test_a_bucket_unreachable_for_20_s_mid_batch_is_waited_out(
     tmp_path: Path,
 ) -> None:
     proxy, out = faulty_bucket
+    harness.secrets = (*harness.secrets, AWS_SECRET)
     batch = make_batch(tmp_path / "batch", 30)
     sandbox = sandbox_factory(**{**MATRIX_SANDBOX, "generation_s": 1.0})
     harness.point_at(sandbox, **STORE_ENV)

@@ -170,16 +170,6 @@ def folder_out(tmp_path: Path) -> str:
     return str(tmp_path / "out")
 
 
-@pytest.fixture
-def harness(
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-    capsys: pytest.CaptureFixture[str],
-) -> Harness:
-    caplog.set_level(logging.DEBUG)
-    return Harness(monkeypatch, caplog, capsys)
-
-
 TEXT_SUFFIXES = (".json", ".jsonl", ".csv", ".html", "")
 
 
