@@ -83,12 +83,22 @@ def reported_errors() -> Iterator[None]:
             EXIT_ITEMS_FAILED,
         )
     except httpx.TransportError as exc:  # the HiDream client raises its own errors
-        fail(
-            f"the Prefect server did not answer ({type(exc).__name__}: {exc}). Nothing paid "
-            "for is lost: the ledger in the output location, not Prefect, records what was "
-            "sent. Check PREFECT_API_URL (`modelset doctor`), then run the same command again",
-            EXIT_ITEMS_FAILED,
-        )
+        fail(prefect_unreachable(f"{type(exc).__name__}: {exc}"), EXIT_ITEMS_FAILED)
+    except RuntimeError as exc:
+        if not str(exc).startswith(PREFECT_UNREACHABLE):
+            raise
+        fail(prefect_unreachable(str(exc)), EXIT_ITEMS_FAILED)
+
+
+PREFECT_UNREACHABLE = "Failed to reach API"  # how Prefect's client says it
+
+
+def prefect_unreachable(detail: str) -> str:
+    return (
+        f"the Prefect server did not answer ({detail}). Nothing paid for is lost: the "
+        "ledger in the output location, not Prefect, records what was sent. Check "
+        "PREFECT_API_URL (`modelset doctor`), then run the same command again"
+    )
 
 
 def run_async(coroutine: Coroutine[Any, Any, T]) -> T:

@@ -363,3 +363,29 @@ def test_a_bucket_down_past_the_budget_says_what_failed_and_how_to_finish(
     assert "Traceback" not in said and "obstore" not in said
     assert AWS_SECRET not in said and TOKEN not in said
     assert sandbox.submissions() == []
+
+
+def test_an_unreachable_prefect_server_says_so_and_how_to_finish(
+    sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    photo = make_photo(tmp_path / "look.jpg")
+    env = {
+        **os.environ,
+        **hidream_env(sandbox),
+        "PREFECT_API_URL": f"http://127.0.0.1:{free_port()}/api",  # nothing listens there
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "modelset", "run", str(photo), "-t", "20", "--yes"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    said = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 1, said
+    assert "the Prefect server did not answer" in said, said
+    assert "run the same command again" in said, said
+    assert "Traceback" not in said and TOKEN not in said
+    assert sandbox.submissions() == []
