@@ -45,6 +45,28 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 
+# The modules that cost most (process workers, whole batches, servers of their own),
+# dearest first: started first, so that on both cores (pytest-xdist's worksteal) the
+# other worker takes the cheap tests from the end of the queue instead of waiting on a
+# long one at the end.
+DEAREST_FIRST = (
+    "test_workers.py",
+    "test_review_deployments.py",
+    "test_infrastructure_faults.py",
+    "test_reliability.py",
+    "test_bucket_runs.py",
+    "test_crash_recovery.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def cost_rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return DEAREST_FIRST.index(name) if name in DEAREST_FIRST else len(DEAREST_FIRST)
+
+    items.sort(key=cost_rank)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
