@@ -331,6 +331,21 @@ def test_postgresql_restarted_under_a_running_server_mid_batch_costs_no_set_twic
     )
 
 
+def modelset_run(args: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str]:
+    """``modelset run ARGS``: its exit code and what it said, white space folded (rich
+    wraps long lines)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "modelset", "run", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    return done.returncode, " ".join((done.stdout + done.stderr).split())
+
+
 @pytest.mark.usefixtures("prefect_server")
 def test_a_bucket_down_past_the_budget_says_what_failed_and_how_to_finish(
     sandbox: SandboxServer, tmp_path: Path
@@ -344,20 +359,10 @@ def test_a_bucket_down_past_the_budget_says_what_failed_and_how_to_finish(
         "AWS_SECRET_ACCESS_KEY": AWS_SECRET,
         "AWS_REGION": "us-east-1",
     }
-    done = subprocess.run(
-        [
-            *(sys.executable, "-m", "modelset", "run", str(photo), "-t", "20"),
-            *("--out", "s3://catalogue/out", "--yes"),
-        ],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    code, said = modelset_run(
+        [str(photo), "-t", "20", "--out", "s3://catalogue/out", "--yes"], env, tmp_path
     )
-    said = " ".join((done.stdout + done.stderr).split())
-    assert done.returncode == 1, said
+    assert code == 1, said
     assert "the output location failed: s3://catalogue/out" in said, said
     assert "Run the same command again to finish" in said, said
     assert "Traceback" not in said and "obstore" not in said
@@ -374,17 +379,8 @@ def test_an_unreachable_prefect_server_says_so_and_how_to_finish(
         **hidream_env(sandbox),
         "PREFECT_API_URL": f"http://127.0.0.1:{free_port()}/api",  # nothing listens there
     }
-    done = subprocess.run(
-        [sys.executable, "-m", "modelset", "run", str(photo), "-t", "20", "--yes"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    said = " ".join((done.stdout + done.stderr).split())
-    assert done.returncode == 1, said
+    code, said = modelset_run([str(photo), "-t", "20", "--yes"], env, tmp_path)
+    assert code == 1, said
     assert "the Prefect server did not answer" in said, said
     assert "run the same command again" in said, said
     assert "Traceback" not in said and TOKEN not in said
