@@ -284,18 +284,16 @@ class BucketStore:
             except StoreUnavailable as exc:
                 if not exc.transient:
                     raise
-                self._pause_or_give_up(exc, attempt, started)
+                elapsed = time.monotonic() - started
+                pause = self._retry.pause(attempt)
+                if attempt >= self._retry.attempts or elapsed + pause > self._retry.budget:
+                    raise StoreUnavailable(
+                        f"{exc} (gave up after {attempt} attempts in {elapsed:.0f} s)",
+                        transient=True,
+                    ) from None
+                log.debug("retrying %s in %.2f s after: %s", self._url, pause, exc)
+                time.sleep(pause)
         raise AssertionError("unreachable: the last attempt raises")
-
-    def _pause_or_give_up(self, exc: StoreUnavailable, attempt: int, started: float) -> None:
-        elapsed = time.monotonic() - started
-        pause = self._retry.pause(attempt)
-        if attempt >= self._retry.attempts or elapsed + pause > self._retry.budget:
-            raise StoreUnavailable(
-                f"{exc} (gave up after {attempt} attempts in {elapsed:.0f} s)", transient=True
-            ) from None
-        log.debug("retrying %s in %.2f s after: %s", self._url, pause, exc)
-        time.sleep(pause)
 
     def _conditional(
         self,
@@ -306,33 +304,32 @@ class BucketStore:
         before: str | None,
     ) -> str:
         """A create-if-absent (``before`` None) or compare-and-swap from ``before``,
-        sent again only once a read-back shows that a lost attempt did not land.
+        retried like any request, except that an attempt after a lost answer first
+        reads the object back, and a refusal after one may be our own write landing.
 
         Each conditional write carries a token of its own in the object's metadata, so
         the read-back tells our write from another writer's with the same bytes."""
         token = uuid.uuid4().hex
         attributes[WRITE_TOKEN] = token
-        started = time.monotonic()
-        for attempt in range(1, self._retry.attempts + 1):
+        sent = 0
+
+        def send() -> str:
+            nonlocal sent
+            if sent and (landed := self._landed(key, token, before)) is not None:
+                return landed
+            sent += 1
             try:
-                with self._errors(key):
-                    return request()
+                return request()
             except (AlreadyExists, PreconditionFailed):
-                if attempt == 1:
+                if sent == 1:
                     raise  # the store's own answer to our only attempt
                 # Refused after a lost answer: perhaps because our own attempt landed.
                 landed = self._landed(key, token, before)
                 if landed is None:
                     raise
                 return landed
-            except StoreUnavailable as exc:
-                if not exc.transient:
-                    raise
-                self._pause_or_give_up(exc, attempt, started)
-                landed = self._landed(key, token, before)
-                if landed is not None:
-                    return landed
-        raise AssertionError("unreachable: the last attempt raises")
+
+        return self._retrying(key, send)
 
     def _landed(self, key: str, token: str, before: str | None) -> str | None:
         """After a conditional write's answer was lost: its ETag if the object is our
