@@ -48,11 +48,12 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-# On both cores: the suite waits on servers and subprocesses as much as it computes.
-# Each worker starts its own servers (Prefect, moto, PostgreSQL), so no test sees
-# another's work pool, deployments or buckets.
+# Three pytest workers on two cores: a third of the suite's time is spent waiting (on
+# leases, restarts, flow runs polled for), which a third worker fills. Each worker starts
+# its own servers (Prefect, moto, PostgreSQL), so no test sees another's work pool,
+# deployments or buckets. The ten slowest tests are printed at the end (pyproject.toml).
 pytest: setup
-	$(BIN)/pytest -n 2 --dist worksteal
+	$(BIN)/pytest -n 3 --dist worksteal
 
 bench: setup
 	$(BIN)/python -m bench

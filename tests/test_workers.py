@@ -29,7 +29,8 @@ from typing import Any
 
 import httpx
 import pytest
-from prefect.client.orchestration import get_client
+import yaml
+from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterId,
@@ -37,9 +38,11 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments.flow_runs import arun_deployment
+from prefect.flows import load_flow_from_entrypoint
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Crashed
 
+from modelset.deployments.serve import PREFECT_YAML
 from modelset.flows.generate import WORKING_DIRECTORY_SET
 from modelset.report import read_manifest
 from modelset.sandbox import SandboxServer
@@ -124,8 +127,30 @@ def worker_env(api_url: str, home: Path, **extra: str) -> dict[str, str]:
     }
 
 
+async def deployed_to_the_pool(api_url: str) -> bool:
+    """Whether every deployment of prefect.yaml is on this server, in the work pool: an
+    earlier test deployed them, and no `modelset serve` took them over since."""
+    spec = yaml.safe_load(PREFECT_YAML.read_text(encoding="utf-8"))
+    async with PrefectClient(api=api_url) as client:
+        flows = {flow.id: flow.name for flow in await client.read_flows()}
+        deployed = {
+            (flows.get(deployment.flow_id), deployment.name)
+            for deployment in await client.read_deployments()
+            if deployment.work_pool_name == POOL and not deployment.paused
+        }
+    wanted = {
+        (load_flow_from_entrypoint(entry["entrypoint"]).name, entry["name"])
+        for entry in spec["deployments"]
+    }
+    return wanted <= deployed
+
+
 def deploy(env: dict[str, str]) -> None:
-    """Create the work pool and `prefect deploy --all` from the repository."""
+    """Create the work pool and `prefect deploy --all` from the repository, unless that
+    is already done on this server: deployments carry no settings (a worker's
+    environment does), and the two commands cost two interpreters."""
+    if asyncio.run(deployed_to_the_pool(env["PREFECT_API_URL"])):
+        return
     for command in (
         [*PREFECT, "work-pool", "create", POOL, "--type", "process", "--overwrite"],
         [*PREFECT, "--no-prompt", "deploy", "--all"],
