@@ -49,11 +49,13 @@ typecheck: setup
 	$(BIN)/mypy
 
 # Three pytest workers on two cores: a third of the suite's time is spent waiting (on
-# leases, restarts, flow runs polled for), which a third worker fills. Each worker starts
-# its own servers (Prefect, moto, PostgreSQL), so no test sees another's work pool,
-# deployments or buckets. The ten slowest tests are printed at the end (pyproject.toml).
+# leases, restarts, flow runs polled for), which a third worker fills. Each takes the
+# next test from one queue, dearest first (tests/conftest.py), so none is left running
+# a long test alone at the end. Each worker starts its own servers (Prefect, moto,
+# PostgreSQL), so no test sees another's work pool, deployments or buckets. The ten
+# slowest tests are printed at the end (pyproject.toml).
 pytest: setup
-	$(BIN)/pytest -n 3 --dist worksteal
+	$(BIN)/pytest -n 3 --dist load --maxschedchunk 1
 
 bench: setup
 	$(BIN)/python -m bench

@@ -46,16 +46,24 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 
 
 # The modules that cost most (process workers, whole batches, servers of their own),
-# dearest first: started first, so that on both cores (pytest-xdist's worksteal) the
-# other worker takes the cheap tests from the end of the queue instead of waiting on a
-# long one at the end.
+# dearest first. With `--dist load --maxschedchunk 1` (the Makefile) each pytest worker
+# takes the next test from this one queue as it finishes one, so the long tests start
+# first, on every worker, and the cheap ones fill in at the end: no worker is left
+# running a long test alone while the others idle.
 DEAREST_FIRST = (
     "test_workers.py",
-    "test_review_deployments.py",
     "test_infrastructure_faults.py",
+    "test_review_deployments.py",
+    "test_callback_flow.py",
     "test_reliability.py",
-    "test_bucket_runs.py",
+    "test_plan.py",
     "test_crash_recovery.py",
+    "test_bucket_runs.py",
+    "test_deployments.py",
+    "test_run_graph.py",
+    "test_unattended.py",
+    "test_inbox.py",
+    "test_postgres_server.py",
 )
 
 
