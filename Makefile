@@ -27,10 +27,13 @@ $(UV): installer.lock
 
 # `uv pip sync` makes the venv exactly what the locks pin (hash-checked, no resolution,
 # so nothing newer on the index is ever considered; anything else installed is removed),
-# then the project itself, a check that every requirement is met, and Prefect's
-# database migration so the first run does not wait on it.
+# compiled to bytecode once, on both cores (otherwise every process of the first run,
+# the demo's or the suite's, compiles the modules it imports, several at once); then the
+# project itself, a check that every requirement is met, and Prefect's database
+# migration so the first run does not wait on it.
 $(STAMP): $(UV) requirements.lock pyproject.toml
-	$(UV) pip sync --quiet --python $(BIN)/python --require-hashes requirements.lock installer.lock
+	$(UV) pip sync --quiet --python $(BIN)/python --require-hashes --compile-bytecode \
+		requirements.lock installer.lock
 	$(UV) pip install --quiet --python $(BIN)/python --no-deps --no-build-isolation -e .
 	$(UV) pip check --quiet --python $(BIN)/python
 	$(BIN)/prefect server database upgrade -y >/dev/null
@@ -48,14 +51,14 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-# Three pytest workers on two cores: a third of the suite's time is spent waiting (on
-# leases, restarts, flow runs polled for), which a third worker fills. Each takes the
-# next test from one queue, dearest first (tests/conftest.py), so none is left running
-# a long test alone at the end. Each worker starts its own servers (Prefect, moto,
-# PostgreSQL), so no test sees another's work pool, deployments or buckets. The ten
-# slowest tests are printed at the end (pyproject.toml).
+# Both cores, each pytest worker taking the next test from one queue, dearest first
+# (tests/conftest.py): the long tests start first, and no worker is left running a long
+# one alone at the end. (A third worker made the suite slower: the two cores are the
+# limit, not the waits.) Each worker starts its own servers (Prefect, moto, PostgreSQL),
+# so no test sees another's work pool, deployments or buckets. The ten slowest tests
+# are printed at the end (pyproject.toml).
 pytest: setup
-	$(BIN)/pytest -n 3 --dist load --maxschedchunk 1
+	$(BIN)/pytest -n 2 --dist load --maxschedchunk 1
 
 bench: setup
 	$(BIN)/python -m bench
