@@ -27,10 +27,11 @@ $(UV): installer.lock
 
 # `uv pip sync` makes the venv exactly what the locks pin (hash-checked, no resolution,
 # so nothing newer on the index is ever considered; anything else installed is removed),
-# compiled to bytecode once, on both cores (otherwise every process of the first run,
-# the demo's or the suite's, compiles the modules it imports, several at once); then the
-# project itself, a check that every requirement is met, and Prefect's database
-# migration so the first run does not wait on it.
+# compiled to bytecode once, on both cores: where PYTHONDONTWRITEBYTECODE is set (as on
+# these machines) Python never writes a .pyc, so without this every process compiled
+# every module it imported, every time (half of each subprocess's CPU in the suite);
+# then the project itself, a check that every requirement is met, and Prefect's
+# database migration so the first run does not wait on it.
 $(STAMP): $(UV) requirements.lock pyproject.toml
 	$(UV) pip sync --quiet --python $(BIN)/python --require-hashes --compile-bytecode \
 		requirements.lock installer.lock
@@ -56,8 +57,10 @@ typecheck: setup
 # one alone at the end. (A third worker made the suite slower: the two cores are the
 # limit, not the waits.) Each worker starts its own servers (Prefect, moto, PostgreSQL),
 # so no test sees another's work pool, deployments or buckets. The ten slowest tests
-# are printed at the end (pyproject.toml).
+# are printed at the end (pyproject.toml). The project's own modules are compiled first,
+# for the reason given at setup (PYTHONDONTWRITEBYTECODE).
 pytest: setup
+	$(BIN)/python -m compileall -q modelset tests
 	$(BIN)/pytest -n 2 --dist load --maxschedchunk 1
 
 bench: setup

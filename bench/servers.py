@@ -3,7 +3,7 @@
 - :class:`Sandbox`: ``.venv/bin/modelset sandbox`` on a free port (fresh state each time, so
   no run profits from images another run made it render).
 - :class:`PrefectServer`: ``prefect server start`` with its own temporary ``PREFECT_HOME``.
-- :class:`S3Server`: moto's S3-compatible server (``python -m moto.server``), for the
+- :class:`S3Server`: moto's S3-compatible server (``python -m modelset.sandbox.s3``), for the
   figures with ``--out s3://...``; its request log is what :func:`count_requests` reads.
 
 All wait until healthy, and stop with SIGTERM (SIGKILL after a grace period).
@@ -218,7 +218,7 @@ _REQUEST = re.compile(r'"(GET|PUT|HEAD|POST|DELETE) (\S+) HTTP/[\d.]+" (\d{3})')
 
 
 class S3Server(_Server):
-    """moto's S3 server (``python -m moto.server``) in its own process, objects in memory.
+    """moto's S3 server (``python -m modelset.sandbox.s3``) in its own process, objects in memory.
 
     A stand-in for a bucket: no network latency, but its CPU is this machine's (it is
     watched beside the sandbox's). Every request is one line of its log.
@@ -236,7 +236,7 @@ class S3Server(_Server):
         command = [
             str(BIN / "python"),
             "-m",
-            "moto.server",
+            "modelset.sandbox.s3",
             "-H",
             "127.0.0.1",
             "-p",

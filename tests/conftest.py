@@ -255,7 +255,8 @@ def stop_process(process: subprocess.Popen[bytes], *, within: float = 20) -> Non
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """moto's standalone S3 server in a subprocess for the session; yields its endpoint.
+    """moto's standalone S3 server in a subprocess for the session (its conditional
+    writes made atomic, as S3's are: ``modelset.sandbox.s3``); yields its endpoint.
 
     For the whole session ``AWS_ENDPOINT_URL`` and test credentials are set in
     ``os.environ``, so obstore here and in subprocesses of tests reaches it.
@@ -266,7 +267,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log_path = folder / "moto.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            [sys.executable, "-m", "modelset.sandbox.s3", "-H", "127.0.0.1", "-p", str(port)],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=folder,
