@@ -54,11 +54,11 @@ typecheck: setup
 
 # Both cores, each pytest worker taking the next test from one queue, dearest first
 # (tests/conftest.py): the long tests start first, and no worker is left running a long
-# one alone at the end. (A third worker made the suite slower: the two cores are the
-# limit, not the waits.) Each worker starts its own servers (Prefect, moto, PostgreSQL),
-# so no test sees another's work pool, deployments or buckets. The ten slowest tests
-# are printed at the end (pyproject.toml). The project's own modules are compiled first,
-# for the reason given at setup (PYTHONDONTWRITEBYTECODE).
+# one alone at the end. (A third worker saved about half a minute and crowded the tests
+# that time a fault: the two cores are the limit.) Each worker starts its own servers
+# (Prefect, moto, PostgreSQL), so no test sees another's work pool, deployments or
+# buckets. The ten slowest tests are printed at the end (pyproject.toml). The project's
+# own modules are compiled first, for the reason given at setup (PYTHONDONTWRITEBYTECODE).
 pytest: setup
 	$(BIN)/python -m compileall -q modelset tests
 	$(BIN)/pytest -n 2 --dist load --maxschedchunk 1
