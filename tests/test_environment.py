@@ -5,11 +5,12 @@ no resolution. These tests fail loudly when the two drift apart: a package insta
 that the locks do not pin (or pin at another version), a pin that was not installed (a
 partial install), a requirement or extra of an installed package that nothing installed
 meets (a lock compiled without it), or a dependency of ``pyproject.toml`` the lock does
-not satisfy (``make lock`` not run after an edit).
+not satisfy (``make lock`` not run after an edit); and an install that left no bytecode.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import tomllib
 from importlib import metadata
@@ -122,3 +123,14 @@ def test_the_lock_satisfies_the_projects_dependencies() -> None:
         if version is None or not requirement.specifier.contains(version, prereleases=True):
             unsatisfied.append(f"{line} (locked: {version})")
     assert unsatisfied == [], "run `make lock`: " + ", ".join(unsatisfied)
+
+
+def test_the_installed_packages_are_compiled_to_bytecode() -> None:
+    # Where PYTHONDONTWRITEBYTECODE is set, nothing but the install writes a .pyc: without
+    # it every process (each flow run on a worker, each subprocess of the suite) compiles
+    # every module it imports, about half of such a process's CPU.
+    import prefect.engine
+
+    source = Path(prefect.engine.__file__)
+    compiled = Path(importlib.util.cache_from_source(str(source)))
+    assert compiled.is_file(), f"{source} has no bytecode: install with --compile-bytecode"
