@@ -29,7 +29,6 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.filters import (
     FlowRunFilter,
@@ -38,11 +37,11 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments.flow_runs import arun_deployment
-from prefect.flows import load_flow_from_entrypoint
+from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Crashed
 
-from modelset.deployments.serve import PREFECT_YAML
+from modelset.deployments.serve import load_deployments
 from modelset.flows.generate import WORKING_DIRECTORY_SET
 from modelset.report import read_manifest
 from modelset.sandbox import SandboxServer
@@ -130,19 +129,15 @@ def worker_env(api_url: str, home: Path, **extra: str) -> dict[str, str]:
 async def deployed_to_the_pool(api_url: str) -> bool:
     """Whether every deployment of prefect.yaml is on this server, in the work pool: an
     earlier test deployed them, and no `modelset serve` took them over since."""
-    spec = yaml.safe_load(PREFECT_YAML.read_text(encoding="utf-8"))
     async with PrefectClient(api=api_url) as client:
-        flows = {flow.id: flow.name for flow in await client.read_flows()}
-        deployed = {
-            (flows.get(deployment.flow_id), deployment.name)
-            for deployment in await client.read_deployments()
-            if deployment.work_pool_name == POOL and not deployment.paused
-        }
-    wanted = {
-        (load_flow_from_entrypoint(entry["entrypoint"]).name, entry["name"])
-        for entry in spec["deployments"]
-    }
-    return wanted <= deployed
+        for wanted in load_deployments():
+            try:
+                found = await client.read_deployment_by_name(f"{wanted.flow_name}/{wanted.name}")
+            except ObjectNotFound:
+                return False
+            if found.work_pool_name != POOL or found.paused:
+                return False
+    return True
 
 
 def deploy(env: dict[str, str]) -> None:
