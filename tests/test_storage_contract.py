@@ -145,6 +145,16 @@ def test_list_returns_sorted_keys_below_a_prefix_and_only_those(store: Store) ->
     assert store.list("ab") == []  # an object, not a prefix
 
 
+def test_a_limited_list_gives_the_first_keys_and_says_there_may_be_more(store: Store) -> None:
+    keys = [f"many/{n:02d}" for n in range(12)]
+    for key in reversed(keys):
+        store.write(key, b"x")
+
+    assert store.list("many", limit=5) == keys[:5]  # five back: there may be more
+    assert store.list("many", limit=12) == keys
+    assert store.list("many", limit=50) == keys  # fewer than the limit: that is all
+
+
 def test_delete_is_idempotent(store: Store) -> None:
     store.write("tmp/x", b"x")
     store.delete("tmp/x")
@@ -177,6 +187,13 @@ def test_keys_that_could_leave_the_location_raise_value_error(store: Store, key:
         with pytest.raises(ValueError, match="not a storage key"):
             verb()
     assert store.list("") == []
+
+
+def test_update_does_not_write_bytes_that_did_not_change(store: Store) -> None:
+    store.write("doc.json", b"same")
+    etag = store.read("doc.json").etag
+    assert update(store, "doc.json", lambda current: (b"same", "kept")) == "kept"
+    assert store.read("doc.json").etag == etag  # not written again: on a bucket, no request
 
 
 def test_update_is_exact_under_concurrent_writers(store: Store) -> None:

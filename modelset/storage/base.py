@@ -14,6 +14,7 @@ ledger on a bucket) run them in worker threads.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -95,8 +96,11 @@ class Store(Protocol):
         :class:`PreconditionFailed` (also when it is gone)."""
         ...
 
-    def list(self, prefix: str) -> list[str]:
-        """Every key below ``prefix`` (a folder-like prefix, ``""`` for all), sorted."""
+    def list(self, prefix: str, limit: int | None = None) -> list[str]:
+        """Every key below ``prefix`` (a folder-like prefix, ``""`` for all), sorted.
+
+        With ``limit``, the listing stops once it has that many keys (a bucket lists
+        1,000 per request): getting ``limit`` keys back means there may be more."""
         ...
 
     def delete(self, key: str) -> None:
@@ -125,11 +129,14 @@ def update(store: Store, key: str, change: Callable[[bytes | None], tuple[bytes,
     create-if-absent or a compare-and-swap, retried on a race with a fresh read.
 
     ``change`` gets the current bytes (None if absent) and returns the new bytes and a
-    value handed back to the caller. It may run more than once.
+    value handed back to the caller. It may run more than once. Bytes that did not change
+    are not written again.
     """
     for _ in range(_CAS_ATTEMPTS):
         current = read_or_none(store, key)
         data, value = change(None if current is None else current.data)
+        if current is not None and data == current.data:
+            return value
         try:
             if current is None:
                 store.create(key, data)
@@ -141,9 +148,21 @@ def update(store: Store, key: str, change: Callable[[bytes | None], tuple[bytes,
     raise PreconditionFailed(f"{store.url}: {key} kept changing under {_CAS_ATTEMPTS} writes")
 
 
-def read_many(store: Store, keys: list[str], *, threads: int = 16) -> dict[str, Blob | None]:
-    """Many objects at once: concurrent requests on a bucket, a loop on a folder."""
+def read_many(
+    store: Store, keys: list[str], *, threads: int = 16, copies: Path | None = None
+) -> dict[str, Blob | None]:
+    """Many objects at once: concurrent requests on a bucket, a loop on a folder.
+
+    ``copies``: a local folder with copies of some keys at the same relative paths (what
+    this run stored in a bucket and kept), read from there instead."""
     unique = list(dict.fromkeys(keys))
+    if copies is not None:
+        found: dict[str, Blob | None] = {}
+        for key in unique:
+            with contextlib.suppress(OSError):
+                found[key] = Blob((copies / key).read_bytes(), etag="")
+        rest = read_many(store, [key for key in unique if key not in found], threads=threads)
+        return {**found, **rest}
     if store.is_local or len(unique) < 2:
         return {key: read_or_none(store, key) for key in unique}
     with ThreadPoolExecutor(min(threads, len(unique))) as pool:

@@ -106,7 +106,7 @@ class FolderStore:
             write_bytes(path, data)
             return _etag(path.stat())
 
-    def list(self, prefix: str) -> list[str]:
+    def list(self, prefix: str, limit: int | None = None) -> list[str]:
         base = self._path(prefix) if prefix else self.root
         if not base.is_dir():
             return []
@@ -120,7 +120,7 @@ class FolderStore:
                 if name.startswith(".") and name.endswith(".tmp"):
                     continue
                 keys.append(Path(folder, name).relative_to(self.root).as_posix())
-        return sorted(keys)
+        return sorted(keys)[:limit]
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)

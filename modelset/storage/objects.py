@@ -241,12 +241,16 @@ class BucketStore:
 
         return self._conditional(key, attributes, swap, before=etag)
 
-    def list(self, prefix: str) -> list[str]:
+    def list(self, prefix: str, limit: int | None = None) -> list[str]:
         path = check_key(prefix) if prefix else None
 
         def listing() -> list[str]:
-            stream = obstore.list(self._store, prefix=path)
-            return sorted(meta["path"] for batch in stream for meta in batch)
+            keys: list[str] = []
+            for batch in obstore.list(self._store, prefix=path):
+                keys.extend(meta["path"] for meta in batch)
+                if limit is not None and len(keys) >= limit:
+                    return sorted(keys)[:limit]
+            return sorted(keys)
 
         return self._retrying(prefix or "/", listing)
 
