@@ -121,9 +121,9 @@ def task_run_cpu(api_url: str, n: int, events: str) -> dict[str, float]:
 def summary_rows(folder: Path) -> list[ManifestRow]:
     """200 rows of four outputs each, as a finished run leaves them in a folder."""
     from modelset.images import THUMBNAIL_SIZE
-    from modelset.report import ManifestRow, Status
+    from modelset.report import ManifestRow, Status, input_thumbnail_key
     from modelset.sandbox.imagery import render_pose
-    from modelset.stages import thumbnail_jpeg, thumbnail_key
+    from modelset.stages import thumbnail_jpeg
     from modelset.storage import open_store
 
     store = open_store(folder)
@@ -132,7 +132,7 @@ def summary_rows(folder: Path) -> list[ManifestRow]:
     for index, photo in enumerate(photos):
         data = photo.read_bytes()
         digest = f"{index:064x}"
-        store.write(thumbnail_key(digest), thumbnail_jpeg(photo, THUMBNAIL_SIZE))
+        store.write(input_thumbnail_key(digest), thumbnail_jpeg(photo, THUMBNAIL_SIZE))
         outputs = []
         for pose in range(1, IMAGES_PER_SET + 1):
             outputs.append(f"{photo.stem}/20/{pose}.jpg")

@@ -7,10 +7,12 @@ every row's latest state; rows of photos the rerun did not touch are kept.
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import hashlib
 import html
 import io
+import json
 from collections.abc import Iterable
 from enum import StrEnum
 from pathlib import Path
@@ -25,6 +27,8 @@ MANIFEST_CSV = "manifest.csv"
 INDEX_HTML = "index.html"
 STATE_DIR = ".modelset"
 _REWRITE_ROUNDS = 5
+THUMBS_PREFIX = f"{STATE_DIR}/thumbs"
+SET_THUMBNAILS = "thumbnails.json"
 VIEWS_WRITTEN_FROM = f"{STATE_DIR}/report-views.sha256"
 """The sha256 of the manifest bytes that manifest.csv and index.html were written from."""
 MANIFEST_FIELDS = (
@@ -113,7 +117,7 @@ def merge_rows(previous: Iterable[ManifestRow], latest: Iterable[ManifestRow]) -
     return list(merged.values())
 
 
-def update_report(store: Store, rows: list[ManifestRow]) -> str:
+def update_report(store: Store, rows: list[ManifestRow], *, copies: Path | None = None) -> str:
     """Merge ``rows`` into the location's report; returns where the sheet is.
 
     Several runs (shards, concurrent runs, the callback collector) may write one
@@ -138,7 +142,7 @@ def update_report(store: Store, rows: list[ManifestRow]) -> str:
         return locate(store, INDEX_HTML)
     for _ in range(_REWRITE_ROUNDS):
         written = read_or_none(store, MANIFEST_JSONL)
-        _write_views(store, merged, thumbnails)
+        _write_views(store, merged, thumbnails, copies)
         latest = read_or_none(store, MANIFEST_JSONL)
         if latest is None or written is None or latest.etag == written.etag:
             if written is not None:
@@ -167,11 +171,14 @@ def write_report(store: Store, rows: list[ManifestRow]) -> str:
 
 
 def _write_views(
-    store: Store, rows: list[ManifestRow], thumbnails: dict[tuple[str, int], str]
+    store: Store,
+    rows: list[ManifestRow],
+    thumbnails: dict[tuple[str, int], str],
+    copies: Path | None = None,
 ) -> None:
     for row in rows:
         if row.thumbnail is None and row.source_sha256:
-            key = thumbnails.get(row.row_key) or _input_thumbnail(row.source_sha256)
+            key = thumbnails.get(row.row_key) or input_thumbnail_key(row.source_sha256)
             path = store.local_path(key)
             row.thumbnail = key if path is None or path.exists() else None
     _write_csv(store, rows)
@@ -179,33 +186,88 @@ def _write_views(
     if store.is_local:
         page = contact_sheet(rows, title=title)
     else:
-        page = contact_sheet(rows, title=title, images=_embedded_images(store, rows))
+        page = contact_sheet(rows, title=title, images=_embedded_images(store, rows, copies))
     store.write(INDEX_HTML, page.encode("utf-8"))
 
 
-def _input_thumbnail(source_sha256: str) -> str:
-    return f"{STATE_DIR}/thumbs/{source_sha256}.jpg"
+def input_thumbnail_key(source_sha256: str) -> str:
+    return f"{THUMBS_PREFIX}/{source_sha256}.jpg"
 
 
-def _embedded_images(store: Store, rows: list[ManifestRow]) -> dict[str, str]:
-    """``data:`` URIs of every thumbnail the sheet shows, by the key it would link.
+def output_thumbnail_key(output: str) -> str:
+    """Where one generated image's thumbnail is kept on this machine during a run (and
+    was stored in a bucket by versions that stored one object per image)."""
+    return f"{THUMBS_PREFIX}/{output}"
+
+
+def set_thumbnails_key(folder: str) -> str:
+    """The one object holding the thumbnails of a set's images (``<item>/<template_id>``)."""
+    return f"{THUMBS_PREFIX}/{folder}/{SET_THUMBNAILS}"
+
+
+def store_set_thumbnails(
+    store: Store, folder: str, thumbnails: dict[str, bytes], *, merge: bool
+) -> None:
+    """Store a set's thumbnails (output key -> JPEG) as one object: one request per set
+    where one per image cost four. ``merge``: keep those already stored (a set whose
+    images were downloaded over two runs)."""
+    key = set_thumbnails_key(folder)
+    if merge and (stored := read_or_none(store, key)) is not None:
+        thumbnails = {**_unpacked(stored.data), **thumbnails}
+    packed = {output: base64.b64encode(jpeg).decode("ascii") for output, jpeg in thumbnails.items()}
+    store.write(key, json.dumps(packed, sort_keys=True).encode())
+
+
+def _unpacked(data: bytes) -> dict[str, bytes]:
+    try:
+        return {output: base64.b64decode(jpeg) for output, jpeg in json.loads(data).items()}
+    except (ValueError, AttributeError, TypeError):
+        return {}  # damaged: the images themselves are read instead
+
+
+def output_thumbnails(
+    store: Store, outputs: Iterable[str], copies: Path | None = None
+) -> dict[str, bytes]:
+    """The thumbnail of each generated image that has one: this run's copy (``copies``),
+    its set's thumbnails object, or the per-image object of a location written before
+    those; images without one are left out (a folder keeps none: read the image)."""
+    if store.is_local:
+        return {}
+    wanted = list(dict.fromkeys(outputs))
+    found: dict[str, bytes] = {}
+    if copies is not None:
+        for output in wanted:
+            with contextlib.suppress(OSError):
+                found[output] = (copies / output_thumbnail_key(output)).read_bytes()
+    missing = [output for output in wanted if output not in found]
+    folders = {output.rpartition("/")[0] for output in missing}
+    for blob in read_many(store, [set_thumbnails_key(folder) for folder in folders]).values():
+        if blob is not None:
+            found.update({k: v for k, v in _unpacked(blob.data).items() if k in missing})
+    older = [output for output in missing if output not in found]
+    legacy = read_many(store, [output_thumbnail_key(output) for output in older])
+    found.update(
+        {o: blob.data for o in older if (blob := legacy[output_thumbnail_key(o)]) is not None}
+    )
+    return found
+
+
+def _embedded_images(
+    store: Store, rows: list[ManifestRow], copies: Path | None = None
+) -> dict[str, str]:
+    """``data:`` URIs of every thumbnail the sheet shows, by the key it would link (read
+    from ``copies`` where this run kept them, see ``read_many``).
 
     A private bucket's sheet opened through a presigned URL cannot load other objects,
     so the thumbnails travel inside it; its links stay relative.
     """
-    wanted: dict[str, str] = {}
-    for row in rows:
-        if row.thumbnail:
-            wanted[row.thumbnail] = row.thumbnail
-        for output in row.outputs:
-            wanted[output] = f"{STATE_DIR}/thumbs/{output}"
-    found = read_many(store, list(set(wanted.values())))
-    images = {}
-    for shown, key in wanted.items():
-        blob = found.get(key)
-        if blob is not None:
-            images[shown] = "data:image/jpeg;base64," + base64.b64encode(blob.data).decode()
-    return images
+    inputs = read_many(store, [row.thumbnail for row in rows if row.thumbnail], copies=copies)
+    found = {key: blob.data for key, blob in inputs.items() if blob is not None}
+    found.update(output_thumbnails(store, [o for row in rows for o in row.outputs], copies))
+    return {
+        shown: "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
+        for shown, jpeg in found.items()
+    }
 
 
 def _write_csv(store: Store, rows: list[ManifestRow]) -> None:

@@ -15,6 +15,7 @@ import logging
 import tempfile
 from collections import Counter
 from collections.abc import Awaitable, Iterable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -49,14 +50,22 @@ from modelset.ledger import (
     Ledger,
     LedgerClaim,
     LedgerRecord,
+    RecordAppeared,
     SubmissionState,
     request_id_for,
     submission_key,
     upload_key,
 )
-from modelset.report import STATE_DIR, ManifestRow, Status
+from modelset.report import (
+    STATE_DIR,
+    ManifestRow,
+    Status,
+    input_thumbnail_key,
+    output_thumbnail_key,
+    store_set_thumbnails,
+)
 from modelset.sources import FetchError, fetch
-from modelset.storage import Store, off_loop, open_store, read_or_none
+from modelset.storage import AlreadyExists, Store, off_loop, open_store, read_or_none
 
 log = logging.getLogger("modelset.stages")
 
@@ -64,7 +73,6 @@ T = TypeVar("T")
 
 TASK_MARKER = ".task_id"
 UPLOADS_PREFIX = f"{STATE_DIR}/uploads"
-THUMBS_PREFIX = f"{STATE_DIR}/thumbs"
 OUTPUT_THUMBNAIL = (96, 128)
 _HASH_CHUNK = 1024 * 1024
 
@@ -84,6 +92,9 @@ class Workspace:
         self.scratch = scratch
         self.uploads = scratch / "uploads"
         self.fetched = scratch / "fetched"
+        # On a bucket: copies of the thumbnails this run stored there, by key, so that the
+        # report and the summary read them here instead of asking the bucket again.
+        self.kept: Path | None = None if store.is_local else scratch / "kept"
         self.uploads.mkdir(parents=True, exist_ok=True)
         self.fetched.mkdir(parents=True, exist_ok=True)
         # Fetched copies of remote sources by content hash, for the stages after fetch.
@@ -185,10 +196,6 @@ def hash_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def thumbnail_key(source_sha256: str) -> str:
-    return f"{THUMBS_PREFIX}/{source_sha256}.jpg"
-
-
 def upload_key_of(source_sha256: str, options: PrepareOptions) -> str:
     return f"{UPLOADS_PREFIX}/{source_sha256}-{options.name}-v{PREPARATION_VERSION}.jpg"
 
@@ -265,7 +272,7 @@ def prepare_validated(
     store = workspace.store
     key = upload_key_of(photo.source_sha256, options)
     upload = workspace.file_for(key)
-    preview_key = thumbnail_key(photo.source_sha256)
+    preview_key = input_thumbnail_key(photo.source_sha256)
     preview = workspace.file_for(preview_key)
     try:
         source = _source_file(photo, workspace, options)
@@ -283,10 +290,12 @@ def prepare_validated(
         fetched = workspace.fetched_files.pop(photo.source_sha256, None)
         if fetched is not None:
             fetched.unlink(missing_ok=True)
-    if not store.is_local:
+    if workspace.kept is not None:
         store.write_file(key, upload)
         store.write_file(preview_key, preview)
-        preview.unlink(missing_ok=True)
+        kept = workspace.kept / preview_key
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        preview.replace(kept)
     return photo.model_copy(
         update={
             "upload_key": key,
@@ -419,10 +428,12 @@ async def submit_once(
     rules: SubmitPolicy,
     upload: Path | None,
     notify_url: str | None = None,
+    absent: bool = False,
 ) -> LedgerRecord:
     """Send one photo+template at most once; returns its ledger record.
 
     ``upload`` is the prepared upload on this machine (see :func:`upload_file`).
+    ``absent``: the key had no record when the run was planned (see ``Ledger.claim``).
 
     The record returned has another key when the same upload was paid for under that
     key (the same picture with other bytes): the caller points at that set.
@@ -431,104 +442,113 @@ async def submit_once(
     assert prepared.ready
     assert prepared.source_sha256
     image, image_sha256 = prepared.image_to_send(prepare, upload)
-    async with ledger.claim(key) as claim:
-        record = claim.record
-        if not needs_submit(record, rules):
-            assert record is not None
-            return record
-        sent = upload_key_for(client.base_url, template_id, image_sha256, prepare)
-        if record is not None and record.state in (
-            SubmissionState.INTENT,
-            SubmissionState.UNKNOWN,
-        ):
-            # An earlier send may have created a task: adopt it rather than pay again,
-            # whatever the rerun options say.
-            resolved = await _resolve_unknown(client, claim, record, rules)
-            if resolved is not None:
-                return resolved
-            attempt = record.attempt
-        else:
-            attempt = 1 if record is None else record.attempt + 1
-        if claim.time_left() < rules.send_window_s:
-            return _not_sent(record, key, "the ledger lease is too short for a whole send")
-        intent = await claim.write(
-            LedgerRecord(
-                key=key,
-                attempt=attempt,
-                state=SubmissionState.INTENT,
-                request_id=request_id_for(key, attempt),
-                template_id=template_id,
-                source=prepared.source,
-                item=item,
-                source_sha256=prepared.source_sha256,
-                upload_sha256=image_sha256,
-                claimed_by_run=rules.run_id,
+    async with ledger.claim(key, absent=absent) as claim:
+
+        async def held() -> LedgerRecord:
+            record = claim.record
+            if not needs_submit(record, rules):
+                assert record is not None
+                return record
+            sent = upload_key_for(client.base_url, template_id, image_sha256, prepare)
+            if record is not None and record.state in (
+                SubmissionState.INTENT,
+                SubmissionState.UNKNOWN,
+            ):
+                # An earlier send may have created a task: adopt it rather than pay again,
+                # whatever the rerun options say.
+                resolved = await _resolve_unknown(client, claim, record, rules)
+                if resolved is not None:
+                    return resolved
+                attempt = record.attempt
+            else:
+                attempt = 1 if record is None else record.attempt + 1
+            if claim.time_left() < rules.send_window_s:
+                return _not_sent(record, key, "the ledger lease is too short for a whole send")
+            intent = await claim.write(
+                LedgerRecord(
+                    key=key,
+                    attempt=attempt,
+                    state=SubmissionState.INTENT,
+                    request_id=request_id_for(key, attempt),
+                    template_id=template_id,
+                    source=prepared.source,
+                    item=item,
+                    source_sha256=prepared.source_sha256,
+                    upload_sha256=image_sha256,
+                    claimed_by_run=rules.run_id,
+                )
             )
-        )
-        if record is None and not rules.refresh:
-            # Claimed after the intent is on record, so a concurrent claimer of the same
-            # upload always finds its owner's record and never takes the upload over.
-            owner = await ledger.claim_upload(sent, key)
-            if owner != key and (paid := await ledger.run(ledger.read, owner)) is not None:
-                await claim.forget()
-                return paid
-        try:
-            receipt = await _send_while_held(
-                claim,
-                client.submit_variation(
-                    image, template_id, request_id=intent.request_id, notify_url=notify_url
-                ),
-            )
-        except ClaimLost:
-            # The lease could not be renewed: stop sending. Whoever claims the key next
-            # finds the intent and looks its request_id up.
-            return intent.model_copy(
-                update={
-                    "state": SubmissionState.UNKNOWN,
-                    "reason": "the ledger lease was lost mid-send; a rerun looks the "
-                    "request_id up before sending again",
-                }
-            )
-        except (AccountError, ConnectFailed, Throttled) as exc:
-            # Certainly not created: the key goes back to what it was before this send.
-            await _restore(claim, record)
-            if record is None:
-                await ledger.release_upload(sent, key)
-            if isinstance(exc, AccountError):
-                raise
-            return intent.model_copy(
-                update={
-                    "state": SubmissionState.FINISHED,
-                    "outcome": Status.FAILED.value,
-                    "reason": f"not submitted ({exc.message}); a rerun tries again",
-                }
-            )
-        except RequestRejected as exc:
+            if record is None and not rules.refresh:
+                # Claimed after the intent is on record, so a concurrent claimer of the same
+                # upload always finds its owner's record and never takes the upload over.
+                owner = await ledger.claim_upload(sent, key)
+                if owner != key and (paid := await ledger.run(ledger.read, owner)) is not None:
+                    await claim.forget()
+                    return paid
+            try:
+                receipt = await _send_while_held(
+                    claim,
+                    client.submit_variation(
+                        image, template_id, request_id=intent.request_id, notify_url=notify_url
+                    ),
+                )
+            except ClaimLost:
+                # The lease could not be renewed: stop sending. Whoever claims the key next
+                # finds the intent and looks its request_id up.
+                return intent.model_copy(
+                    update={
+                        "state": SubmissionState.UNKNOWN,
+                        "reason": "the ledger lease was lost mid-send; a rerun looks the "
+                        "request_id up before sending again",
+                    }
+                )
+            except (AccountError, ConnectFailed, Throttled) as exc:
+                # Certainly not created: the key goes back to what it was before this send.
+                await _restore(claim, record)
+                if record is None:
+                    await ledger.release_upload(sent, key)
+                if isinstance(exc, AccountError):
+                    raise
+                return intent.model_copy(
+                    update={
+                        "state": SubmissionState.FINISHED,
+                        "outcome": Status.FAILED.value,
+                        "reason": f"not submitted ({exc.message}); a rerun tries again",
+                    }
+                )
+            except RequestRejected as exc:
+                return await claim.write(
+                    intent.model_copy(
+                        update={
+                            "state": SubmissionState.FINISHED,
+                            "outcome": Status.REJECTED.value,
+                            "reason": f"refused by the service: {exc.message}",
+                        }
+                    )
+                )
+            except HiDreamError as exc:
+                # It may have reached the service (a lookup just now can miss a request still
+                # being processed): the next run looks it up again before any resend.
+                reason = f"{exc.message}; a rerun looks its request_id up before sending again"
+                return await claim.write(
+                    intent.model_copy(update={"state": SubmissionState.UNKNOWN, "reason": reason})
+                )
             return await claim.write(
                 intent.model_copy(
                     update={
-                        "state": SubmissionState.FINISHED,
-                        "outcome": Status.REJECTED.value,
-                        "reason": f"refused by the service: {exc.message}",
+                        "state": SubmissionState.SUBMITTED,
+                        "task_id": receipt.task_id,
+                        "sub_task_ids": receipt.sub_task_ids,
                     }
                 )
             )
-        except HiDreamError as exc:
-            # It may have reached the service (a lookup just now can miss a request still
-            # being processed): the next run looks it up again before any resend.
-            reason = f"{exc.message}; a rerun looks its request_id up before sending again"
-            return await claim.write(
-                intent.model_copy(update={"state": SubmissionState.UNKNOWN, "reason": reason})
-            )
-        return await claim.write(
-            intent.model_copy(
-                update={
-                    "state": SubmissionState.SUBMITTED,
-                    "task_id": receipt.task_id,
-                    "sub_task_ids": receipt.sub_task_ids,
-                }
-            )
-        )
+
+        try:
+            return await held()
+        except RecordAppeared:
+            # Planned as absent, written meanwhile by another run; nothing was written or
+            # sent here: decide again from the record as it is.
+            return await held()
 
 
 async def _send_while_held(claim: LedgerClaim, send: Awaitable[T]) -> T:
@@ -617,20 +637,31 @@ async def collect_once(
     deadline_s: float | None = None,
     wakeups: dict[str, asyncio.Event] | None = None,
     wait_for_others: bool = True,
+    just_sent: bool = False,
 ) -> LedgerRecord | None:
     """Collect a submitted set, one collector per set.
 
     A batch holds the set's collection lock while it waits; with ``wait_for_others``
     False (the callback collector), a set someone is already collecting is left to them
     and None is returned. ``wakeups`` gets an event per waited task, for callbacks to set.
+
+    ``just_sent``: this process has just submitted the set, without a callback, so no
+    callback collector will come for it and no other collector has seen it finished: no
+    lock is taken and the record is not read again (on a bucket, three requests fewer).
+    Another run collecting it too at worst downloads the same images.
     """
     assert record.task_id is not None
-    async with ledger.collecting(record.key, wait=wait_for_others) as held:
+    async with (
+        contextlib.nullcontext(True)
+        if just_sent
+        else ledger.collecting(record.key, wait=wait_for_others)
+    ) as held:
         if not held:
             return None
-        current = await ledger.run(ledger.read, record.key) or record
-        if current.state is SubmissionState.FINISHED and current.task_id == record.task_id:
-            return current  # another collector finished it meanwhile
+        if not just_sent:
+            current = await ledger.run(ledger.read, record.key) or record
+            if current.state is SubmissionState.FINISHED and current.task_id == record.task_id:
+                return current  # another collector finished it meanwhile
         waiting = wakeups if wakeups is not None else {}
         wake = waiting.setdefault(record.task_id, asyncio.Event())
         try:
@@ -686,6 +717,9 @@ async def collect_set(
     }
     if problems:
         update["reason"] = f"{reason}; a rerun downloads them again"
+    finished = await ledger.finish(record.model_copy(update=update))
+    if finished is not None:
+        return finished
     async with ledger.claim(record.key) as claim:
         if claim.record is not None and claim.record.task_id != record.task_id:
             # A newer attempt (--refresh, --retry-failed) owns the key now.
@@ -704,6 +738,8 @@ async def _download_set(
     """Download a set's images into ``folder``; returns their keys and the problems."""
     store, pictures = workspace.store, workspace.pictures
     present = await off_loop(store, _claim_folder, store, folder, task_id)
+    kept = workspace.kept
+    thumbnails: dict[str, bytes] | None = None if store.is_local else {}
     outputs: list[str] = []
     problems: list[str] = []
     for index, sub in enumerate(result.sub_task_results, start=1):
@@ -713,7 +749,9 @@ async def _download_set(
         if target in present:
             outputs.append(target)
             continue
-        problem = await download_image(downloads, sub.image, store, target, pictures)
+        problem = await download_image(
+            downloads, sub.image, store, target, pictures, kept, thumbnails
+        )
         if problem is not None:
             # Result URLs expire: ask for fresh ones once before giving up.
             try:
@@ -726,18 +764,31 @@ async def _download_set(
                 "",
             )
             if url:
-                problem = await download_image(downloads, url, store, target, pictures)
+                problem = await download_image(
+                    downloads, url, store, target, pictures, kept, thumbnails
+                )
         if problem is None:
             outputs.append(target)
         else:
             problems.append(f"image {index}: {problem}")
+    if thumbnails:
+        await off_loop(
+            store,
+            partial(store_set_thumbnails, store, folder, thumbnails, merge=bool(present)),
+        )
     return outputs, problems
 
 
 def _claim_folder(store: Store, folder: str, task_id: str) -> set[str]:
     """The images already in a set's folder that came from this very task; a refreshed or
     retried set's folder is emptied of an older task's images and marked as this one's."""
-    marker = read_or_none(store, f"{folder}/{TASK_MARKER}")
+    marker_key = f"{folder}/{TASK_MARKER}"
+    try:
+        store.create(marker_key, task_id.encode())
+        return set()  # the first set here: every image is written after its marker
+    except AlreadyExists:
+        pass
+    marker = read_or_none(store, marker_key)
     present = set(store.list(folder))
     if marker is not None and marker.data.decode().strip() == task_id:
         return present
@@ -754,12 +805,15 @@ async def download_image(
     store: Store,
     target: str,
     pictures: SetPictures | None = None,
+    kept: Path | None = None,
+    thumbnails: dict[str, bytes] | None = None,
 ) -> str | None:
     """Download one image, verified to decode; the problem, or None when it is stored.
 
-    On a bucket a small thumbnail is stored beside it (``.modelset/thumbs/<target>``), for
-    the report to embed: a private bucket's images do not load in a browser. The same
-    thumbnail goes to ``pictures`` when it wants this image.
+    On a bucket a small thumbnail of it goes to ``thumbnails``, which the caller stores
+    with the rest of its set's (``report.store_set_thumbnails``), for the report to embed:
+    a private bucket's images do not load in a browser; a copy goes to ``kept`` (see
+    ``Workspace.kept``). The same thumbnail goes to ``pictures`` when it wants this image.
     """
     try:
         response = await downloads.get(url)
@@ -772,12 +826,8 @@ async def download_image(
             image.verify()
     except Exception:  # Pillow raises many types for a broken file
         return "downloaded file is not a valid image"
-    await off_loop(store, _store_image, store, target, response.content, pictures)
+    await off_loop(store, _store_image, store, target, response.content, pictures, kept, thumbnails)
     return None
-
-
-def output_thumbnail_key(output: str) -> str:
-    return f"{THUMBS_PREFIX}/{output}"
 
 
 class SetPictures:
@@ -801,12 +851,23 @@ class SetPictures:
         return output.rpartition("/")[0] in self._folders
 
 
-def _store_image(store: Store, target: str, data: bytes, pictures: SetPictures | None) -> None:
+def _store_image(
+    store: Store,
+    target: str,
+    data: bytes,
+    pictures: SetPictures | None,
+    kept: Path | None,
+    thumbnails: dict[str, bytes] | None,
+) -> None:
     keeping = pictures if pictures is not None and pictures.wants(target) else None
-    if not store.is_local or keeping is not None:
+    if thumbnails is not None or keeping is not None:
         thumbnail = thumbnail_jpeg(io.BytesIO(data), OUTPUT_THUMBNAIL)
-        if not store.is_local:
-            store.write(output_thumbnail_key(target), thumbnail)
+        if thumbnails is not None:
+            thumbnails[target] = thumbnail
+        if kept is not None:
+            copy = kept / output_thumbnail_key(target)
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            copy.write_bytes(thumbnail)
         if keeping is not None:
             keeping.made[target] = thumbnail
     store.write(target, data)

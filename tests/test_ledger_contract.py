@@ -23,6 +23,7 @@ from modelset.ledger import (
     ClaimLost,
     Ledger,
     LedgerRecord,
+    RecordAppeared,
     SubmissionState,
     open_ledger,
     request_id_for,
@@ -112,6 +113,86 @@ async def test_a_claim_on_a_fresh_key_loses_to_a_concurrent_create(store: Store)
             await claim.write(record())
     found = ledger.read(KEY)
     assert found is not None and found.attempt == 3
+
+
+async def test_a_claim_planned_absent_finds_a_record_written_meanwhile(store: Store) -> None:
+    """Planned from a listing that did not name the record, written since by another run:
+    the claim's first write (a create) is refused with the record read, and nothing is
+    overwritten; the claim then goes on from the record as it is."""
+    ledger = open_ledger(store)
+    async with open_ledger(store).claim(KEY) as other:
+        await other.write(record(state=SubmissionState.SUBMITTED, task_id="t-other"))
+    async with ledger.claim(KEY, absent=True) as claim:
+        assert claim.record is None
+        with pytest.raises(RecordAppeared):
+            await claim.write(record())
+        assert claim.record is not None and claim.record.task_id == "t-other"
+        await claim.write(claim.record.model_copy(update={"reason": "seen"}))
+    found = ledger.read(KEY)
+    assert found is not None and (found.task_id, found.reason) == ("t-other", "seen")
+
+
+async def test_a_send_planned_absent_is_not_sent_again_when_another_run_sent_it(
+    store: Store, sandbox_factory: SandboxFactory, tmp_path: Path
+) -> None:
+    sandbox = sandbox_factory()
+    photo = make_photo(tmp_path / "look.jpg")
+    prepared = PreparedPhoto(source=str(photo), source_sha256="c" * 64, upload_sha256="d" * 64)
+    async with HiDreamClient(TOKEN, base_url=sandbox.base_url) as client:
+
+        async def send(run_id: str) -> LedgerRecord:
+            return await submit_once(
+                client,
+                open_ledger(store),
+                key=KEY,
+                prepared=prepared,
+                prepare=PrepareOptions(),
+                item="look",
+                template_id=20,
+                rules=SubmitPolicy(run_id=run_id),
+                upload=photo,
+                absent=True,  # both runs planned before either sent
+            )
+
+        first = await send("run-1")
+        second = await send("run-2")
+    assert first.state is SubmissionState.SUBMITTED
+    assert second.task_id == first.task_id
+    assert len(sandbox.submissions()) == 1
+
+
+async def test_finishing_swaps_the_version_last_seen_and_never_a_newer_one(store: Store) -> None:
+    ledger = open_ledger(store)
+    async with ledger.claim(KEY) as claim:
+        submitted = await claim.write(record(state=SubmissionState.SUBMITTED, task_id="t-1"))
+    done = submitted.model_copy(update={"state": SubmissionState.FINISHED, "outcome": "succeeded"})
+    assert await ledger.finish(done) is not None
+    found = ledger.read(KEY)
+    assert found is not None and found.state is SubmissionState.FINISHED
+    # Another run starts a new attempt; a late finish of the old one must not win.
+    async with open_ledger(store).claim(KEY) as claim:
+        assert claim.record is not None
+        newer = claim.record.model_copy(update={"attempt": 2, "task_id": "t-2"})
+        await claim.write(newer.model_copy(update={"state": SubmissionState.SUBMITTED}))
+    assert await ledger.finish(done) is None
+    found = ledger.read(KEY)
+    assert found is not None and (found.task_id, found.state) == ("t-2", SubmissionState.SUBMITTED)
+    assert await open_ledger(store).finish(done) is None  # a ledger that never saw it
+
+
+async def test_a_bucket_ledger_is_listed_and_only_listed_records_are_read(
+    bucket: str, tmp_path: Path
+) -> None:
+    store = open_store(bucket)
+    ledger = open_ledger(store)
+    async with ledger.claim(KEY) as claim:
+        written = await claim.write(record())
+    listed = ledger.listing(wanted=20)
+    assert listed is not None and ledger.record_key(KEY) in listed
+    absent = "e" * 64
+    assert open_ledger(store).read_many([KEY, absent], listed) == {KEY: written, absent: None}
+    assert ledger.listing(wanted=1) is None  # one record: reading it is cheaper than listing
+    assert open_ledger(open_store(tmp_path / "out")).listing(99) is None  # a folder reads files
 
 
 async def test_forget_drops_the_record(store: Store) -> None:

@@ -42,6 +42,7 @@ from modelset.report import (
     STATE_DIR,
     ManifestRow,
     Status,
+    input_thumbnail_key,
     read_manifest,
     update_report,
 )
@@ -65,7 +66,6 @@ from modelset.stages import (
     needs_submit,
     open_workspace,
     row_for,
-    thumbnail_key,
     upload_key_for,
     upload_key_of,
 )
@@ -368,7 +368,9 @@ async def run_batch(
                 publish_to=publish_location(options),
             )
         )
-        sheet = await anyio.to_thread.run_sync(update_report, workspace.store, rows)
+        sheet = await anyio.to_thread.run_sync(
+            partial(update_report, workspace.store, rows, copies=workspace.kept)
+        )
         await publish_results(rows, workspace, sheet=sheet)
         log.info("report written: %s", sheet)
         return RunSummary.written(workspace, rows, sheet, plan, pending)
@@ -466,7 +468,7 @@ async def _prepare_all(photos: list[Photo], runtime: BatchRuntime, base_url: str
             validated=True,
             upload_key=upload_key_of(digest, runtime.prepare),
             upload_sha256=photo.paid_upload,
-            thumbnail=thumbnail_key(digest),
+            thumbnail=input_thumbnail_key(digest),
         )
     pending = [photo for photo in photos if photo.prepared is None]
     identities = await _identities(pending, runtime)
@@ -544,9 +546,10 @@ async def _finished(
         if photo.source in hashes
     }
     ledger = runtime.ledger
-    records = await anyio.to_thread.run_sync(
-        ledger.read_many, [key for wanted in keys.values() for key in wanted]
-    )
+    wanted = [key for wanted in keys.values() for key in wanted]
+    listed = await runtime.ledger_listing(len(wanted))
+    records = await anyio.to_thread.run_sync(ledger.read_many, wanted, listed)
+    runtime.planned.update(records)
     done = []
     for photo in photos:
         found = [records[key] for key in keys.get(photo.source, [])]
@@ -642,22 +645,18 @@ async def _generate(
             key = key_for(base_url, template_id, digest, runtime.prepare)
             wanted.append((photo, template_id, key))
     ledger = runtime.ledger
-    # Records found finished while planning are final for this run's rules: not read twice.
-    records: dict[str, LedgerRecord | None] = {
-        key: photo.finished[t] for photo, t, key in wanted if t in photo.finished
-    }
-    records.update(
-        await anyio.to_thread.run_sync(
-            ledger.read_many, [key for _, _, key in wanted if key not in records]
-        )
-    )
+    # Records read while preparing was planned are not read twice.
+    records = {key: runtime.planned[key] for _, _, key in wanted if key in runtime.planned}
+    unread = [key for _, _, key in wanted if key not in records]
+    listed = await runtime.ledger_listing(len(unread))
+    records.update(await anyio.to_thread.run_sync(ledger.read_many, unread, listed))
     # A key never sent may have been paid under another (the same picture, other bytes).
     uploads = {
         key: _upload_key(photo, template_id, base_url, runtime.prepare)
         for photo, template_id, key in wanted
         if records[key] is None and not runtime.rules.refresh and photo.prepared is not None
     }
-    owners = await anyio.to_thread.run_sync(ledger.upload_owners, uploads.values())
+    owners = await anyio.to_thread.run_sync(ledger.upload_owners, uploads.values(), listed)
     paid_under = {
         key: owner
         for key, upload in uploads.items()
@@ -764,7 +763,7 @@ async def _when_prepared(
         return _GO_ON
     ledger = runtime.ledger
     upload = _upload_key(photo, template_id, checks.base_url, runtime.prepare)
-    owner = (await ledger.run(ledger.upload_owners, [upload]))[upload]
+    owner = (await ledger.run(ledger.upload_owners, [upload], runtime.listing))[upload]
     if owner is None or owner == job.key:
         return _GO_ON
     record = await ledger.run(ledger.read, owner)
@@ -934,7 +933,7 @@ async def _submit_and_collect(
     photo, template_id = job.photo, job.template_id
     assert photo.prepared is not None
     ledger = runtime.ledger
-    record = await ledger.run(ledger.read, job.paid_as or job.key)
+    record: LedgerRecord | None
     if job.sending:
         if plan.stopped is not None:
             return _row(
@@ -946,7 +945,12 @@ async def _submit_and_collect(
         sent: LedgerRecord | None = None
         try:
             sent = await submit_photo(
-                job.key, photo.prepared, photo.item, template_id, unsearched(runtime)
+                job.key,
+                photo.prepared,
+                photo.item,
+                template_id,
+                unsearched(runtime),
+                absent=job.fresh and job.paid_as is None,
             )
         except AccountError as exc:
             plan.stopped = plan.account_error = exc.message
@@ -956,9 +960,19 @@ async def _submit_and_collect(
         finally:
             await budget.settle(template_id, reserved, sent, runtime.rules.run_id)
         record = sent
+    else:
+        record = await ledger.run(ledger.read, job.paid_as or job.key)
     assert record is not None
     if record.state is SubmissionState.SUBMITTED:
-        record = await collect(record, record.item or photo.item, runtime) or record
+        just_sent = (
+            job.sending
+            and record.key == job.key
+            and record.claimed_by_run == runtime.rules.run_id
+            and runtime.notify_url is None
+        )
+        record = (
+            await collect(record, record.item or photo.item, runtime, just_sent=just_sent) or record
+        )
     return _paid_row(photo, template_id, record, job.key)
 
 

@@ -35,6 +35,7 @@ from modelset.ledger.records import (
 )
 from modelset.storage import (
     AlreadyExists,
+    Blob,
     NotFound,
     PreconditionFailed,
     Store,
@@ -48,6 +49,7 @@ __all__ = [
     "Ledger",
     "LedgerClaim",
     "LedgerRecord",
+    "RecordAppeared",
     "SubmissionState",
     "open_ledger",
     "request_id_for",
@@ -63,21 +65,41 @@ _TASK_INDEX = "by-task"
 _UPLOAD_INDEX = "by-upload"
 
 
+# Listing a bucket's ledger takes one request per 1,000 keys (about four per set: the
+# record, its leases and index entries); reading records one by one, one per record,
+# absent ones included. A run lists when that is the cheaper way to learn what exists.
+_LIST_FROM = 8
+_KEYS_PER_RECORD_READ = 250
+
+
 class ClaimLost(Exception):
     """The claim's hold was lost (a lease not renewed) or its record changed under it."""
+
+
+class RecordAppeared(ClaimLost):
+    """A claim taken as absent (planned from a listing) found the record written
+    meanwhile; the claim now carries it, and nothing was written: decide again."""
 
 
 class LedgerClaim:
     """The right to change one key's record, for as long as the claim lasts."""
 
     def __init__(
-        self, ledger: Ledger, key: str, etag: str | None, record: LedgerRecord | None, hold: Hold
+        self,
+        ledger: Ledger,
+        key: str,
+        etag: str | None,
+        record: LedgerRecord | None,
+        hold: Hold,
+        *,
+        assumed_absent: bool = False,
     ) -> None:
         self._ledger = ledger
         self.key = key
         self._etag = etag
         self.record = record
         self.hold = hold
+        self._assumed_absent = assumed_absent
 
     def time_left(self) -> float:
         """Seconds the hold is still good for (infinite for a flock)."""
@@ -85,14 +107,22 @@ class LedgerClaim:
 
     async def write(self, record: LedgerRecord) -> LedgerRecord:
         """Replace the record, only if nobody else wrote it since the claim began."""
-        record = record.model_copy(
-            update={"updated": datetime.now(UTC).isoformat(), "claimed_by": self._ledger.owner}
-        )
-        data = record.model_dump_json().encode()
-        self._etag = await self._ledger.run(self._put, data)
+        ledger = self._ledger
+        record = ledger.stamped(record)
+        indexed = self.record.task_id if self.record is not None else None
+        try:
+            self._etag = await ledger.run(self._put, record.model_dump_json().encode())
+        except RecordAppeared:
+            blob = await ledger.run(read_or_none, ledger.store, ledger.record_key(self.key))
+            self._assumed_absent = False
+            if blob is not None:
+                self._etag, self.record = blob.etag, LedgerRecord.model_validate_json(blob.data)
+                ledger.etags[self.key] = blob.etag
+            raise
+        ledger.etags[self.key] = self._etag
         self.record = record
-        if record.task_id is not None:
-            await self._ledger.run(self._ledger.index_task, record.task_id, record.key)
+        if record.task_id is not None and record.task_id != indexed:
+            await ledger.run(ledger.index_task, record.task_id, record.key)
         return record
 
     async def forget(self) -> None:
@@ -100,6 +130,7 @@ class LedgerClaim:
         if self._etag is not None:
             await self._ledger.run(self._ledger.store.delete, self._ledger.record_key(self.key))
             self._etag = None
+            self._ledger.etags.pop(self.key, None)
         self.record = None
 
     def _put(self, data: bytes) -> str:
@@ -108,7 +139,9 @@ class LedgerClaim:
             if self._etag is None:
                 return store.create(name, data)
             return store.swap(name, data, self._etag)
-        except (AlreadyExists, PreconditionFailed):
+        except (AlreadyExists, PreconditionFailed) as exc:
+            if isinstance(exc, AlreadyExists) and self._assumed_absent:
+                raise RecordAppeared(f"the ledger record {self.key} appeared") from None
             raise ClaimLost(
                 f"the ledger record {self.key} changed under this run's claim"
             ) from None
@@ -122,6 +155,9 @@ class Ledger:
         self.store = store
         self.locks = locks
         self.owner = owner_name()
+        # The ETag of each record as this process last wrote or read it: a collector
+        # finishes a record it has just seen with one compare-and-swap (:meth:`finish`).
+        self.etags: dict[str, str] = {}
 
     def record_key(self, key: str) -> str:
         return f"{LEDGER_PREFIX}/{key}.json"
@@ -130,20 +166,59 @@ class Ledger:
         """Call a blocking ledger or store function from async code (see ``off_loop``)."""
         return await off_loop(self.store, function, *args)
 
+    def stamped(self, record: LedgerRecord) -> LedgerRecord:
+        return record.model_copy(
+            update={"updated": datetime.now(UTC).isoformat(), "claimed_by": self.owner}
+        )
+
     def read(self, key: str) -> LedgerRecord | None:
         blob = read_or_none(self.store, self.record_key(key))
-        return None if blob is None else LedgerRecord.model_validate_json(blob.data)
+        return None if blob is None else self._parsed(key, blob)
 
-    def read_many(self, keys: Iterable[str]) -> dict[str, LedgerRecord | None]:
-        """Many records at once (concurrent requests on a bucket)."""
+    def _parsed(self, key: str, blob: Blob) -> LedgerRecord:
+        self.etags[key] = blob.etag
+        return LedgerRecord.model_validate_json(blob.data)
+
+    def listing(self, wanted: int) -> frozenset[str] | None:
+        """The names of the ledger's objects, where listing them takes fewer requests
+        than reading ``wanted`` records one by one (a bucket's; a folder reads files); else
+        None. What is not listed did not exist when listed: no request to learn so."""
+        if self.store.is_local or wanted < _LIST_FROM:
+            return None
+        limit = wanted * _KEYS_PER_RECORD_READ
+        names = self.store.list(LEDGER_PREFIX, limit=limit)
+        return None if len(names) >= limit else frozenset(names)
+
+    def read_many(
+        self, keys: Iterable[str], listed: frozenset[str] | None = None
+    ) -> dict[str, LedgerRecord | None]:
+        """Many records at once (concurrent requests on a bucket); with ``listed`` (see
+        :meth:`listing`), only those it names are read."""
         names = {key: self.record_key(key) for key in keys}
-        found = read_many(self.store, list(names.values()))
+        found = read_many(
+            self.store, [name for name in names.values() if listed is None or name in listed]
+        )
         return {
-            key: None
-            if (blob := found[name]) is None
-            else LedgerRecord.model_validate_json(blob.data)
+            key: None if (blob := found.get(name)) is None else self._parsed(key, blob)
             for key, name in names.items()
         }
+
+    async def finish(self, record: LedgerRecord) -> LedgerRecord | None:
+        """Write ``record`` over the version this process last wrote or read, with one
+        compare-and-swap and no claim (collecting sends nothing); None when the record
+        moved on meanwhile or was never seen here: then write it under a claim."""
+        etag = self.etags.get(record.key)
+        if etag is None:
+            return None
+        record = self.stamped(record)
+        data = record.model_dump_json().encode()
+        try:
+            self.etags[record.key] = await self.run(
+                self.store.swap, self.record_key(record.key), data, etag
+            )
+        except PreconditionFailed:
+            return None
+        return record
 
     def index_task(self, task_id: str, key: str) -> None:
         with contextlib.suppress(AlreadyExists):
@@ -165,12 +240,17 @@ class Ledger:
                 return record
         return None
 
-    def upload_owners(self, uploads: Iterable[str]) -> dict[str, str | None]:
-        """The key that paid (or is paying) for each upload hash, if any (read at once)."""
+    def upload_owners(
+        self, uploads: Iterable[str], listed: frozenset[str] | None = None
+    ) -> dict[str, str | None]:
+        """The key that paid (or is paying) for each upload hash, if any (read at once;
+        with ``listed``, only the claims it names)."""
         names = {upload: f"{LEDGER_PREFIX}/{_UPLOAD_INDEX}/{upload}" for upload in uploads}
-        found = read_many(self.store, list(names.values()))
+        found = read_many(
+            self.store, [name for name in names.values() if listed is None or name in listed]
+        )
         return {
-            upload: None if (blob := found[name]) is None else blob.data.decode().strip()
+            upload: None if (blob := found.get(name)) is None else blob.data.decode().strip()
             for upload, name in names.items()
         }
 
@@ -216,12 +296,19 @@ class Ledger:
         await self.run(release)
 
     @contextlib.asynccontextmanager
-    async def claim(self, key: str) -> AsyncIterator[LedgerClaim]:
-        """Hold the key exclusively for sending; the claim carries its current record."""
+    async def claim(self, key: str, *, absent: bool = False) -> AsyncIterator[LedgerClaim]:
+        """Hold the key exclusively for sending; the claim carries its current record.
+
+        ``absent``: the record did not exist when planned (a listing did not name it), so
+        it is not read again; if it was written meanwhile, the claim's first write (a
+        create-if-absent) raises :class:`RecordAppeared`, with the record read."""
         async with self.locks.hold(key, wait=True) as hold:
             assert hold is not None
+            if absent:
+                yield LedgerClaim(self, key, None, None, hold, assumed_absent=True)
+                return
             blob = await self.run(read_or_none, self.store, self.record_key(key))
-            record = None if blob is None else LedgerRecord.model_validate_json(blob.data)
+            record = None if blob is None else self._parsed(key, blob)
             yield LedgerClaim(self, key, None if blob is None else blob.etag, record, hold)
 
     @contextlib.asynccontextmanager

@@ -103,8 +103,9 @@ class BucketProxy(ThreadingHTTPServer):
         latency_ms: float = 0.0,
         stall_s: float = 35.0,
         drop_conditions: bool = False,
+        port: int = 0,
     ) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__(("127.0.0.1", port), _Handler)
         parts = urlsplit(upstream)
         if parts.scheme != "http" or parts.hostname is None:
             raise ValueError(f"upstream must be http://host:port, not {upstream}")
@@ -118,6 +119,8 @@ class BucketProxy(ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.counts: Counter[str] = Counter()
         """``requests``, each request kind, each fault injected, ``dropped`` conditions."""
+        self.answered: list[tuple[str, str, int]] = []
+        """(method, path, status) of every request forwarded to the store, in order."""
         self._seen: Counter[tuple[str, str]] = Counter()
         self._queued: list[str] = []
         self._down_until = 0.0
@@ -212,6 +215,8 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(proxy.stall_s)
             return self._reset()
         status, reason, headers, data = self._forward(body)
+        with proxy.lock:
+            proxy.answered.append((self.command, self.path, status))
         if fault == "reset_after":
             return self._reset()
         if fault == "lost_answer":
@@ -280,3 +285,27 @@ class _Handler(BaseHTTPRequestHandler):
                 self.rfile.readline()  # the CRLF after each chunk
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m modelset.sandbox.bucket --upstream URL --port P [--latency-ms MS]``: the
+    proxy in a process of its own (the benchmarks' bucket latency), until interrupted."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m modelset.sandbox.bucket")
+    parser.add_argument("--upstream", required=True, help="the S3 server, http://host:port")
+    parser.add_argument("--port", type=int, default=0, help="where to listen on 127.0.0.1")
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="added to every request")
+    args = parser.parse_args(argv)
+    proxy = BucketProxy(args.upstream, latency_ms=args.latency_ms, port=args.port)
+    print(f"bucket proxy on {proxy.url} -> {args.upstream}", flush=True)
+    try:
+        proxy.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        proxy.server_close()
+
+
+if __name__ == "__main__":
+    main()

@@ -11,6 +11,8 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 from uuid import UUID
 
 import anyio
@@ -22,13 +24,17 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from modelset.report import STATE_DIR, ManifestRow, summarize
+from modelset.report import (
+    STATE_DIR,
+    ManifestRow,
+    input_thumbnail_key,
+    output_thumbnails,
+    summarize,
+)
 from modelset.stages import (
     Workspace,
     jpeg_bytes,
-    output_thumbnail_key,
     small_image,
-    thumbnail_key,
 )
 from modelset.storage import Store, read_many, read_or_none
 
@@ -100,7 +106,14 @@ async def publish_results(rows: list[ManifestRow], workspace: Workspace, *, shee
     )
     shown = rows[:THUMBNAIL_ROWS]
     cells = await anyio.to_thread.run_sync(
-        picture_cells, workspace.store, shown, MARKDOWN_THUMBNAIL, workspace.pictures.made
+        partial(
+            picture_cells,
+            workspace.store,
+            shown,
+            MARKDOWN_THUMBNAIL,
+            workspace.pictures.made,
+            copies=workspace.kept,
+        )
     )
     counts = ", ".join(f"{status}: {n}" for status, n in summarize(rows).items() if n)
     lines = [
@@ -168,6 +181,8 @@ def picture_cells(
     rows: list[ManifestRow],
     size: tuple[int, int],
     made: Mapping[str, bytes] | None = None,
+    *,
+    copies: Path | None = None,
 ) -> dict[str, bytes]:
     """Small JPEGs of these rows: each input (by its thumbnail's key) and each generated
     set side by side (by :func:`set_cell`), every image fitted into ``size``.
@@ -179,30 +194,25 @@ def picture_cells(
     used again while the rows and size are the same.
     """
     made = made or {}
-    wanted: dict[str, list[str]] = {}
+    inputs, outputs = [], []
     for row in rows:
         if row.thumbnail is None and row.source_sha256:
-            row.thumbnail = thumbnail_key(row.source_sha256)
+            row.thumbnail = input_thumbnail_key(row.source_sha256)
         if row.thumbnail:
-            wanted[row.thumbnail] = [row.thumbnail]
-        for output in row.outputs:
-            wanted[output] = [output_thumbnail_key(output), output]
+            inputs.append(row.thumbnail)
+        outputs.extend(row.outputs)
     listed = "\n".join([f"{CELLS_VERSION} {size}", *(row.model_dump_json() for row in rows)])
     digest = hashlib.sha256(listed.encode()).hexdigest()
     if not store.is_local and (cached := _cached_cells(store, digest)) is not None:
         return cached  # the same rows as the last summary: one request, not one per image
-    data = {shown: made[shown] for shown in wanted if shown in made}
-    to_read = {shown: keys for shown, keys in wanted.items() if shown not in data}
-    found = read_many(store, [keys[0] for keys in to_read.values()])
+    data = {shown: made[shown] for shown in [*inputs, *outputs] if shown in made}
+    found = read_many(store, [key for key in inputs if key not in data], copies=copies)
+    data.update({key: blob.data for key, blob in found.items() if blob is not None})
+    data.update(output_thumbnails(store, [o for o in outputs if o not in data], copies))
     # The image itself only where its thumbnail is missing (a folder keeps none): on a
     # bucket every output has one, and reading both moved every image out again.
-    fallbacks = [keys[1] for keys in to_read.values() if len(keys) > 1 and found[keys[0]] is None]
-    if fallbacks:
-        found.update(read_many(store, fallbacks))
-    for shown, keys in to_read.items():
-        blob = next((found[key] for key in keys if found.get(key) is not None), None)
-        if blob is not None:
-            data[shown] = blob.data
+    images = read_many(store, [o for o in outputs if o not in data])
+    data.update({key: blob.data for key, blob in images.items() if blob is not None})
     pictures: dict[str, Image.Image] = {}
     for shown, jpeg in data.items():
         try:

@@ -40,6 +40,18 @@ class BatchRuntime:
     notify_url: SecretStr | None = None  # carries the callback secret
     deadline_s: float | None = None
     wakeups: dict[str, asyncio.Event] = field(default_factory=dict)
+    # What planning learnt of the ledger: the records it read (None: absent), and on a
+    # bucket the listing that spared reading absent ones (see ``Ledger.listing``).
+    planned: dict[str, LedgerRecord | None] = field(default_factory=dict)
+    listing: frozenset[str] | None = None
+    listed: bool = False
+
+    async def ledger_listing(self, wanted: int) -> frozenset[str] | None:
+        """The run's listing of the ledger, taken once, when first wanted."""
+        if not self.listed:
+            self.listed = True
+            self.listing = await self.ledger.run(self.ledger.listing, wanted)
+        return self.listing
 
 
 def unsearched(runtime: BatchRuntime) -> BatchRuntime:
@@ -141,7 +153,12 @@ async def _wake_on_callbacks(runtime: BatchRuntime) -> None:
 
 
 async def collect(
-    record: LedgerRecord, item: str, runtime: BatchRuntime, *, wait_for_others: bool = True
+    record: LedgerRecord,
+    item: str,
+    runtime: BatchRuntime,
+    *,
+    wait_for_others: bool = True,
+    just_sent: bool = False,
 ) -> LedgerRecord | None:
     """Wait for and download one submitted set (plain code, not a task run: see
     docs/performance.md; the client retries its reads itself)."""
@@ -156,4 +173,5 @@ async def collect(
         deadline_s=runtime.deadline_s,
         wakeups=runtime.wakeups,
         wait_for_others=wait_for_others,
+        just_sent=just_sent,
     )

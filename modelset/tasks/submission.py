@@ -41,9 +41,15 @@ async def retry_unless_refused(task: Task[Any, Any], task_run: TaskRun, state: S
     retry_condition_fn=retry_unless_refused,
 )
 async def submit_photo(
-    key: str, prepared: PreparedPhoto, item: str, template_id: int, runtime: BatchRuntime
+    key: str,
+    prepared: PreparedPhoto,
+    item: str,
+    template_id: int,
+    runtime: BatchRuntime,
+    absent: bool = False,
 ) -> LedgerRecord:
-    """Submit one photo for one template exactly once (the ledger decides)."""
+    """Submit one photo for one template exactly once (the ledger decides); ``absent``:
+    planning found no record for the key (see ``Ledger.claim``)."""
     assert runtime.client is not None
     upload = None
     if not prepared.passes_url(runtime.prepare):  # a URL that passes needs no upload here
@@ -65,6 +71,7 @@ async def submit_photo(
             rules=runtime.rules,
             upload=upload,
             notify_url=runtime.notify_url.get_secret_value() if runtime.notify_url else None,
+            absent=absent,
         )
 
 
