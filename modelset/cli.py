@@ -8,9 +8,12 @@ Prefect is imported only by the commands that orchestrate, so the others start f
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib
 import os
 import signal
 import sys
+import threading
 import warnings
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
@@ -283,7 +286,9 @@ def run(
         publish_to=publish_to,
         regenerate_declined=regenerate_declined,
     )
-    preflight(sources, template, options)
+    importing = preflight(sources, template, options)
+    if importing is not None:
+        importing.join()
     summary = run_flow(sources, template, options, yes=yes)
     raise typer.Exit(exit_code(summary))
 
@@ -311,10 +316,15 @@ def settings_or_exit() -> Settings:
         fail(f"{name}{error['msg']}", EXIT_USAGE)
 
 
-def preflight(sources: list[str], template_ids: list[int], options: RunOptions) -> None:
+def preflight(
+    sources: list[str], template_ids: list[int], options: RunOptions
+) -> threading.Thread | None:
     """What can be refused before Prefect is even imported: the output location, a missing
-    token, sources that do not exist, and (one catalogue request) unknown template ids."""
-    from modelset.catalogue import check_known
+    token, sources that do not exist; then (one catalogue request) unknown template ids,
+    while Prefect and the flow are imported in a thread (returned, to join): the request
+    and the import each take a good part of a second, and a one-photo run waits for both.
+    A refused template starts no Prefect server all the same."""
+    from modelset.catalogue import check_known, remember
     from modelset.sources import discover
     from modelset.storage import open_store
 
@@ -329,14 +339,18 @@ def preflight(sources: list[str], template_ids: list[int], options: RunOptions) 
             settings.require_token()
         items = discover(sources, allow_file_urls=settings.allow_file_urls)
         if not asks_for_token:
-            return
+            return None
+        importing = start_importing_the_flow()
         wanted = sorted({t for item in items for t in (item.template_ids or template_ids)})
 
         async def known() -> list[int]:
             async with await client_from_environment() as client:
-                return sorted(template.id for template in await client.list_templates())
+                catalogue = sorted(template.id for template in await client.list_templates())
+                remember(client.base_url, catalogue)
+                return catalogue
 
         check_known(wanted, asyncio.run(known()))
+    return importing
 
 
 @app.command()
@@ -366,6 +380,31 @@ DEMO_TEMPLATES = [20, 21]
 DEMO_TOKEN = "demo-token"  # noqa: S105 - the in-process sandbox's own token
 
 
+def prefect_defaults() -> None:
+    """Prefect settings of a run from the command line, before Prefect is imported (it
+    sets its logging up on import)."""
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The progress bar and summary say what a person needs; Prefect's run logs still
+    # reach the Prefect server (and show here with PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL).
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+
+
+def start_importing_the_flow() -> threading.Thread:
+    """Import Prefect and the flow (about a second) in a thread, while the run waits on
+    the catalogue request; the run imports it when that is done, and gets any import
+    error then."""
+    prefect_defaults()
+
+    def load() -> None:
+        with contextlib.suppress(Exception):
+            importlib.import_module("modelset.flows.generate")
+
+    importing = threading.Thread(target=load, name="import-flow", daemon=True)
+    importing.start()
+    return importing
+
+
 def run_flow(
     sources: list[str], template_ids: list[int], options: RunOptions, *, yes: bool = True
 ) -> RunSummary:
@@ -375,11 +414,7 @@ def run_flow(
     confirmed first (refused with exit code 2 when nobody can answer). The first Ctrl-C
     stops submitting and writes the report; a second one aborts.
     """
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # The progress bar and summary say what a person needs; Prefect's run logs still
-    # reach the Prefect server (and show here with PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL).
-    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
+    prefect_defaults()
     # Pillow warns about quirks of files it still reads; the report gives each photo's fate.
     warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn

@@ -12,6 +12,7 @@ import os
 import re
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from functools import partial
@@ -86,6 +87,7 @@ from modelset.tasks.runtime import BatchRuntime, collect, open_runtime, unsearch
 from modelset.tasks.submission import submit_photo
 
 PREPARE_CHUNK = 16
+FIRST_CHUNK = 4  # a chunk's three task runs cost more than preparing a few more photos
 PREPARING_CHUNKS = max(2, os.cpu_count() or 1)  # chunks prepared at once, in order
 
 
@@ -456,10 +458,8 @@ async def _prepare_all(photos: list[Photo], runtime: BatchRuntime, base_url: str
     """Give every photo its PreparedPhoto: from the ledger for sets already finished (no
     task run at all), else through the fetch, validate and prepare stages in chunks,
     started here and awaited by ``_generate`` (``Photo.preparing``)."""
-    hashes: dict[str, str] = {}
-    for photo in photos:
-        if is_local_file(photo.source):
-            hashes[photo.source] = await anyio.to_thread.run_sync(hash_file, Path(photo.source))
+    local = [photo.source for photo in photos if is_local_file(photo.source)]
+    hashes = dict(zip(local, await anyio.to_thread.run_sync(_hash_files, local), strict=True))
     for photo in await _finished(photos, hashes, runtime, base_url):
         digest = hashes[photo.source]
         photo.prepared = PreparedPhoto(
@@ -477,7 +477,6 @@ async def _prepare_all(photos: list[Photo], runtime: BatchRuntime, base_url: str
         for p in pending
     ]
     total = len(photos)
-    chunks = range(0, len(pending), PREPARE_CHUNK)
     if not pending:
         return
     for photo in pending:
@@ -487,23 +486,44 @@ async def _prepare_all(photos: list[Photo], runtime: BatchRuntime, base_url: str
     # starts while later photos are still being prepared (_generate).
     in_order = asyncio.Semaphore(PREPARING_CHUNKS)
 
-    async def chunk(start: int) -> None:
-        photos = pending[start : start + PREPARE_CHUNK]
+    async def chunk(start: int, end: int, before: asyncio.Future[None] | None) -> None:
+        photos = pending[start:end]
         async with in_order:
             prepared = await _stages(
-                photos,
-                items[start : start + PREPARE_CHUNK],
-                runtime,
-                storage,
-                label=f"{start + 1}-{min(start + PREPARE_CHUNK, len(pending))} of {total}",
+                photos, items[start:end], runtime, storage, label=f"{start + 1}-{end} of {total}"
             )
+        if before is not None:
+            # Photos become ready in the batch's order, so that of two with the same
+            # upload the first in the batch is always the one paid for.
+            await asyncio.wait([before])
         for photo, result in zip(photos, prepared, strict=True):
             photo.prepared = result
 
-    for start in chunks:
-        preparing = asyncio.ensure_future(chunk(start))
-        for photo in pending[start : start + PREPARE_CHUNK]:
+    preparing: asyncio.Future[None] | None = None
+    for start, end in chunk_bounds(len(pending)):
+        preparing = asyncio.ensure_future(chunk(start, end, preparing))
+        for photo in pending[start:end]:
             photo.preparing = preparing
+
+
+def chunk_bounds(count: int) -> list[tuple[int, int]]:
+    """Where the chunks of ``count`` photos begin and end: 4 photos, 8, then
+    ``PREPARE_CHUNK`` at a time, so the first set is submitted after four photos are
+    prepared (not sixteen) and later photos still take few task runs."""
+    bounds, start, size = [], 0, FIRST_CHUNK
+    while start < count:
+        end = min(start + size, count)
+        bounds.append((start, end))
+        start, size = end, min(size * 2, PREPARE_CHUNK)
+    return bounds
+
+
+def _hash_files(sources: list[str]) -> list[str]:
+    """The sha256 of each local photo, a thread per core (hashing releases the GIL)."""
+    if len(sources) < 2:
+        return [hash_file(Path(source)) for source in sources]
+    with ThreadPoolExecutor(min(len(sources), os.cpu_count() or 1)) as pool:
+        return list(pool.map(lambda source: hash_file(Path(source)), sources))
 
 
 async def _stages(
