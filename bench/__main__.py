@@ -1,11 +1,13 @@
 """``python -m bench [--quick] [--n N] [--concurrency C] [--only P1,P3] [--repeat K]``.
 
-Starts a Prefect server (own temporary PREFECT_HOME), for P1-S3/P4-S3 moto's S3 server,
-and per measured run a fresh sandbox (latency 200 ms, generation 2 s, 4 images per set),
-each in its own process on 127.0.0.1; generates the input photos once into
-``bench/.cache/``; measures P1-P5 (and P1-S3, P4-S3: the same runs with ``--out`` on the S3
-server, against the folder's) and prints them with their goals. Raw numbers go to
-``bench/.cache/results/``. Method and history: docs/performance.md.
+Starts a Prefect server (own temporary PREFECT_HOME), for the bucket figures moto's S3
+server behind a proxy that adds ``--s3-latency-ms`` (20) to every request, and per measured
+run a fresh sandbox (latency 200 ms, generation 2 s, 4 images per set), each in its own
+process on 127.0.0.1; generates the input photos once into ``bench/.cache/``; measures the
+figures (P1-P7; P1-CPU, P1-SLOPE and P1-FIRST from P1's runs and a pair at the other of
+N=200 and 1000; P1-S3, P4-S3 and S3-REQ: the same runs with ``--out`` on the S3 server) and
+prints them with their goals. Raw numbers go to ``bench/.cache/results/``. Method and
+history: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from bench.figures import (
     Figure,
     PipelineRun,
     p1_bucket,
+    p1_slope,
     p1_throughput,
     p2_preparation,
     p3_memory,
@@ -39,12 +42,27 @@ from bench.figures import (
     p5_fixed_cost,
     p6_slot_use,
     p7_scale,
+    s3_requests,
 )
 from bench.measure import NOISY_SHARE, machine
 from bench.photos import CACHE, ensure_photos
 from bench.servers import PrefectServer, S3Server, migrate_home
 
-FIGURES = ("P1", "P1-CPU", "P1-S3", "P2", "P3", "P4", "P4-S3", "P5", "P6", "P7")
+FIGURES = (
+    "P1",
+    "P1-CPU",
+    "P1-SLOPE",
+    "P1-FIRST",
+    "P1-S3",
+    "S3-REQ",
+    "P2",
+    "P3",
+    "P4",
+    "P4-S3",
+    "P5",
+    "P6",
+    "P7",
+)
 QUICK_SKIPS = {"P7"}  # the 5,000-photo run is for `make bench` (or --only P7)
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
 errors = Console(stderr=True, highlight=False)
@@ -60,6 +78,12 @@ def parse(argv: list[str] | None) -> Config:
         help="P3's small batch (default N/10, at least 1.25x the concurrency: 100; quick 40)",
     )
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument(
+        "--s3-latency-ms",
+        type=float,
+        default=20.0,
+        help="latency the proxy in front of the S3 server adds to every request (default 20)",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="P1 pairs, alternating order")
     parser.add_argument(
         "--only",
@@ -83,8 +107,10 @@ def parse(argv: list[str] | None) -> Config:
     args = parser.parse_args(argv)
     chosen = args.only or ",".join(f for f in FIGURES if not (args.quick and f in QUICK_SKIPS))
     only = {part.strip().upper() for part in chosen.split(",") if part.strip()}
-    if "P1-CPU" in only:
-        only.add("P1")  # read off P1's runs
+    if only & {"P1-CPU", "P1-SLOPE", "P1-FIRST"}:
+        only.add("P1")  # read off P1's runs (and, for the slope, a pair at the other size)
+    if "S3-REQ" in only:
+        only.update({"P1-S3", "P4-S3"})
     if unknown := only - set(FIGURES):
         parser.error(f"--only: unknown figure(s) {', '.join(sorted(unknown))}")
     n = args.n or (200 if args.quick else 1000)
@@ -104,11 +130,12 @@ def parse(argv: list[str] | None) -> Config:
         n_prep=20 if args.quick else 100,
         concurrency=args.concurrency,
         repeat=max(1, args.repeat),
-        p5_repeat=1 if args.quick else 3,
+        p5_repeat=3,
         settle_max_s=20.0 if args.quick else 120.0,
         only=only,
         pipeline_env=extra_env,
         wrap=shlex.split(args.wrap),
+        s3_latency_ms=args.s3_latency_ms,
     )
 
 
@@ -185,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             note(f"P3: pipeline on N={config.n_small}")
             small = p3_small_run(bench)
         bucket_first: PipelineRun | None = None
+        bucket_runs: list[PipelineRun] = []
         if config.wants("P1", "P3", "P4", "P1-S3", "P4-S3"):
             runs = ["baseline"] if config.wants("P1") else []
             runs += ["pipeline"] + (["pipeline into a bucket"] if with_bucket else [])
@@ -195,8 +223,12 @@ def main(argv: list[str] | None = None) -> int:
                 figures["P1"] = p1.figure
                 if "P1-CPU" in bench.figures:
                     figures["P1-CPU"] = bench.figures["P1-CPU"]
+            if config.wants("P1-SLOPE", "P1-FIRST"):
+                note("P1-SLOPE, P1-FIRST: baseline and pipeline at the other of N=200, 1000")
+                figures["P1-SLOPE"], figures["P1-FIRST"] = p1_slope(bench, p1)
             if config.wants("P1-S3"):
                 figures["P1-S3"] = p1_bucket(bench, p1)
+                bucket_runs = p1.bucket
             if config.wants("P4-S3"):
                 bucket_first = p1.bucket[-1]
         if config.wants("P2"):
@@ -215,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                 figures["P4"] = p4_rerun(bench, reruns)
             if config.wants("P4-S3"):
                 figures["P4-S3"] = p4_bucket(bench, reruns)
+                figures["S3-REQ"] = s3_requests(bench, bucket_runs, reruns.bucket)
         if large is not None:
             large.sandbox.stop()
         bench.stop_all()  # the bucket run's sandbox too

@@ -178,6 +178,7 @@ class Run:
     watched_cpu_s: dict[str, float] = field(default_factory=dict)
     other_cpu_s: float = 0.0  # CPU used during the run by processes not measured here
     busy_cpu_s: float = 0.0  # the whole machine's busy CPU during the run
+    started_at: float = 0.0  # wall-clock time (time.time()) of the spawn
 
     @property
     def noise_share(self) -> float:
@@ -214,7 +215,7 @@ def run_measured(
     busy_before = machine_busy_seconds()
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
-        started = time.perf_counter()
+        started, started_at = time.perf_counter(), time.time()
         process = subprocess.Popen(
             command, env=dict(env), cwd=cwd, stdout=out, stderr=subprocess.STDOUT
         )
@@ -244,6 +245,7 @@ def run_measured(
         watched_cpu_s=watched,
         other_cpu_s=max(0.0, other),
         busy_cpu_s=busy,
+        started_at=started_at,
     )
 
 

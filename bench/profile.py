@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         watcher.send_signal(signal.SIGINT)
         watcher.wait(timeout=60)
         if args.baseline:
-            baseline = bench.run_baseline(photos, "profile-baseline")[0]
+            baseline = bench.run_baseline(photos, "profile-baseline").run
     finally:
         bench.stop_all()
         server.stop()

@@ -4,7 +4,9 @@
   no run profits from images another run made it render).
 - :class:`PrefectServer`: ``prefect server start`` with its own temporary ``PREFECT_HOME``.
 - :class:`S3Server`: moto's S3-compatible server (``python -m modelset.sandbox.s3``), for the
-  figures with ``--out s3://...``; its request log is what :func:`count_requests` reads.
+  figures with ``--out s3://...``, behind a proxy that adds a bucket's latency to every
+  request (``python -m modelset.sandbox.bucket``); the server's request log is what
+  :meth:`S3Server.requests_since` reads.
 
 All wait until healthy, and stop with SIGTERM (SIGKILL after a grace period).
 """
@@ -23,6 +25,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -157,6 +160,15 @@ class Sandbox(_Server):
             found: list[dict[str, Any]] = answer.json()["submissions"]
             return found
 
+    def first_submit_after(self, started_at: float, before: int = 0) -> float | None:
+        """Seconds from ``started_at`` (wall clock) to the first submission after the
+        first ``before`` ones, by the sandbox's own log of them; None if there is none."""
+        times = [
+            datetime.fromisoformat(submission["time"]).timestamp()
+            for submission in self.submissions()[before:]
+        ]
+        return min(times) - started_at if times else None
+
     def client_env(self) -> dict[str, str]:
         """What a ``modelset`` process needs to talk to this sandbox."""
         return {
@@ -224,12 +236,29 @@ class S3Server(_Server):
     watched beside the sandbox's). Every request is one line of its log.
     """
 
-    def __init__(self, logs: Path) -> None:
+    def __init__(self, logs: Path, latency_ms: float = 20.0) -> None:
         self.port = free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.server_endpoint = f"http://127.0.0.1:{self.port}"
+        # Clients reach it through a proxy that adds a bucket's latency to every request
+        # (``modelset.sandbox.bucket``): 20 ms is a bucket in the workers' own region.
+        self.latency_ms = latency_ms
+        self.proxy_port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.proxy_port}"
         self.log = logs / "s3-server.log"
+        self.proxy_log = logs / "s3-proxy.log"
         self.started_in_s = 0.0
+        self.proxy: subprocess.Popen[bytes] | None = None
         self._buckets = 0
+
+    @property
+    def proxy_pid(self) -> int:
+        assert self.proxy is not None
+        return self.proxy.pid
+
+    def stop(self) -> None:
+        if self.proxy is not None:
+            _stop(self.proxy)
+        super().stop()
 
     def start(self) -> Self:
         self.log.parent.mkdir(parents=True, exist_ok=True)
@@ -251,7 +280,23 @@ class S3Server(_Server):
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        _wait_healthy(f"{self.endpoint}/", self.process, 60, self.log)
+        _wait_healthy(f"{self.server_endpoint}/", self.process, 60, self.log)
+        proxy = [
+            str(BIN / "python"),
+            "-m",
+            "modelset.sandbox.bucket",
+            "--upstream",
+            self.server_endpoint,
+            "--port",
+            str(self.proxy_port),
+            "--latency-ms",
+            str(self.latency_ms),
+        ]
+        with self.proxy_log.open("wb") as out:
+            self.proxy = subprocess.Popen(
+                proxy, env=clean_environment(), stdout=out, stderr=subprocess.STDOUT
+            )
+        _wait_healthy(f"{self.endpoint}/", self.proxy, 30, self.proxy_log)
         self.started_in_s = time.perf_counter() - started
         return self
 
