@@ -1,3 +1,3 @@
-from modelset.cli import app
+from modelset.cli import main
 
-app(prog_name="modelset")
+main()

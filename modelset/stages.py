@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import io
 import logging
 import tempfile
@@ -74,7 +73,6 @@ T = TypeVar("T")
 TASK_MARKER = ".task_id"
 UPLOADS_PREFIX = f"{STATE_DIR}/uploads"
 OUTPUT_THUMBNAIL = (96, 128)
-_HASH_CHUNK = 1024 * 1024
 
 
 class Workspace:
@@ -186,14 +184,6 @@ class PreparedPhoto(BaseModel):
             return self.source, self.sent_sha256(options)
         assert upload is not None
         return upload, self.sent_sha256(options)
-
-
-def hash_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def upload_key_of(source_sha256: str, options: PrepareOptions) -> str:

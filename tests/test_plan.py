@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import select
@@ -222,3 +223,29 @@ def test_a_large_interactive_run_asks_first(
     accepted, screen = answer_prompt(args, asked, b"y\n")
     assert accepted == 0, screen
     assert len(sandbox.submissions()) == 3
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_finished_run_exits_with_its_code_and_its_last_lines_reach_the_server(
+    env: dict[str, str], sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    """``modelset run`` ends without tearing Prefect's modules down
+    (``cli._end_without_teardown``): its exit code is still the run's, and what the flow
+    run logged last is on the Prefect server."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    from tests.test_reliability import prefect_run_logs
+
+    folder = photo_folder(tmp_path / "in", 1)
+    (folder / "bad.jpg").write_bytes(b"")
+    done = cli("run", str(folder), "-t", "20", "--out", str(tmp_path / "out"), env=env)
+    assert done.returncode == 1, done.stdout + done.stderr  # bad.jpg failed; the rest ran
+    assert "rejected" in done.stdout and len(sandbox.submissions()) == 1
+
+    async def latest() -> str:
+        async with get_client() as client:
+            [flow_run] = await client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)
+            return str(flow_run.id)
+
+    assert "report written" in prefect_run_logs([asyncio.run(latest())])

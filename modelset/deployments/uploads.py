@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from modelset.stages import hash_file
+from modelset.hashing import hash_file
 
 UPLOAD_EVENT = "modelset.photo.uploaded"
 

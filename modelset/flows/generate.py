@@ -11,8 +11,7 @@ import json
 import os
 import re
 import uuid
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from functools import partial
@@ -34,6 +33,7 @@ from modelset.flows.review import (
     resume_review,
     review_in_run,
 )
+from modelset.hashing import hash_files
 from modelset.hidream import AccountError
 from modelset.images import Fit, Policy
 from modelset.ledger import LedgerRecord, SubmissionState
@@ -61,7 +61,6 @@ from modelset.stages import (
     PrepareOptions,
     SubmitPolicy,
     Workspace,
-    hash_file,
     is_local_file,
     key_for,
     needs_submit,
@@ -296,86 +295,106 @@ async def run_batch(
     item: str | None = None,
 ) -> RunSummary:
     settings = Settings()
-    log = get_run_logger()
     location = output_location(options.out or settings.output_dir, setting=OUT_SETTING)
     with open_workspace(location) as workspace:
-        if not workspace.store.is_local:
-            await anyio.to_thread.run_sync(probe_conditional_writes, workspace.store)
-        photos = _photos(
-            discover(sources, allow_file_urls=settings.allow_file_urls),
-            template_ids,
-            item,
-            known={row.source: row.item for row in read_manifest(workspace.store)},
-        )
-        if options.shard_size and len(photos) > options.shard_size:
-            return await run_shards(photos, options, workspace, listener)
-        shown = [f"{p.item}/{t}" for p in photos for t in p.template_ids][:THUMBNAIL_ROWS]
-        workspace.pictures.want(shown)  # the summary's sets, pictured as they arrive
-        rules = SubmitPolicy(
-            run_id=str(flow_run.get_id() or uuid.uuid4()),
-            refresh=options.refresh,
-            retry_failed=options.retry_failed,
-            resubmit_unknown=options.resubmit_unknown,
-            regenerate=await anyio.to_thread.run_sync(declined_attempts, workspace.store)
-            if options.regenerate_declined
-            else {},
-            send_window_s=settings.send_window(),
-        )
-        prepare = PrepareOptions(
-            policy=Policy(options.policy),
-            fit=Fit(options.fit),
-            max_fetch_bytes=settings.max_fetch_bytes,
-            allow_private_urls=settings.allow_private_urls,
-            pass_urls=options.pass_urls,
-        )
-        async with open_runtime(
-            settings,
-            workspace,
-            prepare=prepare,
-            rules=rules,
-            deadline_s=options.deadline_s,
-            concurrency=options.concurrency,
-            need_client=not options.dry_run,
-        ) as runtime:
-            await _prepare_all(photos, runtime, settings.base_url)
-            plan = await _generate(
-                photos,
-                runtime,
-                base_url=settings.base_url,
-                concurrency=options.concurrency or settings.concurrency,
-                budget=Budget(
-                    cap=options.max_images
-                    if options.max_images is not None
-                    else settings.max_images,
-                    default_set_size=settings.images_per_set,
-                    shared=(workspace.store, f"{shard_prefix(options.shard_of)}/budget.json")
-                    if options.shard_of
-                    else None,
-                ),
-                dry_run=options.dry_run,
-                listener=listener,
+        # Saving the result storage block takes a few API round trips: meanwhile the
+        # location is checked, the photos found and hashed, and the ledger read.
+        storage = asyncio.ensure_future(results_storage(workspace.out))
+        try:
+            return await _run_batch_in(
+                workspace, storage, sources, template_ids, options, listener, item
             )
-        if plan.account_error and options.shard_of:
-            # The parent learns it from here: it exits 3 as an unsharded run would.
-            workspace.store.write(
-                f"{shard_prefix(options.shard_of)}/{ACCOUNT_ERROR}", plan.account_error.encode()
-            )
-        rows = [plan.rows[(p.source, t)] for p in photos for t in p.template_ids]
-        pending = await anyio.to_thread.run_sync(
-            partial(
-                mark_pending,
-                workspace.store,
-                rows,
-                asked=options.review and not options.dry_run,
-                publish_to=publish_location(options),
-            )
+        finally:
+            if not storage.cancel() and not storage.cancelled():
+                storage.exception()  # a run that never needed it does not report its failure
+
+
+async def _run_batch_in(
+    workspace: Workspace,
+    storage: asyncio.Future[OutputLocationResults],
+    sources: list[str],
+    template_ids: list[int],
+    options: RunOptions,
+    listener: RunListener,
+    item: str | None,
+) -> RunSummary:
+    settings = Settings()
+    log = get_run_logger()
+    if not workspace.store.is_local:
+        await anyio.to_thread.run_sync(probe_conditional_writes, workspace.store)
+    photos = _photos(
+        discover(sources, allow_file_urls=settings.allow_file_urls),
+        template_ids,
+        item,
+        known={row.source: row.item for row in read_manifest(workspace.store)},
+    )
+    if options.shard_size and len(photos) > options.shard_size:
+        return await run_shards(photos, options, workspace, listener)
+    shown = [f"{p.item}/{t}" for p in photos for t in p.template_ids][:THUMBNAIL_ROWS]
+    workspace.pictures.want(shown)  # the summary's sets, pictured as they arrive
+    rules = SubmitPolicy(
+        run_id=str(flow_run.get_id() or uuid.uuid4()),
+        refresh=options.refresh,
+        retry_failed=options.retry_failed,
+        resubmit_unknown=options.resubmit_unknown,
+        regenerate=await anyio.to_thread.run_sync(declined_attempts, workspace.store)
+        if options.regenerate_declined
+        else {},
+        send_window_s=settings.send_window(),
+    )
+    prepare = PrepareOptions(
+        policy=Policy(options.policy),
+        fit=Fit(options.fit),
+        max_fetch_bytes=settings.max_fetch_bytes,
+        allow_private_urls=settings.allow_private_urls,
+        pass_urls=options.pass_urls,
+    )
+    async with open_runtime(
+        settings,
+        workspace,
+        prepare=prepare,
+        rules=rules,
+        deadline_s=options.deadline_s,
+        concurrency=options.concurrency,
+        need_client=not options.dry_run,
+    ) as runtime:
+        await _prepare_all(photos, runtime, settings.base_url, storage)
+        plan = await _generate(
+            photos,
+            runtime,
+            base_url=settings.base_url,
+            concurrency=options.concurrency or settings.concurrency,
+            budget=Budget(
+                cap=options.max_images if options.max_images is not None else settings.max_images,
+                default_set_size=settings.images_per_set,
+                shared=(workspace.store, f"{shard_prefix(options.shard_of)}/budget.json")
+                if options.shard_of
+                else None,
+            ),
+            dry_run=options.dry_run,
+            listener=listener,
         )
-        sheet = await anyio.to_thread.run_sync(
-            partial(update_report, workspace.store, rows, copies=workspace.kept)
+    if plan.account_error and options.shard_of:
+        # The parent learns it from here: it exits 3 as an unsharded run would.
+        workspace.store.write(
+            f"{shard_prefix(options.shard_of)}/{ACCOUNT_ERROR}", plan.account_error.encode()
         )
-        await publish_results(rows, workspace, sheet=sheet)
-        log.info("report written: %s", sheet)
-        return RunSummary.written(workspace, rows, sheet, plan, pending)
+    rows = [plan.rows[(p.source, t)] for p in photos for t in p.template_ids]
+    pending = await anyio.to_thread.run_sync(
+        partial(
+            mark_pending,
+            workspace.store,
+            rows,
+            asked=options.review and not options.dry_run,
+            publish_to=publish_location(options),
+        )
+    )
+    sheet = await anyio.to_thread.run_sync(
+        partial(update_report, workspace.store, rows, copies=workspace.kept)
+    )
+    await publish_results(rows, workspace, sheet=sheet)
+    log.info("report written: %s", sheet)
+    return RunSummary.written(workspace, rows, sheet, plan, pending)
 
 
 def output_location(location: str, *, setting: str) -> str:
@@ -454,12 +473,18 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "photo"
 
 
-async def _prepare_all(photos: list[Photo], runtime: BatchRuntime, base_url: str) -> None:
+async def _prepare_all(
+    photos: list[Photo],
+    runtime: BatchRuntime,
+    base_url: str,
+    saving: Awaitable[OutputLocationResults],
+) -> None:
     """Give every photo its PreparedPhoto: from the ledger for sets already finished (no
     task run at all), else through the fetch, validate and prepare stages in chunks,
     started here and awaited by ``_generate`` (``Photo.preparing``)."""
     local = [photo.source for photo in photos if is_local_file(photo.source)]
-    hashes = dict(zip(local, await anyio.to_thread.run_sync(_hash_files, local), strict=True))
+    digests = await anyio.to_thread.run_sync(hash_files, [Path(source) for source in local])
+    hashes = dict(zip(local, digests, strict=True))
     for photo in await _finished(photos, hashes, runtime, base_url):
         digest = hashes[photo.source]
         photo.prepared = PreparedPhoto(
@@ -481,7 +506,7 @@ async def _prepare_all(photos: list[Photo], runtime: BatchRuntime, base_url: str
         return
     for photo in pending:
         photo.sha256 = hashes.get(photo.source)
-    storage = await results_storage(runtime.workspace.out)
+    storage = await saving
     # A few chunks at a time, in order, so the first photos are ready first: submitting
     # starts while later photos are still being prepared (_generate).
     in_order = asyncio.Semaphore(PREPARING_CHUNKS)
@@ -516,14 +541,6 @@ def chunk_bounds(count: int) -> list[tuple[int, int]]:
         bounds.append((start, end))
         start, size = end, min(size * 2, PREPARE_CHUNK)
     return bounds
-
-
-def _hash_files(sources: list[str]) -> list[str]:
-    """The sha256 of each local photo, a thread per core (hashing releases the GIL)."""
-    if len(sources) < 2:
-        return [hash_file(Path(source)) for source in sources]
-    with ThreadPoolExecutor(min(len(sources), os.cpu_count() or 1)) as pool:
-        return list(pool.map(lambda source: hash_file(Path(source)), sources))
 
 
 async def _stages(
