@@ -742,8 +742,8 @@ FIRST_SUBMIT_GOAL_S = 1.0  # the first submission after the baseline's, at every
 
 
 def p1_slope(bench: Bench, p1: P1Runs) -> tuple[Figure, Figure]:
-    """P1-SLOPE and P1-FIRST from a baseline and a pipeline run at N=200 and at N=1000
-    (P1's runs at its own N, one more pair at the other size).
+    """P1-SLOPE and P1-FIRST from baseline and pipeline runs at N=200 and at N=1000
+    (P1's runs at its own N, as many pairs as ``--repeat`` at the other; medians).
 
     CPU(N) = intercept + slope * N on each side, from the two sizes: the pipeline's is its
     flow process and the Prefect server (during and right after the run), the baseline's
@@ -751,12 +751,21 @@ def p1_slope(bench: Bench, p1: P1Runs) -> tuple[Figure, Figure]:
     pipelines: dict[int, list[PipelineRun]] = {bench.config.n: p1.folder}
     baselines: dict[int, list[BaselineRun]] = {bench.config.n: p1.baselines}
     for size in SLOPE_SIZES:
-        if size not in pipelines or not baselines.get(size):
-            photos = ensure_photos(size)
-            baselines[size] = [bench.run_baseline(photos, f"slope-baseline-{size}")]
-            pipeline = bench.run_pipeline([str(photos)], f"slope-pipeline-{size}")
-            pipeline.sandbox.stop()
-            pipelines[size] = [pipeline]
+        if size in pipelines and baselines.get(size):
+            continue
+        photos = ensure_photos(size)
+        pipelines[size], baselines[size] = [], []
+        for index in range(bench.config.repeat):  # pairs, like P1's, alternating order
+            pair = ["baseline", "pipeline"] if index % 2 == 0 else ["pipeline", "baseline"]
+            for what in pair:
+                if what == "baseline":
+                    baselines[size].append(
+                        bench.run_baseline(photos, f"slope-baseline-{size}-{index}")
+                    )
+                else:
+                    run = bench.run_pipeline([str(photos)], f"slope-pipeline-{size}-{index}")
+                    run.sandbox.stop()
+                    pipelines[size].append(run)
     small, large = SLOPE_SIZES
     pipeline_cpu = {n: _median([r.cpu_with_server_s for r in pipelines[n]]) for n in SLOPE_SIZES}
     baseline_cpu = {n: _median([b.run.cpu_s for b in baselines[n]]) for n in SLOPE_SIZES}
