@@ -28,7 +28,12 @@ from modelset.options import RunOptions
 from modelset.report import MANIFEST_FIELDS, ManifestRow, Status
 from modelset.sandbox import SandboxServer
 from modelset.stages import download_image, open_workspace
-from modelset.tasks.artifacts import MARKDOWN_THUMBNAIL, picture_cells, set_cell
+from modelset.tasks.artifacts import (
+    MARKDOWN_THUMBNAIL,
+    SUMMARY_THUMBNAILS,
+    picture_cells,
+    set_cell,
+)
 from tests.conftest import CORPUS, SandboxFactory, make_photo
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -327,7 +332,13 @@ async def test_the_summarys_sets_are_pictured_as_they_download_and_only_those(
             outputs=[shown],
         )
         made = workspace.pictures.made
-        assert set_cell(row) in picture_cells(workspace.store, [row], MARKDOWN_THUMBNAIL, made)
+        cells = picture_cells(workspace.store, [row], MARKDOWN_THUMBNAIL, made)
+        assert set_cell(row) in cells
+        # The same rows again (a rerun that changed nothing): the cells kept beside the
+        # report, with nothing read or decoded.
+        assert picture_cells(workspace.store, [row], MARKDOWN_THUMBNAIL) == cells
+        # Without those and without the picture, nothing is left to make the cell from.
+        (tmp_path / "out" / SUMMARY_THUMBNAILS).unlink()
         assert set_cell(row) not in picture_cells(workspace.store, [row], MARKDOWN_THUMBNAIL)
 
 

@@ -190,8 +190,10 @@ def picture_cells(
     Made from the output thumbnails this run ``made`` as it downloaded (see
     ``stages.SetPictures``), the input thumbnails and the bucket's output thumbnails where
     they exist, else from the images themselves, each decoded once at a reduced scale: only
-    for the rows shown. On a bucket the last call's cells are kept beside the report and
-    used again while the rows and size are the same.
+    for the rows shown. The last call's cells are kept beside the report and used again
+    while the rows and size are the same: a rerun that changed nothing decodes nothing
+    (into a folder that was 800 images read and decoded for 200 rows, a third of a
+    rerun's time; in a bucket one request per image).
     """
     made = made or {}
     inputs, outputs = [], []
@@ -203,8 +205,8 @@ def picture_cells(
         outputs.extend(row.outputs)
     listed = "\n".join([f"{CELLS_VERSION} {size}", *(row.model_dump_json() for row in rows)])
     digest = hashlib.sha256(listed.encode()).hexdigest()
-    if not store.is_local and (cached := _cached_cells(store, digest)) is not None:
-        return cached  # the same rows as the last summary: one request, not one per image
+    if (cached := _cached_cells(store, digest)) is not None:
+        return cached  # the same rows as the last summary
     data = {shown: made[shown] for shown in [*inputs, *outputs] if shown in made}
     found = read_many(store, [key for key in inputs if key not in data], copies=copies)
     data.update({key: blob.data for key, blob in found.items() if blob is not None})
@@ -227,9 +229,8 @@ def picture_cells(
         strip = _strip([pictures[o] for o in row.outputs if o in pictures])
         if strip is not None:
             cells[set_cell(row)] = jpeg_bytes(strip)
-    if not store.is_local:
-        saved = {key: base64.b64encode(jpeg).decode("ascii") for key, jpeg in cells.items()}
-        store.write(SUMMARY_THUMBNAILS, json.dumps({"rows": digest, "pictures": saved}).encode())
+    saved = {key: base64.b64encode(jpeg).decode("ascii") for key, jpeg in cells.items()}
+    store.write(SUMMARY_THUMBNAILS, json.dumps({"rows": digest, "pictures": saved}).encode())
     return cells
 
 
