@@ -37,6 +37,7 @@ from modelset.hidream import (
     TaskResult,
     Template,
 )
+from modelset.memory import limit_malloc_arenas
 from modelset.options import RunOptions
 from modelset.settings import Settings
 from modelset.storage import StorageError
@@ -309,6 +310,7 @@ finished = _Finished()
 def main() -> None:
     """The ``modelset`` command (``python -m modelset`` too)."""
     atexit.register(_end_without_teardown)  # the first registered: it runs last
+    limit_malloc_arenas()  # before the threads that import Prefect and hash the photos
     app(prog_name="modelset")
 
 

@@ -16,6 +16,7 @@ import tomllib
 from importlib import metadata
 from pathlib import Path
 
+import pytest
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -134,3 +135,14 @@ def test_the_installed_packages_are_compiled_to_bytecode() -> None:
     source = Path(prefect.engine.__file__)
     compiled = Path(importlib.util.cache_from_source(str(source)))
     assert compiled.is_file(), f"{source} has no bytecode: install with --compile-bytecode"
+
+
+def test_malloc_arenas_are_capped_unless_the_user_chose_their_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from modelset.memory import limit_malloc_arenas
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "8")
+    assert limit_malloc_arenas() is False  # theirs stands
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    assert limit_malloc_arenas() is True  # this machine's Python runs on glibc

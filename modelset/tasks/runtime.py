@@ -16,6 +16,7 @@ from pydantic import SecretStr
 from modelset.credentials import client_from_settings
 from modelset.hidream import HiDreamClient
 from modelset.ledger import Ledger, LedgerRecord, open_ledger
+from modelset.memory import limit_malloc_arenas
 from modelset.settings import MissingTokenError, Settings
 from modelset.stages import PrepareOptions, SubmitPolicy, Workspace, collect_once
 from modelset.tasks.events import recording_final_states
@@ -80,6 +81,7 @@ async def open_runtime(
     Without a token and with ``need_client`` False (a dry run), there is no API client.
     With a callback receiver configured, finished-task events wake the waits at once.
     """
+    limit_malloc_arenas()  # before the run's worker threads exist
     client: HiDreamClient | None = None
     if concurrency is not None:  # the connection pool follows the run's concurrency
         settings = settings.model_copy(update={"concurrency": concurrency})
