@@ -73,6 +73,28 @@ def _wait_healthy(url: str, process: subprocess.Popen[bytes], timeout_s: float, 
             time.sleep(0.1)
 
 
+def _start_healthy(
+    command: list[str],
+    log: Path,
+    health_url: str,
+    timeout_s: float,
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start ``command`` with its output in ``log``; return once ``health_url`` answers."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command,
+            env=clean_environment() if env is None else env,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    _wait_healthy(health_url, process, timeout_s, log)
+    return process
+
+
 def _stop(process: subprocess.Popen[bytes], grace_s: float = 15.0) -> None:
     if process.poll() is not None:
         return
@@ -146,11 +168,7 @@ class Sandbox(_Server):
             "--images-per-set",
             str(self.images_per_set),
         ]
-        with self.log.open("wb") as out:
-            self.process = subprocess.Popen(
-                command, env=clean_environment(), stdout=out, stderr=subprocess.STDOUT
-            )
-        _wait_healthy(f"{self.base_url}/_sandbox/health", self.process, 30, self.log)
+        self.process = _start_healthy(command, self.log, f"{self.base_url}/_sandbox/health", 30)
         return self
 
     def submissions(self) -> list[dict[str, Any]]:
@@ -210,9 +228,7 @@ class PrefectServer(_Server):
             str(self.port),
         ]
         started = time.perf_counter()
-        with self.log.open("wb") as out:
-            self.process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-        _wait_healthy(f"{self.api_url}/health", self.process, 120, self.log)
+        self.process = _start_healthy(command, self.log, f"{self.api_url}/health", 120, env=env)
         self.started_in_s = time.perf_counter() - started
         return self
 
@@ -272,15 +288,9 @@ class S3Server(_Server):
             str(self.port),
         ]
         started = time.perf_counter()
-        with self.log.open("wb") as out:
-            self.process = subprocess.Popen(
-                command,
-                env=clean_environment(),
-                cwd=self.log.parent,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        _wait_healthy(f"{self.server_endpoint}/", self.process, 60, self.log)
+        self.process = _start_healthy(
+            command, self.log, f"{self.server_endpoint}/", 60, cwd=self.log.parent
+        )
         proxy = [
             str(BIN / "python"),
             "-m",
@@ -292,11 +302,7 @@ class S3Server(_Server):
             "--latency-ms",
             str(self.latency_ms),
         ]
-        with self.proxy_log.open("wb") as out:
-            self.proxy = subprocess.Popen(
-                proxy, env=clean_environment(), stdout=out, stderr=subprocess.STDOUT
-            )
-        _wait_healthy(f"{self.endpoint}/", self.proxy, 30, self.proxy_log)
+        self.proxy = _start_healthy(proxy, self.proxy_log, f"{self.endpoint}/", 30)
         self.started_in_s = time.perf_counter() - started
         return self
 
