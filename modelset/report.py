@@ -7,7 +7,6 @@ every row's latest state; rows of photos the rerun did not touch are kept.
 from __future__ import annotations
 
 import base64
-import contextlib
 import csv
 import hashlib
 import html
@@ -20,7 +19,15 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from modelset.storage import Store, locate, open_store, read_many, read_or_none, update
+from modelset.storage import (
+    Store,
+    locate,
+    open_store,
+    read_copies,
+    read_many,
+    read_or_none,
+    update,
+)
 
 MANIFEST_JSONL = "manifest.jsonl"
 MANIFEST_CSV = "manifest.csv"
@@ -236,9 +243,8 @@ def output_thumbnails(
     wanted = list(dict.fromkeys(outputs))
     found: dict[str, bytes] = {}
     if copies is not None:
-        for output in wanted:
-            with contextlib.suppress(OSError):
-                found[output] = (copies / output_thumbnail_key(output)).read_bytes()
+        kept = read_copies(copies, [output_thumbnail_key(output) for output in wanted])
+        found = {o: kept[k] for o in wanted if (k := output_thumbnail_key(o)) in kept}
     missing = [output for output in wanted if output not in found]
     folders = {output.rpartition("/")[0] for output in missing}
     for blob in read_many(store, [set_thumbnails_key(folder) for folder in folders]).values():

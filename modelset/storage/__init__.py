@@ -21,7 +21,16 @@ from modelset.storage._exceptions import (
     StoreUnavailable,
     UnsupportedLocation,
 )
-from modelset.storage.base import Blob, Head, Store, off_loop, read_many, read_or_none, update
+from modelset.storage.base import (
+    Blob,
+    Head,
+    Store,
+    off_loop,
+    read_copies,
+    read_many,
+    read_or_none,
+    update,
+)
 from modelset.storage.local import FolderStore, check_key
 from modelset.storage.objects import BucketStore, bucket_scheme
 from modelset.storage.probe import probe_conditional_writes
@@ -46,6 +55,7 @@ __all__ = [
     "off_loop",
     "open_store",
     "probe_conditional_writes",
+    "read_copies",
     "read_many",
     "read_or_none",
     "update",

@@ -15,7 +15,7 @@ ledger on a bucket) run them in worker threads.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -157,10 +157,9 @@ def read_many(
     this run stored in a bucket and kept), read from there instead."""
     unique = list(dict.fromkeys(keys))
     if copies is not None:
-        found: dict[str, Blob | None] = {}
-        for key in unique:
-            with contextlib.suppress(OSError):
-                found[key] = Blob((copies / key).read_bytes(), etag="")
+        found: dict[str, Blob | None] = {
+            key: Blob(data, etag="") for key, data in read_copies(copies, unique).items()
+        }
         rest = read_many(store, [key for key in unique if key not in found], threads=threads)
         return {**found, **rest}
     if store.is_local or len(unique) < 2:
@@ -169,6 +168,15 @@ def read_many(
         return dict(
             zip(unique, pool.map(lambda key: read_or_none(store, key), unique), strict=True)
         )
+
+
+def read_copies(copies: Path, keys: Iterable[str]) -> dict[str, bytes]:
+    """The keys that have a local copy in ``copies`` (same relative paths), read."""
+    found = {}
+    for key in keys:
+        with contextlib.suppress(OSError):
+            found[key] = (copies / key).read_bytes()
+    return found
 
 
 async def off_loop(store: Store, function: Callable[[*Ts], T], *args: *Ts) -> T:
