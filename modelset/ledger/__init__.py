@@ -113,11 +113,8 @@ class LedgerClaim:
         try:
             self._etag = await ledger.run(self._put, record.model_dump_json().encode())
         except RecordAppeared:
-            blob = await ledger.run(read_or_none, ledger.store, ledger.record_key(self.key))
+            self._etag, self.record = await ledger.run(ledger.current, self.key)
             self._assumed_absent = False
-            if blob is not None:
-                self._etag, self.record = blob.etag, LedgerRecord.model_validate_json(blob.data)
-                ledger.etags[self.key] = blob.etag
             raise
         ledger.etags[self.key] = self._etag
         self.record = record
@@ -172,8 +169,12 @@ class Ledger:
         )
 
     def read(self, key: str) -> LedgerRecord | None:
+        return self.current(key)[1]
+
+    def current(self, key: str) -> tuple[str | None, LedgerRecord | None]:
+        """The record's ETag and the record, or (None, None) when there is none."""
         blob = read_or_none(self.store, self.record_key(key))
-        return None if blob is None else self._parsed(key, blob)
+        return (None, None) if blob is None else (blob.etag, self._parsed(key, blob))
 
     def _parsed(self, key: str, blob: Blob) -> LedgerRecord:
         self.etags[key] = blob.etag
@@ -195,13 +196,18 @@ class Ledger:
         """Many records at once (concurrent requests on a bucket); with ``listed`` (see
         :meth:`listing`), only those it names are read."""
         names = {key: self.record_key(key) for key in keys}
-        found = read_many(
-            self.store, [name for name in names.values() if listed is None or name in listed]
-        )
+        found = self._read_listed(names.values(), listed)
         return {
             key: None if (blob := found.get(name)) is None else self._parsed(key, blob)
             for key, name in names.items()
         }
+
+    def _read_listed(
+        self, names: Iterable[str], listed: frozenset[str] | None
+    ) -> dict[str, Blob | None]:
+        """The objects read at once; with ``listed``, only those it names (the others are
+        absent from what it returns: they did not exist when listed)."""
+        return read_many(self.store, [n for n in names if listed is None or n in listed])
 
     async def finish(self, record: LedgerRecord) -> LedgerRecord | None:
         """Write ``record`` over the version this process last wrote or read, with one
@@ -246,9 +252,7 @@ class Ledger:
         """The key that paid (or is paying) for each upload hash, if any (read at once;
         with ``listed``, only the claims it names)."""
         names = {upload: f"{LEDGER_PREFIX}/{_UPLOAD_INDEX}/{upload}" for upload in uploads}
-        found = read_many(
-            self.store, [name for name in names.values() if listed is None or name in listed]
-        )
+        found = self._read_listed(names.values(), listed)
         return {
             upload: None if (blob := found.get(name)) is None else blob.data.decode().strip()
             for upload, name in names.items()
@@ -307,9 +311,8 @@ class Ledger:
             if absent:
                 yield LedgerClaim(self, key, None, None, hold, assumed_absent=True)
                 return
-            blob = await self.run(read_or_none, self.store, self.record_key(key))
-            record = None if blob is None else self._parsed(key, blob)
-            yield LedgerClaim(self, key, None if blob is None else blob.etag, record, hold)
+            etag, record = await self.run(self.current, key)
+            yield LedgerClaim(self, key, etag, record, hold)
 
     @contextlib.asynccontextmanager
     async def collecting(self, key: str, *, wait: bool) -> AsyncIterator[bool]:
