@@ -302,7 +302,7 @@ async def run_batch(
         storage = asyncio.ensure_future(results_storage(workspace.out))
         try:
             return await _run_batch_in(
-                workspace, storage, sources, template_ids, options, listener, item
+                settings, workspace, storage, sources, template_ids, options, listener, item
             )
         finally:
             if not storage.cancel() and not storage.cancelled():
@@ -310,6 +310,7 @@ async def run_batch(
 
 
 async def _run_batch_in(
+    settings: Settings,
     workspace: Workspace,
     storage: asyncio.Future[OutputLocationResults],
     sources: list[str],
@@ -318,7 +319,6 @@ async def _run_batch_in(
     listener: RunListener,
     item: str | None,
 ) -> RunSummary:
-    settings = Settings()
     log = get_run_logger()
     if not workspace.store.is_local:
         await anyio.to_thread.run_sync(probe_conditional_writes, workspace.store)
