@@ -132,30 +132,33 @@ async def test_a_claim_planned_absent_finds_a_record_written_meanwhile(store: St
     assert found is not None and (found.task_id, found.reason) == ("t-other", "seen")
 
 
+async def send_look(
+    client: HiDreamClient, ledger: Ledger, photo: Path, run_id: str, *, absent: bool = False
+) -> LedgerRecord:
+    """``submit_once`` of the photo ``look`` under :data:`KEY`, for the run ``run_id``."""
+    return await submit_once(
+        client,
+        ledger,
+        key=KEY,
+        prepared=PreparedPhoto(source=str(photo), source_sha256="c" * 64, upload_sha256="d" * 64),
+        prepare=PrepareOptions(),
+        item="look",
+        template_id=20,
+        rules=SubmitPolicy(run_id=run_id),
+        upload=photo,
+        absent=absent,
+    )
+
+
 async def test_a_send_planned_absent_is_not_sent_again_when_another_run_sent_it(
     store: Store, sandbox_factory: SandboxFactory, tmp_path: Path
 ) -> None:
     sandbox = sandbox_factory()
     photo = make_photo(tmp_path / "look.jpg")
-    prepared = PreparedPhoto(source=str(photo), source_sha256="c" * 64, upload_sha256="d" * 64)
     async with HiDreamClient(TOKEN, base_url=sandbox.base_url) as client:
-
-        async def send(run_id: str) -> LedgerRecord:
-            return await submit_once(
-                client,
-                open_ledger(store),
-                key=KEY,
-                prepared=prepared,
-                prepare=PrepareOptions(),
-                item="look",
-                template_id=20,
-                rules=SubmitPolicy(run_id=run_id),
-                upload=photo,
-                absent=True,  # both runs planned before either sent
-            )
-
-        first = await send("run-1")
-        second = await send("run-2")
+        # Both runs planned before either sent: each takes the key as absent.
+        first = await send_look(client, open_ledger(store), photo, "run-1", absent=True)
+        second = await send_look(client, open_ledger(store), photo, "run-2", absent=True)
     assert first.state is SubmissionState.SUBMITTED
     assert second.task_id == first.task_id
     assert len(sandbox.submissions()) == 1
@@ -294,35 +297,21 @@ async def test_a_lost_lease_stops_the_send_and_a_rerun_finds_it(
     by request_id and never sends it again."""
     sandbox: SandboxServer = sandbox_factory(latency_ms=1500)
     photo = make_photo(tmp_path / "look.jpg")
-    prepared = PreparedPhoto(source=str(photo), source_sha256="c" * 64, upload_sha256="d" * 64)
     store, ledger = leased(bucket, duration_s=0.9)
     client = HiDreamClient(TOKEN, base_url=sandbox.base_url)
-
-    async def send(run_id: str) -> LedgerRecord:
-        return await submit_once(
-            client,
-            ledger,
-            key=KEY,
-            prepared=prepared,
-            prepare=PrepareOptions(),
-            item="look",
-            template_id=20,
-            rules=SubmitPolicy(run_id=run_id),
-            upload=photo,
-        )
 
     async def steal_lease() -> None:
         await asyncio.sleep(0.45)  # after the intent is written, while the send is slow
         ghost_lease(store, time.time() + 0.6)
 
     async with client:
-        first, _ = await asyncio.gather(send("run-1"), steal_lease())
+        first, _ = await asyncio.gather(send_look(client, ledger, photo, "run-1"), steal_lease())
         assert first.state is SubmissionState.UNKNOWN
         assert "lease was lost" in (first.reason or "")
         on_record = ledger.read(KEY)
         assert on_record is not None and on_record.state is SubmissionState.INTENT
         await asyncio.sleep(2.5)  # the sandbox finishes the request the holder abandoned
-        second = await send("run-2")
+        second = await send_look(client, ledger, photo, "run-2")
     assert second.state is SubmissionState.SUBMITTED
     # Whether or not the abandoned request reached the service, it is paid for once: found
     # by its request_id, or (never created) sent by the second run.
