@@ -86,27 +86,30 @@ def test_a_swap_whose_answer_was_lost_is_resolved_by_reading_it_back(
     assert store.read("lease.json").data == b"v2"
 
 
+@pytest.mark.parametrize("writes_on_top", [1, 3])
 def test_a_lost_answer_is_not_sent_again_when_another_writer_already_built_on_it(
-    proxy: BucketProxy, monkeypatch: pytest.MonkeyPatch
+    proxy: BucketProxy, monkeypatch: pytest.MonkeyPatch, writes_on_top: int
 ) -> None:
     """Our swap lands, its answer is lost, and before we read it back another process
-    swaps on top of it: ours is known to have landed, so a counter goes up by two, not
-    three (``update`` retries a refused swap with a fresh read)."""
+    swaps on top of it (once, or several times): ours is known to have landed, so a counter
+    goes up by one per write, not one more (``update`` retries a refused swap with a fresh
+    read)."""
     store = bucket_store(proxy)
     store.write("counter", b"0")
     other = BucketStore(store.url, QUICK)  # another process's view of the same bucket
     read_back = store._landed
 
     def after_another_writer(key: str, token: str, before: str | None) -> str | None:
-        current = other.read("counter")
-        other.swap("counter", str(int(current.data) + 1).encode(), current.etag)
+        for _ in range(writes_on_top):
+            current = other.read("counter")
+            other.swap("counter", str(int(current.data) + 1).encode(), current.etag)
         return read_back(key, token, before)
 
     monkeypatch.setattr(store, "_landed", after_another_writer)
     before = store.read("counter")
     proxy.fail_next("reset_after")  # the swap's: it lands, its answer does not
     store.swap("counter", b"1", before.etag)  # succeeds: refused, update() would bump again
-    assert store.read("counter").data == b"2"
+    assert store.read("counter").data == str(1 + writes_on_top).encode()
     assert proxy.counts["reset_after"] == 1
 
 

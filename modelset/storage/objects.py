@@ -17,11 +17,12 @@ with full jitter, within ``HIDREAM_STORE_MAX_ATTEMPTS`` attempts and
 ``HIDREAM_STORE_RETRY_BUDGET`` seconds in all (:class:`StoreRetry`). A conditional write
 (create-if-absent, compare-and-swap) is never resent blindly: its answer may have been
 lost after it landed, so the object is read back first. Each conditional write carries a
-token of its own in the object's metadata, and a compare-and-swap also the token of the
-version it replaces: our token there means it succeeded, and so does our token named as
-replaced (another writer built on ours before we read it back: a counter is not bumped
-twice); the old version (or none) means it did not, and it is sent again; anything else
-means another writer won, and the caller is told so, as if the store had answered.
+token of its own in the object's metadata, and a compare-and-swap also the tokens of the
+versions it replaces (the last 15): our token there means it succeeded, and so does our
+token among those replaced (other writers built on ours before we read it back: a counter
+is not bumped twice); the old version (or none) means it did not, and it is sent again;
+anything else means another writer won, and the caller is told so, as if the store had
+answered.
 """
 
 from __future__ import annotations
@@ -71,7 +72,9 @@ T = TypeVar("T")
 BUCKET_SCHEMES = {"s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs", "az": "az", "abfs": "az"}
 log = logging.getLogger("modelset.storage")
 WRITE_TOKEN = "modelset-write"  # noqa: S105 (metadata naming the conditional write that made it)
-REPLACED_TOKEN = "modelset-replaced"  # noqa: S105 (the token of the version a swap replaced)
+# The tokens of the versions a swap replaced, newest first (a few: metadata is small).
+REPLACED_TOKENS = "modelset-replaced"
+_LINEAGE = 16
 _TOKENS_KEPT = 10_000
 # obstore's message names the HTTP status it got, or says the request never got one.
 _STATUS = re.compile(r"status code: (\d{3})")
@@ -155,10 +158,10 @@ class BucketStore:
             )
         prefix = parts.path.strip("/")
         self._url = f"{parts.scheme}://{parts.netloc}" + (f"/{prefix}" if prefix else "")
-        # The write token of each version this store read or wrote, by ETag: a swap names
-        # the token of the version it replaces, so that a write whose answer was lost is
-        # known to have landed even once another writer has replaced it (``_landed``).
-        self._tokens: dict[str, str] = {}
+        # The write tokens of each version this store read or wrote, by ETag: its own and
+        # those it replaced, newest first. A swap names them, so that a write whose answer
+        # was lost is known to have landed even once other writers built on it (``_landed``).
+        self._lineages: dict[str, tuple[str, ...]] = {}
         normalised = f"{kind}://{parts.netloc}" + (f"/{prefix}" if prefix else "")
         try:
             self._store = from_url(
@@ -190,7 +193,7 @@ class BucketStore:
         def get() -> Blob:
             result = obstore.get(self._store, path)
             etag = str(result.meta.get("e_tag") or "")
-            self._remember(etag, str(result.attributes.get(WRITE_TOKEN) or ""))
+            self._remember(etag, _lineage(result.attributes))
             return Blob(bytes(result.bytes()), etag)
 
         return self._retrying(key, get)
@@ -240,8 +243,8 @@ class BucketStore:
     def swap(self, key: str, data: bytes, etag: str) -> str:
         path = check_key(key)
         attributes = _attributes(path)
-        if replaced := self._tokens.get(etag):
-            attributes[REPLACED_TOKEN] = replaced
+        if replaced := self._lineages.get(etag):
+            attributes[REPLACED_TOKENS] = " ".join(replaced[: _LINEAGE - 1])
         # obstore wants the version left out, not None (which it refuses).
         mode: UpdateVersion = {"e_tag": etag}
 
@@ -346,18 +349,18 @@ class BucketStore:
                 return landed
 
         etag = self._retrying(key, send)
-        self._remember(etag, token)
+        self._remember(etag, _lineage(attributes))
         return etag
 
-    def _remember(self, etag: str, token: str) -> None:
-        if len(self._tokens) >= _TOKENS_KEPT:
-            self._tokens.clear()
-        if etag and token:
-            self._tokens[etag] = token
+    def _remember(self, etag: str, lineage: tuple[str, ...]) -> None:
+        if len(self._lineages) >= _TOKENS_KEPT:
+            self._lineages.clear()
+        if etag and lineage:
+            self._lineages[etag] = lineage
 
     def _landed(self, key: str, token: str, before: str | None) -> str | None:
         """After a conditional write's answer was lost: its ETag if the object is our
-        write; "" if our write landed and another writer has replaced it since (an ETag
+        write; "" if our write landed and other writers have built on it since (an ETag
         no compare-and-swap matches, as the object moved on); None if the object is as it
         was (send again); else the refusal the store would have given, since another
         writer got there first."""
@@ -371,7 +374,7 @@ class BucketStore:
         etag = str(current.meta.get("e_tag") or "")
         if current.attributes.get(WRITE_TOKEN) == token:
             return etag
-        if current.attributes.get(REPLACED_TOKEN) == token:
+        if token in _lineage(current.attributes)[1:]:
             return ""
         if before is not None and etag == before:
             return None
@@ -411,6 +414,12 @@ def _attributes(key: str) -> dict[str, Any]:
     """The Content-Type a browser needs to show an object (index.html, images) inline."""
     kind, _ = mimetypes.guess_type(key)
     return {"Content-Type": kind or "application/octet-stream"}
+
+
+def _lineage(attributes: Any) -> tuple[str, ...]:
+    """A version's write token and the tokens of the versions it replaced, newest first."""
+    own = str(attributes.get(WRITE_TOKEN) or "")
+    return (own, *str(attributes.get(REPLACED_TOKENS) or "").split()) if own else ()
 
 
 def _etag(result: Any) -> str:
