@@ -375,7 +375,7 @@ def test_empty_file(tmp_path: Path) -> None:
         (b'{"error": "forbidden"}', "looks like JSON"),
         (b"just some notes\nabout the shoot\n", "looks like text"),
         (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"/>', "SVG"),
-        (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00", "HEIC/HEIF images are not accepted"),
+        (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00", "corrupt image: HEIF signature"),
         (b"\x00\x01\x02\x03\xfe\xfd" * 50, "not an image: unrecognised format"),
         (b"\x89PNG\r\n\x1a\n" + b"\x13" * 60, "corrupt image: PNG signature"),
     ],

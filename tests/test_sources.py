@@ -268,10 +268,19 @@ def put_objects(location: str, objects: dict[str, bytes]) -> None:
 
 
 def test_image_suffixes() -> None:
-    assert {".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp", ".mpo"} == set(
-        IMAGE_SUFFIXES
-    )
-    assert ".heic" not in IMAGE_SUFFIXES
+    assert {
+        ".jpg",
+        ".jpeg",
+        ".png",
+        ".webp",
+        ".gif",
+        ".tif",
+        ".tiff",
+        ".bmp",
+        ".mpo",
+        ".heic",
+        ".heif",
+    } == set(IMAGE_SUFFIXES)
 
 
 def test_folder_recursion_is_sorted_and_skips_hidden(tmp_path: Path) -> None:

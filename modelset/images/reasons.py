@@ -47,7 +47,7 @@ def describe_unidentified(head: bytes) -> str:
     if head[4:8] == b"ftyp":
         brand = head[8:12]
         if brand in _HEIF_BRANDS:
-            return "unsupported: HEIC/HEIF images are not accepted (convert to JPEG first)"
+            return "corrupt image: HEIF signature but the header is unreadable"
         if brand in _AVIF_BRANDS:
             return "corrupt image: AVIF signature but the header is unreadable"
         return "not an image: unrecognised format (looks like a video/MP4 file)"
@@ -90,7 +90,7 @@ def decode_failure(exc: BaseException, image_format: str) -> str:
     """Reason for an exception raised while parsing or decoding pixel data."""
     message = " ".join(str(exc).split())
     lowered = message.lower()
-    if "truncated" in lowered or isinstance(exc, EOFError):
+    if "truncated" in lowered or "end of file" in lowered or isinstance(exc, EOFError):
         return f"corrupt image: truncated {image_format} data"
     if "broken data stream" in lowered or "unrecognized data stream" in lowered:
         return f"corrupt image: broken {image_format} data stream"
@@ -133,4 +133,6 @@ def sniff_format(head: bytes) -> str:
             return name
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "WebP"
+    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+        return "HEIF"
     return "image"

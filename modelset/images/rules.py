@@ -28,9 +28,19 @@ UPLOAD_FORMATS: Final = frozenset({"JPEG", "PNG"})
 def _open_formats() -> tuple[str, ...]:
     # Only well-known photo formats are parsed at all: Pillow's long tail of
     # plugins (EPS runs Ghostscript, FLI, SGI, ...) is attack surface for no gain.
-    wanted = ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP", "AVIF")
+    wanted = ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP", "AVIF", "HEIF")
     Image.init()
+    _register_heif()
     return tuple(name for name in wanted if name in Image.OPEN)
+
+
+def _register_heif() -> None:
+    """HEIC/HEIF (what phones save) through pillow-heif's own libheif, with only the
+    primary image decoded: depth maps, auxiliary images and embedded thumbnails are
+    never read, so they cost nothing and cannot reach an upload."""
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
 
 
 OPEN_FORMATS: Final = _open_formats()

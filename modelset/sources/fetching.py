@@ -61,6 +61,8 @@ _CONTENT_TYPE_SUFFIXES = {
     "image/tiff": ".tiff",
     "image/bmp": ".bmp",
     "image/mpo": ".mpo",
+    "image/heic": ".heic",
+    "image/heif": ".heif",
 }
 
 

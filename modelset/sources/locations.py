@@ -13,7 +13,7 @@ from modelset.storage import BucketStore, StorageError
 from modelset.storage.objects import BUCKET_SCHEMES
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp", ".mpo"}
+    {".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp", ".mpo", ".heic", ".heif"}
 )
 HTTP_SCHEMES: frozenset[str] = frozenset({"http", "https"})
 
