@@ -254,6 +254,10 @@ def run(
     resubmit_unknown: Annotated[
         bool, typer.Option(help="Resend items whose earlier send has an unknown outcome.")
     ] = False,
+    allow_near_duplicates: Annotated[
+        bool,
+        typer.Option(help="Pay for photos that look like one already paid for (re-saved copies)."),
+    ] = False,
     dry_run: Annotated[bool, typer.Option(help="Prepare and plan; submit nothing.")] = False,
     max_images: Annotated[
         int | None, typer.Option(help="Never pay for more generated images than this.")
@@ -282,6 +286,7 @@ def run(
         refresh=refresh,
         retry_failed=retry_failed,
         resubmit_unknown=resubmit_unknown,
+        allow_near_duplicates=allow_near_duplicates,
         dry_run=dry_run,
         max_images=max_images,
         out=out,
@@ -544,11 +549,22 @@ def print_summary(summary: RunSummary) -> None:
         if len(failing) > 20:
             reasons.caption = f"... and {len(failing) - 20} more in manifest.csv"
         console.print(reasons)
+    alike_rows = [row for row in summary.rows if row.near_duplicate_of]
+    if alike_rows:
+        alike_table = Table("item", "template", "looks like", title="near-duplicates: not paid")
+        for row in alike_rows[:20]:
+            alike_table.add_row(row.item, str(row.template_id), row.reason or "")
+        if len(alike_rows) > 20:
+            alike_table.caption = f"... and {len(alike_rows) - 20} more in manifest.csv"
+        console.print(alike_table)
     plan = summary.plan
-    if any(row.status.value == "planned" for row in summary.rows):
+    alike = summary.near_duplicates
+    if alike or any(row.status.value == "planned" for row in summary.rows):
+        skipped = f"; {alike} near-duplicates skipped" if alike else ""
         console.print(
             f"plan: {plan.tasks} tasks to submit, up to {plan.images} images; "
-            f"{plan.already_done} already done"
+            f"{plan.already_done} already done{skipped}",
+            soft_wrap=True,
         )
     if plan.account_error:
         errors.print(f"[bold red]account:[/] {plan.account_error}")
@@ -565,11 +581,10 @@ def print_summary(summary: RunSummary) -> None:
 
 
 def exit_code(summary: RunSummary) -> int:
-    from modelset.report import Status
 
     if summary.plan.account_error:
         return EXIT_ACCOUNT
-    if any(row.status not in (Status.SUCCEEDED, Status.PLANNED) for row in summary.rows):
+    if summary.failed:
         return EXIT_ITEMS_FAILED
     return EXIT_OK
 

@@ -37,6 +37,12 @@ class RunOptions(BaseModel):
         default=False,
         description="Send again items whose earlier send has an unknown outcome (may pay twice).",
     )
+    allow_near_duplicates: bool = Field(
+        default=False,
+        description="Pay for a photo even when it looks like one already paid for with the "
+        "same template (re-encoded, resized, re-saved or slightly cropped); by default it "
+        "is skipped as a near-duplicate.",
+    )
     dry_run: bool = Field(default=False, description="Prepare and plan; submit nothing.")
     max_images: int | None = Field(
         default=None, ge=0, description="Never pay for more generated images than this."

@@ -53,6 +53,7 @@ MANIFEST_FIELDS = (
     "review_note",
     "reviewer",
     "published",
+    "near_duplicate_of",
 )
 
 
@@ -84,6 +85,8 @@ class ManifestRow(BaseModel):
     review_note: str = ""
     reviewer: str = ""
     published: list[str] = Field(default_factory=list)  # where the approved set went
+    # A near-duplicate's: the source_sha256 of the photo it looks like, paid for once.
+    near_duplicate_of: str | None = None
     # Where the contact sheet finds the input's thumbnail; not a manifest field.
     thumbnail: str | None = Field(default=None, exclude=True)
     # The ledger key and attempt the row's set was paid under, while a run builds its
@@ -201,6 +204,11 @@ def input_thumbnail_key(source_sha256: str) -> str:
     return f"{THUMBS_PREFIX}/{source_sha256}.jpg"
 
 
+def _look_alike_thumbnail(row: ManifestRow) -> str | None:
+    """A near-duplicate's: the thumbnail of the photo it looks like, shown beside it."""
+    return input_thumbnail_key(row.near_duplicate_of) if row.near_duplicate_of else None
+
+
 def output_thumbnail_key(output: str) -> str:
     """Where one generated image's thumbnail is kept on this machine during a run (and
     was stored in a bucket by versions that stored one object per image)."""
@@ -267,7 +275,9 @@ def _embedded_images(
     A private bucket's sheet opened through a presigned URL cannot load other objects,
     so the thumbnails travel inside it; its links stay relative.
     """
-    inputs = read_many(store, [row.thumbnail for row in rows if row.thumbnail], copies=copies)
+    wanted = [row.thumbnail for row in rows if row.thumbnail]
+    wanted += [key for row in rows if (key := _look_alike_thumbnail(row))]
+    inputs = read_many(store, wanted, copies=copies)
     found = {key: blob.data for key, blob in inputs.items() if blob is not None}
     found.update(output_thumbnails(store, [o for row in rows for o in row.outputs], copies))
     return {
@@ -303,7 +313,8 @@ h1{font-size:20px}.summary span{margin-right:16px}
 table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #d0d7de;
 padding:8px;vertical-align:top;text-align:left}img{height:150px;border-radius:4px;
 margin:2px;background:#f6f8fa}.status{font-weight:600}.reason{color:#57606a;max-width:28em}
-.set{display:flex;gap:4px}.review{margin-top:6px}
+.set{display:flex;gap:4px}.review{margin-top:6px}.alike{display:flex;gap:4px}
+figure{margin:0}figcaption{font-size:12px;color:#57606a;text-align:center}
 """
 
 
@@ -345,6 +356,12 @@ def _sheet_row(row: ManifestRow, shown: dict[str, str] | None) -> str:
     thumbnail = (
         f"<img src='{src(row.thumbnail)}' alt='input' loading='lazy'>" if row.thumbnail else ""
     )
+    if alike := _look_alike_thumbnail(row):
+        thumbnail = (
+            f"<div class='alike'><figure>{thumbnail}<figcaption>this photo</figcaption></figure>"
+            f"<figure><img src='{src(alike)}' alt='paid for' loading='lazy'>"
+            "<figcaption>looks like (paid for)</figcaption></figure></div>"
+        )
     images = "".join(
         f"<a href='{html.escape(path)}'><img src='{src(path)}' loading='lazy'"
         f" alt='{html.escape(Path(path).name)}'></a>"

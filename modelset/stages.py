@@ -158,6 +158,7 @@ class PreparedPhoto(BaseModel):
     thumbnail: str | None = None  # a key of the output location
     reason: str | None = None
     sendable_as_is: bool = False  # the source itself meets every rule of the API
+    look: str | None = None  # what the prepared pixels look like (modelset.images.looks)
 
     @property
     def ready(self) -> bool:
@@ -292,6 +293,7 @@ def prepare_validated(
             "upload_sha256": prepared.sha256,
             "thumbnail": preview_key,
             "sendable_as_is": prepared.check.sendable_as_is,
+            "look": prepared.look,
         }
     )
 
@@ -364,6 +366,7 @@ class SubmitPolicy(BaseModel):
     refresh: bool = False
     retry_failed: bool = False
     resubmit_unknown: bool = False
+    allow_near_duplicates: bool = False  # pay for photos that look like one paid for
     # --regenerate-declined: ledger key -> the declined attempt, paid again once.
     regenerate: dict[str, int] = Field(default_factory=dict)
     # A send (every attempt of it) must fit in what is left of the claim's lease.
@@ -465,6 +468,7 @@ async def submit_once(
                     item=item,
                     source_sha256=prepared.source_sha256,
                     upload_sha256=image_sha256,
+                    look=prepared.look,
                     claimed_by_run=rules.run_id,
                 )
             )
@@ -475,6 +479,8 @@ async def submit_once(
                 if owner != key and (paid := await ledger.run(ledger.read, owner)) is not None:
                     await claim.forget()
                     return paid
+            if record is None and prepared.look is not None:
+                await ledger.run(ledger.record_look, template_id, prepared.look, key)
             try:
                 receipt = await _send_while_held(
                     claim,
@@ -497,6 +503,8 @@ async def submit_once(
                 await _restore(claim, record)
                 if record is None:
                     await ledger.release_upload(sent, key)
+                    if prepared.look is not None:
+                        await ledger.run(ledger.release_look, template_id, prepared.look, key)
                 if isinstance(exc, AccountError):
                     raise
                 return intent.model_copy(

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import pwd
+import random
 import secrets
 import shutil
 import socket
@@ -32,7 +33,7 @@ from typing import Any
 
 import httpx
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from modelset.sandbox import SandboxConfig, SandboxServer
 from modelset.sandbox.bucket import BucketProxy
@@ -85,11 +86,20 @@ def free_port() -> int:
 def make_photo(
     path: Path, size: tuple[int, int] = (600, 800), colour: tuple[int, int, int] = (180, 90, 60)
 ) -> Path:
-    """A small real JPEG with some structure (a lighter 'head' near the top)."""
+    """A small real JPEG with some structure (a lighter 'head' near the top), and blocks
+    placed by the file's name: photos of other names are other pictures, never taken for
+    near-duplicates of each other."""
     image = Image.new("RGB", size, colour)
     width, height = size
     head = Image.new("RGB", (width // 3, height // 5), (240, 210, 190))
     image.paste(head, (width // 3, height // 12))
+    draw = ImageDraw.Draw(image)
+    rng = random.Random(path.name)
+    for _ in range(4):
+        x, y = rng.randrange(width), rng.randrange(height // 3, height)
+        side = min(width, height) // rng.randint(4, 8)
+        shade = tuple(rng.randrange(256) for _ in range(3))
+        draw.rectangle((x, y, x + side, y + side), fill=shade)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, "JPEG", quality=90)
     return path

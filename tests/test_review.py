@@ -140,7 +140,7 @@ def test_a_run_outside_a_deployment_leaves_its_sets_pending_and_the_shell_decide
     assert "review: <b>approved</b> by ana" in sheet
     assert "review: <b>declined</b> by ana" in sheet
     csv_header = (out / "manifest.csv").read_text().splitlines()[0]
-    assert csv_header.endswith("outputs,review,review_note,reviewer,published")
+    assert csv_header.endswith("outputs,review,review_note,reviewer,published,near_duplicate_of")
 
 
 def test_without_a_prefect_api_the_shell_says_no_event_was_sent(

@@ -36,6 +36,7 @@ from modelset.flows.review import (
 from modelset.hashing import hash_files
 from modelset.hidream import AccountError
 from modelset.images import Fit, Policy
+from modelset.images.looks import Look, LookIndex, NearDuplicates
 from modelset.ledger import LedgerRecord, SubmissionState
 from modelset.options import RunOptions
 from modelset.report import (
@@ -153,12 +154,28 @@ class RunSummary:
 
     @property
     def not_succeeded(self) -> list[ManifestRow]:
-        return [row for row in self.rows if row.status is not Status.SUCCEEDED]
+        """Rows that did not end as they should: a near-duplicate skipped did."""
+        return [
+            row
+            for row in self.rows
+            if row.status is not Status.SUCCEEDED and row.near_duplicate_of is None
+        ]
+
+    @property
+    def failed(self) -> bool:
+        """Whether a set failed (a dry run's planned sets did not)."""
+        return any(row.status is not Status.PLANNED for row in self.not_succeeded)
+
+    @property
+    def near_duplicates(self) -> int:
+        return sum(1 for row in self.rows if row.near_duplicate_of is not None)
 
     def message(self) -> str:
         failing = self.not_succeeded
         if not failing:
-            return f"all {len(self.rows)} succeeded"
+            alike = self.near_duplicates
+            skipped = f"; {alike} near-duplicates skipped (paid for once)" if alike else ""
+            return f"all {len(self.rows) - alike} succeeded{skipped}"
         reasons = "; ".join(
             f"{row.item}/{row.template_id}: {row.status.value} ({row.reason})"
             for row in failing[:10]
@@ -237,7 +254,7 @@ async def generate_model_sets(
         return Failed(message=f"{summary.plan.account_error}; {message}")
     if summary.plan.refused:
         return Failed(message=f"{summary.plan.refused}; report: {summary.sheet}")
-    failed = any(row.status not in (Status.SUCCEEDED, Status.PLANNED) for row in summary.rows)
+    failed = summary.failed
     if summary.pending and options.shard_of is None and can_wait_for_review():
         store = open_store(summary.out)
         return await review_in_run(
@@ -337,6 +354,7 @@ async def _run_batch_in(
         refresh=options.refresh,
         retry_failed=options.retry_failed,
         resubmit_unknown=options.resubmit_unknown,
+        allow_near_duplicates=options.allow_near_duplicates,
         regenerate=await anyio.to_thread.run_sync(declined_attempts, workspace.store)
         if options.regenerate_declined
         else {},
@@ -714,6 +732,8 @@ async def _generate(
         else:
             plan.already_done += 1
             later.append((photo, template_id, record, key))
+    looks = _LookChecks(runtime)
+    jobs = await _without_near_duplicates(jobs, looks, plan)
     plan.tasks = sum(1 for job in jobs if job.sending)  # at most: see _when_prepared
     sizes = {t: budget.set_size(t) for t in {job.template_id for job in jobs if job.sending}}
     plan.images = sum(sizes[job.template_id] for job in jobs if job.sending)
@@ -740,7 +760,7 @@ async def _generate(
                 sorted({job.template_id for job in jobs if job.sending}),
                 results_in=runtime.workspace.out,
             )
-        checks = _UploadChecks(base_url, first_by_upload, duplicates)
+        checks = _UploadChecks(base_url, first_by_upload, duplicates, looks)
         await _run_jobs(jobs, runtime, plan, budget, concurrency, listener, checks)
     await _prepared(photos)
     for photo, template_id, record, key in later:
@@ -768,6 +788,7 @@ class _UploadChecks:
     base_url: str
     first_by_upload: dict[tuple[str, int], Photo]
     duplicates: list[tuple[Photo, int, Photo]]
+    looks: _LookChecks
 
 
 _GO_ON = "go on"
@@ -802,6 +823,9 @@ async def _when_prepared(
     upload = _upload_key(photo, template_id, checks.base_url, runtime.prepare)
     owner = (await ledger.run(ledger.upload_owners, [upload], runtime.listing))[upload]
     if owner is None or owner == job.key:
+        if job.sending and (like := (await checks.looks.repeats(template_id, [photo]))[0]):
+            plan.tasks -= 1
+            return _near_duplicate_row(photo, template_id, like)
         return _GO_ON
     record = await ledger.run(ledger.read, owner)
     plan.tasks -= job.sending
@@ -810,6 +834,88 @@ async def _when_prepared(
         return _GO_ON
     plan.already_done += 1
     return _paid_row(photo, template_id, record, job.key)
+
+
+@dataclass(frozen=True)
+class _Likeness:
+    """The paid (or planned) photo a photo looks like."""
+
+    item: str
+    source_sha256: str | None
+    distance: int
+
+
+class _LookChecks:
+    """Planning's near-duplicate check: a photo about to be paid for that looks like one
+    paid for with the same template, or planned earlier in this run, is skipped."""
+
+    def __init__(self, runtime: BatchRuntime) -> None:
+        self.runtime = runtime
+        self._by_template: dict[int, NearDuplicates[str | Photo]] = {}
+        self._lock = asyncio.Lock()  # checks run in the batch's order, one at a time
+
+    async def repeats(self, template_id: int, photos: list[Photo]) -> list[_Likeness | None]:
+        """For each photo (in order), what it repeats; photos that repeat nothing are
+        planned, so a later photo like them is skipped."""
+        found: list[_Likeness | None] = [None] * len(photos)
+        if self.runtime.rules.allow_near_duplicates:
+            return found
+        looked = [(i, p) for i, p in enumerate(photos) if p.prepared and p.prepared.look]
+        ledger = self.runtime.ledger
+        async with self._lock:
+            near = self._by_template.get(template_id)
+            if near is None:
+                recorded = await ledger.run(ledger.recorded_looks, template_id)
+                index = await anyio.to_thread.run_sync(LookIndex[str | Photo], recorded)
+                near = self._by_template[template_id] = NearDuplicates(index)
+            entries = [(_look(photo), photo) for _, photo in looked]
+            matches = await anyio.to_thread.run_sync(near.check, entries)
+            for (position, photo), match in zip(looked, matches, strict=True):
+                if match is None:
+                    continue
+                if isinstance(match.ref, Photo):
+                    assert match.ref.prepared is not None
+                    sha256 = match.ref.prepared.source_sha256
+                    found[position] = _Likeness(match.ref.item, sha256, match.distance)
+                    continue
+                record = await ledger.run(ledger.read, match.ref)
+                if record is None or record.task_id is None:  # recorded, never paid
+                    near.plan(_look(photo), photo)
+                    continue
+                found[position] = _Likeness(record.item, record.source_sha256, match.distance)
+        return found
+
+
+def _look(photo: Photo) -> Look:
+    assert photo.prepared is not None and photo.prepared.look is not None
+    return Look.parse(photo.prepared.look)
+
+
+async def _without_near_duplicates(
+    jobs: list[_SetJob], looks: _LookChecks, plan: RunPlan
+) -> list[_SetJob]:
+    """The jobs left once the prepared photos about to be paid for that repeat a paid or
+    planned one are taken out (their rows say which); the others are checked as they
+    are prepared (``_when_prepared``)."""
+    checked: dict[int, list[_SetJob]] = {}
+    for job in jobs:
+        if job.sending and job.fresh and not job.unprepared and job.paid_as is None:
+            checked.setdefault(job.template_id, []).append(job)
+    skipped: set[int] = set()
+    for template_id, candidates in checked.items():
+        likes = await looks.repeats(template_id, [job.photo for job in candidates])
+        for job, like in zip(candidates, likes, strict=True):
+            if like is not None:
+                skipped.add(id(job))
+                row = _near_duplicate_row(job.photo, template_id, like)
+                plan.rows[(job.photo.source, template_id)] = row
+    return [job for job in jobs if id(job) not in skipped]
+
+
+def _near_duplicate_row(photo: Photo, template_id: int, like: _Likeness) -> ManifestRow:
+    reason = f"near-duplicate of {like.item} (distance {like.distance})"
+    row = _row(photo, template_id, None, status="skipped", reason=reason)
+    return row.model_copy(update={"near_duplicate_of": like.source_sha256})
 
 
 def _sameness(photo: Photo, original: Photo) -> str:

@@ -15,6 +15,7 @@ from .check import ImageCheck, OpenedImage, decoder_applied_orientation, open_im
 from .colour import WHITE, resamplable, to_srgb
 from .errors import ImageRejected
 from .geometry import TRANSPOSE, Box, Size, draft_request, plan, stored_box, stored_size
+from .looks import look_of
 from .options import Fit, Policy
 from .rules import DEFAULT_MAX_PIXELS, MAX_LONG_SIDE, MIN_SHORT_SIDE
 from .strip import strip_jpeg, strip_png
@@ -52,6 +53,8 @@ class PreparedImage(BaseModel):
     """True when the source bytes were copied as they are."""
     check: ImageCheck
     """Inspection of the source."""
+    look: str
+    """What the prepared pixels look like (``looks.Look``): near-duplicates share it."""
 
 
 def prepare_image(
@@ -85,6 +88,7 @@ def prepare_image(
         if policy is Policy.STRICT:
             return _strict(opened, dest, max_pixels=max_pixels)
         image = _fixed(opened, fit=fit, max_side=max_side, max_pixels=max_pixels)
+    look = look_of(image)
     data = _encode_jpeg(image, quality=quality)
     if thumbnail is not None:
         preview = image.copy()
@@ -99,6 +103,7 @@ def prepare_image(
         size_bytes=len(data),
         unchanged=False,
         check=opened.check,
+        look=str(look),
     )
 
 
@@ -186,6 +191,10 @@ def _strict(opened: OpenedImage, dest: Path, *, max_pixels: int) -> PreparedImag
     image_format: Literal["JPEG", "PNG"] = "PNG" if check.format == "PNG" else "JPEG"
     with reading(check.format, max_pixels=max_pixels):
         _decode(im)  # proves the pixel data is whole before anything is sent
+        icc_profile = im.info.get("icc_profile")
+        look = look_of(
+            to_srgb(resamplable(im), icc_profile if isinstance(icc_profile, bytes) else None)
+        )
     # A PNG eXIf chunk after the pixel data only shows up once decoded.
     if check.has_exif or check.has_gps or im.info.get("exif"):
         opened.file.seek(0)
@@ -203,6 +212,7 @@ def _strict(opened: OpenedImage, dest: Path, *, max_pixels: int) -> PreparedImag
         size_bytes=size_bytes,
         unchanged=unchanged,
         check=check,
+        look=str(look),
     )
 
 

@@ -16,6 +16,9 @@ unknown: it is resolved by looking the request_id up, never by sending blindly.
 
 The upload index (``by-upload/``) claims the hash of what is sent, so a photo whose
 prepared upload is byte-identical to one already paid for points at that set instead.
+The look index (``by-look/<template_id>/``) names what each sent upload looks like, in
+the names of empty objects, so one listing gives every look a template was paid for
+(``modelset.images.looks``: near-duplicates are planned, not paid).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime
 from typing import TypeVar, TypeVarTuple
 
+from modelset.images.looks import LOOK_VERSION, Look
 from modelset.ledger.locks import DEFAULT_LEASE_S, FlockLocks, Hold, LeaseLocks, Locks, owner_name
 from modelset.ledger.records import (
     LedgerRecord,
@@ -63,6 +67,7 @@ Ts = TypeVarTuple("Ts")
 LEDGER_PREFIX = ".modelset/ledger"
 _TASK_INDEX = "by-task"
 _UPLOAD_INDEX = "by-upload"
+_LOOK_INDEX = "by-look"
 
 
 # Listing a bucket's ledger takes one request per 1,000 keys (about four per set: the
@@ -287,6 +292,35 @@ class Ledger:
 
         result: str = await self.run(attempt)
         return result
+
+    def _looks_folder(self, template_id: int) -> str:
+        return f"{LEDGER_PREFIX}/{_LOOK_INDEX}/{template_id}/v{LOOK_VERSION}"
+
+    def _look_name(self, template_id: int, look: str, key: str) -> str:
+        return f"{self._looks_folder(template_id)}/{look}-{key}"
+
+    def record_look(self, template_id: int, look: str, key: str) -> None:
+        """Name what the upload sent under ``key`` looks like (before it is sent)."""
+        with contextlib.suppress(AlreadyExists):
+            self.store.create(self._look_name(template_id, look, key), b"")
+
+    def release_look(self, template_id: int, look: str, key: str) -> None:
+        """Take a look back (its send certainly created nothing)."""
+        self.store.delete(self._look_name(template_id, look, key))
+
+    def recorded_looks(self, template_id: int) -> list[tuple[Look, str]]:
+        """Every look sent for the template, with the key it was sent under (one listing;
+        a look whose send failed for certain was taken back, one whose record is gone is
+        checked by the caller)."""
+        folder = self._looks_folder(template_id)
+        looks = []
+        for name in self.store.list(folder):
+            parent, _, entry = name.rpartition("/")
+            look, _, key = entry.partition("-")
+            if parent == folder:
+                with contextlib.suppress(ValueError):
+                    looks.append((Look.parse(look), key))
+        return looks
 
     async def release_upload(self, upload: str, key: str) -> None:
         """Give an upload hash back (this key's send certainly created nothing)."""

@@ -29,6 +29,7 @@ class LedgerRecord(BaseModel):
     item: str = ""  # the folder the set is downloaded into
     source_sha256: str
     upload_sha256: str | None = None
+    look: str | None = None  # what the upload looks like (modelset.images.looks)
     task_id: str | None = None
     sub_task_ids: list[str] = Field(default_factory=list)
     outcome: str | None = None  # succeeded | failed | rejected, once FINISHED

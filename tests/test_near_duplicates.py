@@ -1,0 +1,194 @@
+"""Near-duplicates: the same picture with other bytes is planned as skipped, not paid."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from modelset.images.looks import (
+    MAX_COLOUR_DIFFERENCE,
+    MAX_SHAPE_DISTANCE,
+    Look,
+    LookIndex,
+    NearDuplicates,
+)
+from modelset.sandbox import SandboxServer
+from tests.test_pipeline import manifest, run
+from tests.test_plan import cli
+
+DEMO = Path(__file__).resolve().parents[1] / "modelset" / "demo" / "photos"
+# Three shots of one layout in other colours: the team wants each generated.
+SHOOT = ("denim-jacket.jpg", "studio-red-dress.jpg", "square-lookbook.jpg")
+
+
+def random_look(rng: random.Random) -> Look:
+    return Look(rng.getrandbits(64), rng.randbytes(36))
+
+
+def flipped(look: Look, bits: int, rng: random.Random, colour_shift: int = 0) -> Look:
+    shape = look.shape
+    for bit in rng.sample(range(64), bits):
+        shape ^= 1 << bit
+    colours = bytes(min(255, c + colour_shift) for c in look.colours)
+    return Look(shape, colours)
+
+
+def test_a_look_survives_its_text() -> None:
+    look = random_look(random.Random(1))
+    assert Look.parse(str(look)) == look
+    with pytest.raises(ValueError, match="not a look"):
+        Look.parse("abc")
+
+
+def test_the_index_finds_exactly_what_a_scan_finds() -> None:
+    rng = random.Random(7)
+    recorded = [random_look(rng) for _ in range(3000)]
+    queries = [
+        flipped(rng.choice(recorded), rng.randint(0, 16), rng, rng.choice((0, 10, 25)))
+        for _ in range(400)
+    ] + [random_look(rng) for _ in range(100)]
+    index = LookIndex((look, position) for position, look in enumerate(recorded))
+    found = index.pairs(queries)
+    expected = sorted(
+        (q, r, distance)
+        for q, query in enumerate(queries)
+        for r, entry in enumerate(recorded)
+        if (distance := query.distance(entry)) is not None
+    )
+    assert found == expected
+    assert any(d == MAX_SHAPE_DISTANCE for *_, d in found)  # the edge is inside
+
+
+def test_distance_needs_both_the_shape_and_the_colours() -> None:
+    rng = random.Random(3)
+    look = random_look(rng)
+    assert flipped(look, MAX_SHAPE_DISTANCE, rng).shape != look.shape
+    assert look.distance(flipped(look, MAX_SHAPE_DISTANCE, rng)) == MAX_SHAPE_DISTANCE
+    assert look.distance(flipped(look, MAX_SHAPE_DISTANCE + 2, rng)) is None
+    dark = Look(look.shape, bytes(36))
+    bright = Look(look.shape, bytes([MAX_COLOUR_DIFFERENCE + 1] * 36))
+    assert dark.distance(Look(look.shape, bytes([MAX_COLOUR_DIFFERENCE] * 36))) == 0
+    assert dark.distance(bright) is None
+
+
+def test_a_run_plans_the_first_of_each_picture_and_compares_with_what_is_paid() -> None:
+    rng = random.Random(5)
+    paid = random_look(rng)
+    near = NearDuplicates(LookIndex([(paid, "paid-key")]))
+    fresh = random_look(rng)
+    batch = [
+        (flipped(paid, 4, rng), "copy-of-paid"),
+        (fresh, "fresh"),
+        (flipped(fresh, 2, rng), "copy-of-fresh"),
+        (random_look(rng), "other"),
+    ]
+    matches = near.check(batch)
+    assert [(m.ref, m.distance) if m else None for m in matches] == [
+        ("paid-key", 4),
+        None,
+        ("fresh", 2),
+        None,
+    ]
+    # Checked one at a time (as a streaming run does), the same answers.
+    later = NearDuplicates(LookIndex([(paid, "paid-key")]))
+    one_by_one = [later.check([entry])[0] for entry in batch]
+    assert [m.ref if m else None for m in one_by_one] == ["paid-key", None, "fresh", None]
+
+
+def re_exports(folder: Path, names: tuple[str, ...]) -> Path:
+    """The storefront's copies of the shoot: a CDN's re-encode, a resize, a cropped PNG."""
+    folder.mkdir(parents=True)
+    for name, how in zip(names, ("q60", "half", "cropped"), strict=False):
+        with Image.open(DEMO / name) as image:
+            picture = image.convert("RGB")
+        stem = Path(name).stem
+        if how == "q60":
+            picture.save(folder / f"{stem}-web.jpg", quality=60)
+        elif how == "half":
+            half = picture.resize((picture.width // 2, picture.height // 2))
+            half.save(folder / f"{stem}-small.jpg", quality=85)
+        else:  # 2 % off the right edge, saved as PNG
+            trim = picture.width * 2 // 100
+            picture.crop((0, 0, picture.width - trim, picture.height)).save(folder / f"{stem}.png")
+    return folder
+
+
+def shoot(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    for name in SHOOT:
+        shutil.copy(DEMO / name, folder / name)
+    return folder
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_re_exported_copies_are_planned_as_near_duplicates_and_cost_nothing(
+    env: dict[str, str], sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    assert run([str(shoot(tmp_path / "shoot"))], [20], out=str(out)).is_completed()
+    assert len(sandbox.submissions()) == 3, "one layout in three colours is three pictures"
+    paid = {row["item"]: row["source_sha256"] for row in manifest(out)}
+
+    copies = re_exports(tmp_path / "storefront", SHOOT)
+    wide = {**env, "COLUMNS": "200"}
+    dry = cli("run", str(copies), "-t", "20", "--out", str(out), "--dry-run", env=wide)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert "plan: 0 tasks to submit, up to 0 images; 0 already done; 3 near-duplicates skipped" in (
+        dry.stdout
+    )
+    assert "near-duplicate of denim-jacket (distance" in dry.stdout, dry.stdout
+
+    state = run([str(copies)], [20], out=str(out))
+    assert state.is_completed(), state.message
+    assert len(sandbox.submissions()) == 3, "a re-exported copy was paid for"
+    rows = {row["item"]: row for row in manifest(out)}
+    for copy, original in (
+        ("denim-jacket-web", "denim-jacket"),
+        ("studio-red-dress-small", "studio-red-dress"),
+        ("square-lookbook", "square-lookbook"),
+    ):
+        if copy == original:  # the PNG took the next free name
+            copy = "square-lookbook-2"
+        row = rows[copy]
+        assert row["status"] == "skipped", row
+        assert row["reason"].startswith(f"near-duplicate of {original} (distance "), row
+        assert row["near_duplicate_of"] == paid[original]
+    sheet = (out / "index.html").read_text()
+    assert sheet.count("looks like (paid for)") == 3
+    assert f"thumbs/{paid['denim-jacket']}.jpg" in sheet
+
+    allowed = run(
+        [str(copies / "denim-jacket-web.jpg")], [20], out=str(out), allow_near_duplicates=True
+    )
+    assert allowed.is_completed(), allowed.message
+    assert len(sandbox.submissions()) == 4
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_copy_in_the_same_batch_is_skipped_in_favour_of_the_first(
+    env: dict[str, str], sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(DEMO / "denim-jacket.jpg", folder / "a-original.jpg")
+    with Image.open(DEMO / "denim-jacket.jpg") as image:
+        buffer = io.BytesIO()
+        image.save(buffer, "WEBP", quality=80)
+    (folder / "b-copy.webp").write_bytes(buffer.getvalue())
+    out = tmp_path / "out"
+    state = run([str(folder)], [20, 21], out=str(out))
+    assert state.is_completed(), state.message
+    assert sorted(s["template_id"] for s in sandbox.submissions()) == [20, 21]
+    rows = {(row["item"], row["template_id"]): row for row in manifest(out)}
+    for template_id in (20, 21):
+        assert rows[("a-original", template_id)]["status"] == "succeeded"
+        copy = rows[("b-copy", template_id)]
+        assert copy["status"] == "skipped"
+        assert copy["reason"].startswith("near-duplicate of a-original"), copy
+    assert json.loads((out / "manifest.jsonl").read_text().splitlines()[0])
