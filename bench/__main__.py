@@ -30,6 +30,7 @@ from bench.figures import (
     Config,
     Figure,
     PipelineRun,
+    looks_planning,
     p1_bucket,
     p1_slope,
     p1_throughput,
@@ -62,6 +63,7 @@ FIGURES = (
     "P5",
     "P6",
     "P7",
+    "LOOKS",
 )
 QUICK_SKIPS = {"P7"}  # the 5,000-photo run is for `make bench` (or --only P7)
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
@@ -263,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
             n1000 = large.run.peak_rss_mib if large is not None and config.n == 1000 else None
             figures["P7"] = p7_scale(bench, n1000)
             bench.stop_all()
+        if config.wants("LOOKS"):
+            note("LOOKS: near-duplicate planning, 10,000 new photos against 100,000 looks")
+            figures["LOOKS"] = looks_planning(bench)
     finally:
         bench.stop_all()
         server.stop()

@@ -1252,3 +1252,49 @@ def p7_scale(bench: Bench, n1000_rss_mib: float | None) -> Figure:
         ],
         runs=[first.run, again.run],
     )
+
+
+# -- LOOKS: near-duplicate planning at catalogue scale -----------------------------------
+
+LOOKS_RECORDED = 100_000
+LOOKS_NEW = 10_000
+LOOKS_REPEATS = 200  # new photos that are copies of recorded ones (a few bits changed)
+LOOKS_GOAL_S = 2.0
+
+
+def looks_planning(bench: Bench) -> Figure:
+    """CPU to plan 10,000 new photos against 100,000 recorded looks (in process): the
+    index built from a listing, then each new photo checked against it and against the
+    run's earlier photos. Random looks are the index's worst case: no clusters to skip."""
+    import random
+
+    from modelset.images.looks import Look, LookIndex, NearDuplicates
+
+    rng = random.Random(22)
+    recorded = [Look(rng.getrandbits(64), rng.randbytes(36)) for _ in range(LOOKS_RECORDED)]
+    new = [Look(rng.getrandbits(64), rng.randbytes(36)) for _ in range(LOOKS_NEW)]
+    for position in range(LOOKS_REPEATS):
+        original = recorded[position * 97]
+        flips = sum(1 << bit for bit in rng.sample(range(64), rng.randint(0, 12)))
+        new[position * 41] = Look(original.shape ^ flips, original.colours)
+    times, found = [], 0
+    for _ in range(3):
+        started = time.process_time()
+        index = LookIndex((look, position) for position, look in enumerate(recorded))
+        matches = NearDuplicates(index).check([(look, -1) for look in new])
+        times.append(time.process_time() - started)
+        found = sum(1 for match in matches if match is not None)
+    cpu = statistics.median(times)
+    bench.raw["LOOKS"] = {"cpu_s": times, "found": found}
+    details = [
+        f"CPU per repeat: {', '.join(f'{t:.2f} s' for t in times)} (median of 3)",
+        f"near-duplicates found: {found} of the {LOOKS_REPEATS} copies planted",
+    ]
+    return Figure(
+        "LOOKS",
+        f"near-duplicate planning, {LOOKS_NEW:,} new against {LOOKS_RECORDED:,} recorded",
+        f"{cpu:.2f} s CPU",
+        f"< {LOOKS_GOAL_S:.0f} s CPU, every copy found",
+        _verdict(cpu < LOOKS_GOAL_S and found >= LOOKS_REPEATS),
+        details,
+    )

@@ -559,7 +559,7 @@ def print_summary(summary: RunSummary) -> None:
         console.print(alike_table)
     plan = summary.plan
     alike = summary.near_duplicates
-    if alike or any(row.status.value == "planned" for row in summary.rows):
+    if plan.dry or any(row.status.value == "planned" for row in summary.rows):
         skipped = f"; {alike} near-duplicates skipped" if alike else ""
         console.print(
             f"plan: {plan.tasks} tasks to submit, up to {plan.images} images; "

@@ -119,6 +119,7 @@ class RunPlan:
     tasks: int = 0  # tasks the run submits (or, dry, would submit)
     images: int = 0  # ... and the images they generate at most
     already_done: int = 0
+    dry: bool = False  # planned only: nothing was to be submitted
     refused: str | None = None  # the plan was not confirmed: why
     stopped: str | None = None  # submitting stopped mid-run: why
     account_error: str | None = None
@@ -672,7 +673,7 @@ async def _generate(
     checks that need the prepared upload are made then (``_when_prepared``). A dry run,
     or a batch with remote sources, plans once everything is prepared.
     """
-    plan = RunPlan()
+    plan = RunPlan(dry=dry_run)
     streaming = not dry_run and all(p.prepared is not None or p.sha256 for p in photos)
     if not streaming:
         await _prepared(photos)

@@ -91,6 +91,7 @@ TABLE_COLUMNS = (
     "task_id",
     "source_sha256",
     "upload_sha256",
+    "near_duplicate_of",
 )
 
 
@@ -124,7 +125,8 @@ async def publish_results(rows: list[ManifestRow], workspace: Workspace, *, shee
     ]
     for row in shown:
         inputs = _markdown_image("input", cells.get(row.thumbnail or ""))
-        outputs = _markdown_image(f"{len(row.outputs)} generated", cells.get(set_cell(row)))
+        what = "looks like (paid for)" if row.near_duplicate_of else f"{len(row.outputs)} generated"
+        outputs = _markdown_image(what, cells.get(set_cell(row)))
         reason = (row.reason or "").replace("|", "\\|")
         lines.append(
             f"| {inputs} | {outputs} | {row.item} | {row.template_id} "
@@ -202,6 +204,8 @@ def picture_cells(
             row.thumbnail = input_thumbnail_key(row.source_sha256)
         if row.thumbnail:
             inputs.append(row.thumbnail)
+        if row.near_duplicate_of:
+            inputs.append(input_thumbnail_key(row.near_duplicate_of))
         outputs.extend(row.outputs)
     listed = "\n".join([f"{CELLS_VERSION} {size}", *(row.model_dump_json() for row in rows)])
     digest = hashlib.sha256(listed.encode()).hexdigest()
@@ -226,6 +230,11 @@ def picture_cells(
         # A photo with several templates has one input cell, encoded once.
         if row.thumbnail and row.thumbnail not in cells and row.thumbnail in pictures:
             cells[row.thumbnail] = jpeg_bytes(pictures[row.thumbnail])
+        if row.near_duplicate_of:  # the set is the paid photo's: show that photo
+            alike = pictures.get(input_thumbnail_key(row.near_duplicate_of))
+            if alike is not None:
+                cells[set_cell(row)] = jpeg_bytes(alike)
+            continue
         strip = _strip([pictures[o] for o in row.outputs if o in pictures])
         if strip is not None:
             cells[set_cell(row)] = jpeg_bytes(strip)
