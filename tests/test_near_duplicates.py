@@ -21,6 +21,7 @@ from modelset.images.looks import (
 from modelset.report import read_manifest
 from modelset.sandbox import SandboxServer
 from modelset.storage import open_store
+from modelset.tasks.artifacts import MARKDOWN_THUMBNAIL, picture_cells, set_cell
 from tests.test_pipeline import manifest, run
 from tests.test_plan import cli
 
@@ -171,6 +172,11 @@ def test_re_exported_copies_are_planned_as_near_duplicates_and_cost_nothing(
     assert sheet.count("looks like (paid for)") == 3
     original_thumbnail = f"thumbs/{paid['denim-jacket']}.jpg"
     assert (original_thumbnail in sheet) if store.is_local else ("data:image/jpeg" in sheet)
+
+    # The Prefect artifact's summary shows the paid photo where the set would be.
+    near = [row for row in read_manifest(out) if row.near_duplicate_of]
+    cells = picture_cells(store, near, MARKDOWN_THUMBNAIL)
+    assert len(near) == 3 and all(set_cell(row) in cells for row in near)
 
     allowed = run([str(copies / "denim-jacket-web.jpg")], [20], out=out, allow_near_duplicates=True)
     assert allowed.is_completed(), allowed.message
