@@ -31,6 +31,7 @@ from modelset.flows.generate import generate_model_sets
 from modelset.options import RunOptions
 from modelset.sandbox import SandboxServer
 from tests.conftest import CORPUS, TOKEN, make_photo
+from tests.test_pipeline import assert_near_duplicate_of_a_paid_photo
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -171,6 +172,10 @@ def test_every_hostile_case_and_the_corpus_in_one_batch(env: SandboxServer, tmp_
     assert set(rows) == set(expected), "every file has exactly one row"
     for name, expect in expected.items():
         row = rows[name]
+        if expect.status == "succeeded" and row["status"] == "skipped":
+            # The same picture as another case (another container, other metadata).
+            assert_near_duplicate_of_a_paid_photo(row, list(rows.values()))
+            continue
         assert row["status"] == expect.status, (name, row)
         if expect.status == "rejected":
             assert row["reason"], (name, row)

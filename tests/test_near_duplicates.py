@@ -17,11 +17,13 @@ from modelset.images.looks import (
     Look,
     LookIndex,
     NearDuplicates,
+    perceptual_hash,
 )
 from modelset.report import read_manifest
 from modelset.sandbox import SandboxServer
 from modelset.storage import open_store
 from modelset.tasks.artifacts import MARKDOWN_THUMBNAIL, picture_cells, set_cell
+from tests.conftest import CORPUS
 from tests.test_pipeline import manifest, run
 from tests.test_plan import cli
 
@@ -40,6 +42,24 @@ def flipped(look: Look, bits: int, rng: random.Random, colour_shift: int = 0) ->
         shape ^= 1 << bit
     colours = bytes(min(255, c + colour_shift) for c in look.colours)
     return Look(shape, colours)
+
+
+def test_the_shape_is_imagehash_s_phash(tmp_path: Path) -> None:
+    import imagehash  # a test dependency: the product computes the same without SciPy
+
+    photos = sorted(DEMO.iterdir()) + (sorted(CORPUS.iterdir()) if CORPUS.is_dir() else [])
+    compared = 0
+    for path in photos:
+        try:
+            with Image.open(path) as image:
+                picture = image.convert("RGB")
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue  # the corpus's broken files
+        assert perceptual_hash(picture) == int(str(imagehash.phash(picture)), 16), path.name
+        compared += 1
+    assert compared >= 5
+    flat = Image.new("RGB", (300, 400), (10, 200, 30))
+    assert perceptual_hash(flat) == perceptual_hash(flat.convert("L").convert("RGB"))
 
 
 def test_a_look_survives_its_text() -> None:
