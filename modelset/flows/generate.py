@@ -800,7 +800,8 @@ async def _when_prepared(
     job: _SetJob, runtime: BatchRuntime, plan: RunPlan, checks: _UploadChecks
 ) -> ManifestRow | str:
     """Wait for the job's photo to be prepared, then make planning's upload checks: its
-    row when nothing is left to do (rejected, paid under another key), ``_DUPLICATE``
+    row when nothing is left to do (rejected, paid under another key, a near-duplicate),
+    ``_DUPLICATE``
     (its row is the original's, made at the end), else ``_GO_ON`` (submit, or collect
     what another key paid for)."""
     photo, template_id = job.photo, job.template_id
@@ -818,23 +819,27 @@ async def _when_prepared(
         plan.tasks -= job.sending
         checks.duplicates.append((photo, template_id, original))
         return _DUPLICATE
-    if not job.fresh or runtime.rules.refresh:
+    if not job.fresh:
         return _GO_ON
-    ledger = runtime.ledger
-    upload = _upload_key(photo, template_id, checks.base_url, runtime.prepare)
-    owner = (await ledger.run(ledger.upload_owners, [upload], runtime.listing))[upload]
-    if owner is None or owner == job.key:
+    # One photo at a time, in the batch's order (the lock is first come, first served, and
+    # photos come here in that order): of two photos alike, the first is the one paid for.
+    async with checks.looks.turn:
+        if not runtime.rules.refresh:
+            ledger = runtime.ledger
+            upload = _upload_key(photo, template_id, checks.base_url, runtime.prepare)
+            owner = (await ledger.run(ledger.upload_owners, [upload], runtime.listing))[upload]
+            if owner is not None and owner != job.key:
+                record = await ledger.run(ledger.read, owner)
+                plan.tasks -= job.sending
+                job.paid_as, job.sending = owner, False
+                if record is not None and record.state is SubmissionState.SUBMITTED:
+                    return _GO_ON
+                plan.already_done += 1
+                return _paid_row(photo, template_id, record, job.key)
         if job.sending and (like := (await checks.looks.repeats(template_id, [photo]))[0]):
             plan.tasks -= 1
             return _near_duplicate_row(photo, template_id, like)
-        return _GO_ON
-    record = await ledger.run(ledger.read, owner)
-    plan.tasks -= job.sending
-    job.paid_as, job.sending = owner, False
-    if record is not None and record.state is SubmissionState.SUBMITTED:
-        return _GO_ON
-    plan.already_done += 1
-    return _paid_row(photo, template_id, record, job.key)
+    return _GO_ON
 
 
 @dataclass(frozen=True)
@@ -853,37 +858,37 @@ class _LookChecks:
     def __init__(self, runtime: BatchRuntime) -> None:
         self.runtime = runtime
         self._by_template: dict[int, NearDuplicates[str | Photo]] = {}
-        self._lock = asyncio.Lock()  # checks run in the batch's order, one at a time
+        self.turn = asyncio.Lock()  # held by a photo checked as it is prepared
 
     async def repeats(self, template_id: int, photos: list[Photo]) -> list[_Likeness | None]:
         """For each photo (in order), what it repeats; photos that repeat nothing are
-        planned, so a later photo like them is skipped."""
+        planned, so a later photo like them is skipped. Never called by two at once: at
+        planning, then under ``turn``."""
         found: list[_Likeness | None] = [None] * len(photos)
         if self.runtime.rules.allow_near_duplicates:
             return found
         looked = [(i, p) for i, p in enumerate(photos) if p.prepared and p.prepared.look]
         ledger = self.runtime.ledger
-        async with self._lock:
-            near = self._by_template.get(template_id)
-            if near is None:
-                recorded = await ledger.run(ledger.recorded_looks, template_id)
-                index = await anyio.to_thread.run_sync(LookIndex[str | Photo], recorded)
-                near = self._by_template[template_id] = NearDuplicates(index)
-            entries = [(_look(photo), photo) for _, photo in looked]
-            matches = await anyio.to_thread.run_sync(near.check, entries)
-            for (position, photo), match in zip(looked, matches, strict=True):
-                if match is None:
-                    continue
-                if isinstance(match.ref, Photo):
-                    assert match.ref.prepared is not None
-                    sha256 = match.ref.prepared.source_sha256
-                    found[position] = _Likeness(match.ref.item, sha256, match.distance)
-                    continue
-                record = await ledger.run(ledger.read, match.ref)
-                if record is None or record.task_id is None:  # recorded, never paid
-                    near.plan(_look(photo), photo)
-                    continue
-                found[position] = _Likeness(record.item, record.source_sha256, match.distance)
+        near = self._by_template.get(template_id)
+        if near is None:
+            recorded = await ledger.run(ledger.recorded_looks, template_id)
+            index = await anyio.to_thread.run_sync(LookIndex[str | Photo], recorded)
+            near = self._by_template[template_id] = NearDuplicates(index)
+        entries = [(_look(photo), photo) for _, photo in looked]
+        matches = await anyio.to_thread.run_sync(near.check, entries)
+        for (position, photo), match in zip(looked, matches, strict=True):
+            if match is None:
+                continue
+            if isinstance(match.ref, Photo):
+                assert match.ref.prepared is not None
+                sha256 = match.ref.prepared.source_sha256
+                found[position] = _Likeness(match.ref.item, sha256, match.distance)
+                continue
+            record = await ledger.run(ledger.read, match.ref)
+            if record is None or record.task_id is None:  # recorded, never paid
+                near.plan(_look(photo), photo)
+                continue
+            found[position] = _Likeness(record.item, record.source_sha256, match.distance)
         return found
 
 

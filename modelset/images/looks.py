@@ -41,7 +41,6 @@ MAX_COLOUR_DIFFERENCE: Final = 20
 
 _GRID: Final = (3, 4)
 _COLOUR_BYTES: Final = _GRID[0] * _GRID[1] * 3
-_HASH_SIDE: Final = 128  # the perceptual hash is computed from at most this many pixels a side
 _DCT_SIDE: Final = 32
 _DCT_MATRIX: Final = 2 * np.cos(
     np.pi * np.outer(np.arange(_DCT_SIDE), 2 * np.arange(_DCT_SIDE) + 1) / (2 * _DCT_SIDE)
@@ -89,13 +88,12 @@ class Look:
         return bits if colours <= MAX_COLOUR_DIFFERENCE else None
 
 
-def look_of(image: Image.Image) -> Look:
-    """The look of prepared pixels (8-bit RGB or L)."""
-    rgb = image if image.mode == "RGB" else image.convert("RGB")
-    factor = max(1, min(rgb.size) // _HASH_SIDE)
-    small = rgb.reduce(factor) if factor > 1 else rgb
-    colours = small.resize(_GRID, Image.Resampling.BOX).tobytes()
-    return Look(perceptual_hash(small), colours)
+def look_of(preview: Image.Image) -> Look:
+    """The look of a prepared photo, from its preview (its pixels fitted into 240x320,
+    the input thumbnail): both fingerprints are made from far fewer pixels than that."""
+    rgb = preview if preview.mode == "RGB" else preview.convert("RGB")
+    colours = rgb.resize(_GRID, Image.Resampling.BOX).tobytes()
+    return Look(perceptual_hash(rgb), colours)
 
 
 def perceptual_hash(image: Image.Image) -> int:

@@ -88,11 +88,11 @@ def prepare_image(
         if policy is Policy.STRICT:
             return _strict(opened, dest, max_pixels=max_pixels)
         image = _fixed(opened, fit=fit, max_side=max_side, max_pixels=max_pixels)
-    look = look_of(image)
+    # The preview is made even when no thumbnail is asked for: the look is read from it.
+    preview = _preview(image)
+    look = look_of(preview)
     data = _encode_jpeg(image, quality=quality)
     if thumbnail is not None:
-        preview = image.copy()
-        preview.thumbnail(THUMBNAIL_SIZE, Image.Resampling.BILINEAR, reducing_gap=2.0)
         write_bytes(thumbnail, _encode_jpeg(preview, quality=THUMBNAIL_QUALITY))
     return PreparedImage(
         path=dest,
@@ -109,6 +109,14 @@ def prepare_image(
 
 THUMBNAIL_SIZE: Final = (240, 320)
 THUMBNAIL_QUALITY: Final = 80
+
+
+def _preview(image: Image.Image) -> Image.Image:
+    """The pixels fitted into ``THUMBNAIL_SIZE``: the thumbnail, and what the look is
+    read from."""
+    preview = image.copy()
+    preview.thumbnail(THUMBNAIL_SIZE, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return preview
 
 
 def _validate(*, max_side: int, quality: int, max_pixels: int) -> None:
@@ -191,10 +199,9 @@ def _strict(opened: OpenedImage, dest: Path, *, max_pixels: int) -> PreparedImag
     image_format: Literal["JPEG", "PNG"] = "PNG" if check.format == "PNG" else "JPEG"
     with reading(check.format, max_pixels=max_pixels):
         _decode(im)  # proves the pixel data is whole before anything is sent
-        icc_profile = im.info.get("icc_profile")
-        look = look_of(
-            to_srgb(resamplable(im), icc_profile if isinstance(icc_profile, bytes) else None)
-        )
+        # Sent as they are, the pixels may be grey or carry a profile: the look is sRGB.
+        profile = im.info.get("icc_profile")
+        look = look_of(to_srgb(_preview(im), profile if isinstance(profile, bytes) else None))
     # A PNG eXIf chunk after the pixel data only shows up once decoded.
     if check.has_exif or check.has_gps or im.info.get("exif"):
         opened.file.seek(0)
