@@ -1268,7 +1268,8 @@ def looks_planning(bench: Bench) -> Figure:
     run's earlier photos. Random looks are the index's worst case: no clusters to skip."""
     import random
 
-    from modelset.images.looks import Look, LookIndex, NearDuplicates
+    from modelset.images.likeness import LookIndex, NearDuplicates
+    from modelset.images.looks import Look
 
     rng = random.Random(22)
     recorded = [Look(rng.getrandbits(64), rng.randbytes(36)) for _ in range(LOOKS_RECORDED)]

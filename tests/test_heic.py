@@ -14,8 +14,10 @@ from PIL import Image, ImageCms
 
 from modelset.images import ImageRejected, Policy, inspect_image, prepare_image
 from modelset.images.colour import to_srgb
+from modelset.images.rules import heif_formats
 
 DEMO = Path(__file__).resolve().parents[1] / "modelset" / "demo" / "photos"
+heif_formats()  # as the product registers the reader, which also lets Pillow save HEIC
 
 
 def _s15(value: float) -> bytes:
@@ -152,9 +154,8 @@ def test_a_heic_sequence_uses_its_first_image(tmp_path: Path, portrait: Image.Im
 
 
 def test_depth_maps_auxiliary_images_and_thumbnails_are_never_read() -> None:
-    # pillow-heif cannot write a depth map, so this checks how the reader was registered:
+    # pillow-heif cannot write a depth map, so this checks how the reader is registered:
     # with these off, libheif hands Pillow the primary image alone.
-    inspect_image(DEMO / "studio-red-dress.jpg")  # the formats are registered on first use
     options = pillow_heif.options
     assert (options.DEPTH_IMAGES, options.AUX_IMAGES, options.THUMBNAILS) == (False, False, False)
 

@@ -11,14 +11,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from modelset.images.looks import (
-    MAX_COLOUR_DIFFERENCE,
-    MAX_SHAPE_DISTANCE,
-    Look,
-    LookIndex,
-    NearDuplicates,
-    perceptual_hash,
-)
+from modelset.images.likeness import LookIndex, NearDuplicates, perceptual_hash
+from modelset.images.looks import MAX_COLOUR_DIFFERENCE, MAX_SHAPE_DISTANCE, Look
+from modelset.images.rules import heif_formats
 from modelset.report import read_manifest
 from modelset.sandbox import SandboxServer
 from modelset.storage import open_store
@@ -148,6 +143,7 @@ def shoot(folder: Path) -> Path:
     folder.mkdir(parents=True)
     for name in SHOOT:
         shutil.copy(DEMO / name, folder / name)
+    heif_formats()  # registered as the product does: Pillow can then save HEIC
     with Image.open(DEMO / "phone-rotated.jpg") as image:
         image.convert("RGB").save(folder / "IMG_4032.HEIC", quality=90)
     return folder

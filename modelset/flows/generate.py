@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 from prefect import flow, get_run_logger
@@ -36,7 +36,7 @@ from modelset.flows.review import (
 from modelset.hashing import hash_files
 from modelset.hidream import AccountError
 from modelset.images import Fit, Policy
-from modelset.images.looks import Look, LookIndex, NearDuplicates
+from modelset.images.looks import Look
 from modelset.ledger import LedgerRecord, SubmissionState
 from modelset.options import RunOptions
 from modelset.report import (
@@ -85,6 +85,9 @@ from modelset.tasks.photos import FetchItem, fetch_photos, prepare_photos, valid
 from modelset.tasks.results import OutputLocationResults, results_storage
 from modelset.tasks.runtime import BatchRuntime, collect, open_runtime, unsearched
 from modelset.tasks.submission import submit_photo
+
+if TYPE_CHECKING:
+    from modelset.images import likeness
 
 PREPARE_CHUNK = 16
 FIRST_CHUNK = 4  # a chunk's three task runs cost more than preparing a few more photos
@@ -857,7 +860,7 @@ class _LookChecks:
 
     def __init__(self, runtime: BatchRuntime) -> None:
         self.runtime = runtime
-        self._by_template: dict[int, NearDuplicates[str | Photo]] = {}
+        self._by_template: dict[int, likeness.NearDuplicates[str | Photo]] = {}
         self.turn = asyncio.Lock()  # held by a photo checked as it is prepared
 
     async def repeats(self, template_id: int, photos: list[Photo]) -> list[_Likeness | None]:
@@ -868,6 +871,9 @@ class _LookChecks:
         if self.runtime.rules.allow_near_duplicates:
             return found
         looked = [(i, p) for i, p in enumerate(photos) if p.prepared and p.prepared.look]
+        # numpy, only once a photo is to be checked: a rerun with nothing to do never is.
+        from modelset.images.likeness import LookIndex, NearDuplicates
+
         ledger = self.runtime.ledger
         near = self._by_template.get(template_id)
         if near is None:

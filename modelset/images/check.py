@@ -16,13 +16,21 @@ from .errors import ImageRejected
 from .frames import count_frames, gif_frames
 from .geometry import is_three_by_four
 from .headers import declared_size
-from .reasons import bomb, decode_failure, describe_unidentified, pillow_bomb, sniff_format
+from .reasons import (
+    bomb,
+    decode_failure,
+    describe_unidentified,
+    is_heif,
+    pillow_bomb,
+    sniff_format,
+)
 from .rules import (
     DEFAULT_MAX_PIXELS,
     MAX_LONG_SIDE,
     MIN_SHORT_SIDE,
     OPEN_FORMATS,
     UPLOAD_FORMATS,
+    heif_formats,
 )
 
 # Refuse truncated files rather than silently grey-filling the missing part.
@@ -124,7 +132,9 @@ def open_image(path: Path, *, max_pixels: int, max_side: int) -> Iterator[Opened
             if declared is not None and declared[0] * declared[1] > max_pixels:
                 raise ImageRejected(bomb(*declared, max_pixels))
             try:
-                im = Image.open(fh, formats=OPEN_FORMATS)
+                # A "mif1" file may be an AVIF: Pillow's own plugins still get to try it.
+                formats = OPEN_FORMATS + heif_formats() if is_heif(head) else OPEN_FORMATS
+                im = Image.open(fh, formats=formats)
             except UnidentifiedImageError as exc:
                 raise ImageRejected(describe_unidentified(head)) from exc
         with im:

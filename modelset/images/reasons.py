@@ -46,7 +46,7 @@ def describe_unidentified(head: bytes) -> str:
         return "corrupt image: WebP signature but the header is unreadable"
     if head[4:8] == b"ftyp":
         brand = head[8:12]
-        if brand in _HEIF_BRANDS:
+        if is_heif(head):
             return "corrupt image: HEIF signature but the header is unreadable"
         if brand in _AVIF_BRANDS:
             return "corrupt image: AVIF signature but the header is unreadable"
@@ -133,6 +133,11 @@ def sniff_format(head: bytes) -> str:
             return name
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "WebP"
-    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+    if is_heif(head):
         return "HEIF"
     return "image"
+
+
+def is_heif(head: bytes) -> bool:
+    """Whether the file's first bytes are an ISO box of a HEIC/HEIF brand."""
+    return head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Final
 
 from PIL import Image
@@ -28,20 +29,23 @@ UPLOAD_FORMATS: Final = frozenset({"JPEG", "PNG"})
 def _open_formats() -> tuple[str, ...]:
     # Only well-known photo formats are parsed at all: Pillow's long tail of
     # plugins (EPS runs Ghostscript, FLI, SGI, ...) is attack surface for no gain.
-    wanted = ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP", "AVIF", "HEIF")
+    wanted = ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP", "AVIF")
     Image.init()
-    _register_heif()
     return tuple(name for name in wanted if name in Image.OPEN)
 
 
-def _register_heif() -> None:
-    """HEIC/HEIF (what phones save) through pillow-heif's own libheif, with only the
-    primary image decoded: depth maps, auxiliary images and embedded thumbnails are
-    never read, so they cost nothing and cannot reach an upload."""
+OPEN_FORMATS: Final = _open_formats()
+"""Formats read as input (MPO is opened through the JPEG plugin), HEIF aside."""
+
+
+@cache
+def heif_formats() -> tuple[str, ...]:
+    """The formats to open a HEIC/HEIF file with (what phones save), read through
+    pillow-heif's own libheif. Registered on the first such file, not at start (loading
+    libheif costs 60 ms). Only the primary image is decoded: depth maps, auxiliary images
+    and embedded thumbnails are never read, so they cost nothing and cannot reach an
+    upload."""
     from pillow_heif import register_heif_opener
 
     register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
-
-
-OPEN_FORMATS: Final = _open_formats()
-"""Formats read as input (MPO is opened through the JPEG plugin)."""
+    return ("HEIF",)
