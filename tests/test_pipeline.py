@@ -299,7 +299,7 @@ async def test_artifacts_show_results_in_the_prefect_ui(
     data = kinds["table"].data
     table: list[dict[str, Any]] = json.loads(data) if isinstance(data, str) else data  # type: ignore[assignment]
     assert list(table[0])[:5] == ["item", "template_id", "status", "reason", "outputs"]
-    assert list(table[0])[-2:] == ["source_sha256", "upload_sha256"]
+    assert list(table[0])[-3:] == ["source_sha256", "upload_sha256", "near_duplicate_of"]
     assert "broken" in str(table)
 
 
