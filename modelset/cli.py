@@ -560,7 +560,7 @@ def print_summary(summary: RunSummary) -> None:
     plan = summary.plan
     alike = summary.near_duplicates
     if plan.dry or any(row.status.value == "planned" for row in summary.rows):
-        skipped = f"; {alike} near-duplicates skipped" if alike else ""
+        skipped = f"; {summary.skipped_alike()}" if alike else ""
         console.print(
             f"plan: {plan.tasks} tasks to submit, up to {plan.images} images; "
             f"{plan.already_done} already done{skipped}",

@@ -246,3 +246,5 @@ def test_deployment_forms_carry_descriptions(served: Path) -> None:
     options = found["definitions"]["RunOptions"]["properties"]
     assert options["policy"]["enum"] == ["fix", "strict"]
     assert "description" in options["max_images"]
+    near = options["allow_near_duplicates"]
+    assert near["default"] is False and "near-duplicate" in near["description"]

@@ -174,11 +174,16 @@ class RunSummary:
     def near_duplicates(self) -> int:
         return sum(1 for row in self.rows if row.near_duplicate_of is not None)
 
+    def skipped_alike(self) -> str:
+        """``1 near-duplicate skipped``, ``3 near-duplicates skipped``."""
+        alike = self.near_duplicates
+        return f"{alike} near-duplicate{'' if alike == 1 else 's'} skipped"
+
     def message(self) -> str:
         failing = self.not_succeeded
         if not failing:
             alike = self.near_duplicates
-            skipped = f"; {alike} near-duplicates skipped (paid for once)" if alike else ""
+            skipped = f"; {self.skipped_alike()} (paid for once)" if alike else ""
             return f"all {len(self.rows) - alike} succeeded{skipped}"
         reasons = "; ".join(
             f"{row.item}/{row.template_id}: {row.status.value} ({row.reason})"
