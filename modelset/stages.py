@@ -479,8 +479,7 @@ async def submit_once(
                 if owner != key and (paid := await ledger.run(ledger.read, owner)) is not None:
                     await claim.forget()
                     return paid
-            if record is None and prepared.look is not None:
-                await ledger.run(ledger.record_look, template_id, prepared.look, key)
+
             try:
                 receipt = await _send_while_held(
                     claim,
@@ -503,8 +502,6 @@ async def submit_once(
                 await _restore(claim, record)
                 if record is None:
                     await ledger.release_upload(sent, key)
-                    if prepared.look is not None:
-                        await ledger.run(ledger.release_look, template_id, prepared.look, key)
                 if isinstance(exc, AccountError):
                     raise
                 return intent.model_copy(

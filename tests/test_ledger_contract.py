@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from modelset.hidream import HiDreamClient
+from modelset.images.looks import Look
 from modelset.ledger import (
     ClaimLost,
     Ledger,
@@ -54,6 +55,27 @@ def record(key: str = KEY, state: SubmissionState = SubmissionState.INTENT, **ex
         source_sha256="b" * 64,
         **extra,
     )
+
+
+async def test_the_task_index_names_the_look_paid_for_and_still_finds_older_entries(
+    store: Store,
+) -> None:
+    ledger = open_ledger(store)
+    look = Look(0x0123456789ABCDEF, bytes(range(36)))
+    other = "c" * 64
+    async with ledger.claim(KEY) as claim:
+        await claim.write(record(look=str(look)))
+        await claim.write(record(state=SubmissionState.SUBMITTED, task_id="t-1", look=str(look)))
+    # A task indexed before looks: its entry is a file holding the key.
+    async with ledger.claim(other) as claim:
+        await claim.write(record(other, state=SubmissionState.SUBMITTED, task_id="t-10"))
+    assert ledger.paid_looks() == {20: [(look, KEY)]}
+    found = ledger.find_by_task("t-1")
+    assert found is not None and found.key == KEY
+    older = ledger.find_by_task("t-10")  # "t-1" is a prefix of it: never confused
+    assert older is not None and older.key == other
+    assert ledger.find_by_task("t-2") is None
+    assert ledger.accepted() is not None
 
 
 async def test_a_claim_creates_then_swaps_the_record(store: Store) -> None:

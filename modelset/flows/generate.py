@@ -867,6 +867,7 @@ class _LookChecks:
         self.runtime = runtime
         self._by_template: dict[int, likeness.NearDuplicates[str | Photo]] = {}
         self.turn = asyncio.Lock()  # held by a photo checked as it is prepared
+        self._paid: dict[int, list[tuple[Look, str]]] | None = None  # listed once, if needed
 
     async def repeats(self, template_id: int, photos: list[Photo]) -> list[_Likeness | None]:
         """For each photo (in order), what it repeats; photos that repeat nothing are
@@ -882,7 +883,9 @@ class _LookChecks:
         ledger = self.runtime.ledger
         near = self._by_template.get(template_id)
         if near is None:
-            recorded = await ledger.run(ledger.recorded_looks, template_id)
+            if self._paid is None:
+                self._paid = await ledger.run(ledger.paid_looks)
+            recorded = self._paid.get(template_id, [])
             index = await anyio.to_thread.run_sync(LookIndex[str | Photo], recorded)
             near = self._by_template[template_id] = NearDuplicates(index)
         entries = [(_look(photo), photo) for _, photo in looked]

@@ -16,8 +16,8 @@ unknown: it is resolved by looking the request_id up, never by sending blindly.
 
 The upload index (``by-upload/``) claims the hash of what is sent, so a photo whose
 prepared upload is byte-identical to one already paid for points at that set instead.
-The look index (``by-look/<template_id>/``) names what each sent upload looks like, in
-the names of empty objects, so one listing gives every look a template was paid for
+The task index (``by-task/<task_id>/``) names, for each task a submit created, the key
+that paid and what its upload looks like, so one listing gives every look paid for
 (``modelset.images.looks``: near-duplicates are planned, not paid).
 """
 
@@ -67,7 +67,6 @@ Ts = TypeVarTuple("Ts")
 LEDGER_PREFIX = ".modelset/ledger"
 _TASK_INDEX = "by-task"
 _UPLOAD_INDEX = "by-upload"
-_LOOK_INDEX = "by-look"
 
 
 # Listing a bucket's ledger takes one request per 1,000 keys (about four per set: the
@@ -124,7 +123,7 @@ class LedgerClaim:
         ledger.etags[self.key] = self._etag
         self.record = record
         if record.task_id is not None and record.task_id != indexed:
-            await ledger.run(ledger.index_task, record.task_id, record.key)
+            await ledger.run(ledger.index_task, record)
         return record
 
     async def forget(self) -> None:
@@ -231,25 +230,60 @@ class Ledger:
             return None
         return record
 
-    def index_task(self, task_id: str, key: str) -> None:
+    def index_task(self, record: LedgerRecord) -> None:
+        """Name the task a submit created: ``by-task/<task_id>/<key>-<template_id>-v1-<look>``,
+        an entry whose name says which key paid and what its upload looks like, so one
+        listing gives every look paid for (near-duplicates) at no request of its own. A
+        record without a look (written before looks) gets ``by-task/<task_id>``, holding
+        its key."""
+        assert record.task_id is not None
+        task = f"{LEDGER_PREFIX}/{_TASK_INDEX}/{record.task_id}"
+        if record.look is None:
+            name, data = task, record.key.encode()
+        else:
+            entry = f"{record.key}-{record.template_id}-v{LOOK_VERSION}-{record.look}"
+            name, data = f"{task}/{entry}", b""
         with contextlib.suppress(AlreadyExists):
-            self.store.create(f"{LEDGER_PREFIX}/{_TASK_INDEX}/{task_id}", key.encode())
+            self.store.create(name, data)
 
     def find_by_task(self, task_id: str) -> LedgerRecord | None:
         """The record whose submit created ``task_id`` (for callbacks, which name only it)."""
-        try:
-            key = self.store.read(f"{LEDGER_PREFIX}/{_TASK_INDEX}/{task_id}").data.decode().strip()
+        key = self._key_of_task(task_id)
+        return None if key is None else self.read(key)
+
+    def _key_of_task(self, task_id: str) -> str | None:
+        task = f"{LEDGER_PREFIX}/{_TASK_INDEX}/{task_id}"
+        for name in self.store.list(task):
+            if (entry := _task_entry(task, name)) is not None:
+                return entry[0]
+        try:  # indexed before looks: the key is the entry's content
+            return self.store.read(task).data.decode().strip()
         except (NotFound, ValueError):
             return None
-        return self.read(key)
 
     def accepted(self) -> LedgerRecord | None:
         """Some record the service accepted (it holds a task_id), or None."""
-        for name in self.store.list(f"{LEDGER_PREFIX}/{_TASK_INDEX}"):
-            record = self.read(self.store.read(name).data.decode().strip())
+        index = f"{LEDGER_PREFIX}/{_TASK_INDEX}"
+        for name in self.store.list(index):
+            entry = name.removeprefix(index + "/").partition("/")[2]
+            key = entry.partition("-")[0] if entry else self.store.read(name).data.decode()
+            record = self.read(key.strip())
             if record is not None and record.task_id is not None:
                 return record
         return None
+
+    def paid_looks(self) -> dict[int, list[tuple[Look, str]]]:
+        """Every look a task was created for, by template, with the key that paid (one
+        listing of the task index, which every paid set writes anyway)."""
+        index = f"{LEDGER_PREFIX}/{_TASK_INDEX}"
+        looks: dict[int, list[tuple[Look, str]]] = {}
+        for name in self.store.list(index):
+            task = f"{index}/{name.removeprefix(index + '/').partition('/')[0]}"
+            entry = _task_entry(task, name)
+            if entry is not None and entry[2] == LOOK_VERSION:
+                key, template_id, _, look = entry
+                looks.setdefault(template_id, []).append((look, key))
+        return looks
 
     def upload_owners(
         self, uploads: Iterable[str], listed: frozenset[str] | None = None
@@ -293,35 +327,6 @@ class Ledger:
         result: str = await self.run(attempt)
         return result
 
-    def _looks_folder(self, template_id: int) -> str:
-        return f"{LEDGER_PREFIX}/{_LOOK_INDEX}/{template_id}/v{LOOK_VERSION}"
-
-    def _look_name(self, template_id: int, look: str, key: str) -> str:
-        return f"{self._looks_folder(template_id)}/{look}-{key}"
-
-    def record_look(self, template_id: int, look: str, key: str) -> None:
-        """Name what the upload sent under ``key`` looks like (before it is sent)."""
-        with contextlib.suppress(AlreadyExists):
-            self.store.create(self._look_name(template_id, look, key), b"")
-
-    def release_look(self, template_id: int, look: str, key: str) -> None:
-        """Take a look back (its send certainly created nothing)."""
-        self.store.delete(self._look_name(template_id, look, key))
-
-    def recorded_looks(self, template_id: int) -> list[tuple[Look, str]]:
-        """Every look sent for the template, with the key it was sent under (one listing;
-        a look whose send failed for certain was taken back, one whose record is gone is
-        checked by the caller)."""
-        folder = self._looks_folder(template_id)
-        looks = []
-        for name in self.store.list(folder):
-            parent, _, entry = name.rpartition("/")
-            look, _, key = entry.partition("-")
-            if parent == folder:
-                with contextlib.suppress(ValueError):
-                    looks.append((Look.parse(look), key))
-        return looks
-
     async def release_upload(self, upload: str, key: str) -> None:
         """Give an upload hash back (this key's send certainly created nothing)."""
 
@@ -357,6 +362,20 @@ class Ledger:
         """
         async with self.locks.hold(f"{key}.collect", wait=wait, short=True) as hold:
             yield hold is not None
+
+
+def _task_entry(task: str, name: str) -> tuple[str, int, int, Look] | None:
+    """(key, template_id, look version, look) of a task index entry under ``task``, or
+    None for anything else (an entry written before looks, another task's)."""
+    parent, _, entry = name.rpartition("/")
+    parts = entry.split("-")
+    if parent != task or len(parts) != 4 or not parts[1].isdigit():
+        return None
+    key, template_id, version, look = parts
+    try:
+        return key, int(template_id), int(version.removeprefix("v")), Look.parse(look)
+    except ValueError:
+        return None
 
 
 def open_ledger(store: Store, *, lease_s: float = DEFAULT_LEASE_S) -> Ledger:
