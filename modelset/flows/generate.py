@@ -844,7 +844,7 @@ async def _when_prepared(
                     return _GO_ON
                 plan.already_done += 1
                 return _paid_row(photo, template_id, record, job.key)
-        if job.sending and (like := (await checks.looks.repeats(template_id, [photo]))[0]):
+        if job.sending and (like := (await checks.looks.repeats(template_id, [job]))[0]):
             plan.tasks -= 1
             return _near_duplicate_row(photo, template_id, like)
     return _GO_ON
@@ -869,14 +869,18 @@ class _LookChecks:
         self.turn = asyncio.Lock()  # held by a photo checked as it is prepared
         self._paid: dict[int, list[tuple[Look, str]]] | None = None  # listed once, if needed
 
-    async def repeats(self, template_id: int, photos: list[Photo]) -> list[_Likeness | None]:
-        """For each photo (in order), what it repeats; photos that repeat nothing are
+    async def repeats(self, template_id: int, jobs: list[_SetJob]) -> list[_Likeness | None]:
+        """For each job's photo (in order), what it repeats; photos that repeat nothing are
         planned, so a later photo like them is skipped. Never called by two at once: at
         planning, then under ``turn``."""
-        found: list[_Likeness | None] = [None] * len(photos)
+        found: list[_Likeness | None] = [None] * len(jobs)
         if self.runtime.rules.allow_near_duplicates:
             return found
-        looked = [(i, p) for i, p in enumerate(photos) if p.prepared and p.prepared.look]
+        looked = [
+            (i, job.photo, job.key)
+            for i, job in enumerate(jobs)
+            if job.photo.prepared and job.photo.prepared.look
+        ]
         # numpy, only once a photo is to be checked: a rerun with nothing to do never is.
         from modelset.images.likeness import LookIndex, NearDuplicates
 
@@ -888,9 +892,9 @@ class _LookChecks:
             recorded = self._paid.get(template_id, [])
             index = await anyio.to_thread.run_sync(LookIndex[str | Photo], recorded)
             near = self._by_template[template_id] = NearDuplicates(index)
-        entries = [(_look(photo), photo) for _, photo in looked]
+        entries = [(_look(photo), photo) for _, photo, _ in looked]
         matches = await anyio.to_thread.run_sync(near.check, entries)
-        for (position, photo), match in zip(looked, matches, strict=True):
+        for (position, photo, key), match in zip(looked, matches, strict=True):
             if match is None:
                 continue
             if isinstance(match.ref, Photo):
@@ -898,8 +902,10 @@ class _LookChecks:
                 sha256 = match.ref.prepared.source_sha256
                 found[position] = _Likeness(match.ref.item, sha256, match.distance)
                 continue
-            record = await ledger.run(ledger.read, match.ref)
-            if record is None or record.task_id is None:  # recorded, never paid
+            # Its own key, paid meanwhile by another run, is no near-duplicate: the claim
+            # finds that record and collects the set.
+            record = None if match.ref == key else await ledger.run(ledger.read, match.ref)
+            if record is None:
                 near.plan(_look(photo), photo)
                 continue
             found[position] = _Likeness(record.item, record.source_sha256, match.distance)
@@ -923,7 +929,7 @@ async def _without_near_duplicates(
             checked.setdefault(job.template_id, []).append(job)
     skipped: set[int] = set()
     for template_id, candidates in checked.items():
-        likes = await looks.repeats(template_id, [job.photo for job in candidates])
+        likes = await looks.repeats(template_id, candidates)
         for job, like in zip(candidates, likes, strict=True):
             if like is not None:
                 skipped.add(id(job))
