@@ -339,7 +339,10 @@ def contact_sheet(
     summary += "".join(
         f"<span>review {review}: <b>{count}</b></span>" for review, count in reviews.items()
     )
-    body = "\n".join(_sheet_row(row, images) for row in rows)
+    paid = {(row.source_sha256, row.template_id): row for row in rows if row.outputs}
+    body = "\n".join(
+        _sheet_row(row, images, paid.get((row.near_duplicate_of, row.template_id))) for row in rows
+    )
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
@@ -349,7 +352,12 @@ def contact_sheet(
     )
 
 
-def _sheet_row(row: ManifestRow, shown: dict[str, str] | None) -> str:
+def _sheet_row(
+    row: ManifestRow, shown: dict[str, str] | None, original: ManifestRow | None = None
+) -> str:
+    """One row; a near-duplicate's shows the set of the photo it looks like
+    (``original``, when that row is on the sheet)."""
+
     def src(key: str) -> str:
         return html.escape(key if shown is None else shown.get(key, key))
 
@@ -365,8 +373,13 @@ def _sheet_row(row: ManifestRow, shown: dict[str, str] | None) -> str:
     images = "".join(
         f"<a href='{html.escape(path)}'><img src='{src(path)}' loading='lazy'"
         f" alt='{html.escape(Path(path).name)}'></a>"
-        for path in row.outputs
+        for path in (original or row).outputs
     )
+    if original is not None:
+        images = (
+            f"<figure><div class='set'>{images}</div><figcaption>the set of "
+            f"{html.escape(original.item)}, paid for once</figcaption></figure>"
+        )
     colour = _STATUS_COLOURS[row.status]
     reason = f"<div class='reason'>{html.escape(row.reason)}</div>" if row.reason else ""
     return (

@@ -186,6 +186,7 @@ def test_re_exported_copies_are_planned_as_near_duplicates_and_cost_nothing(
     store = open_store(out)
     sheet = store.read("index.html").data.decode()
     assert sheet.count("looks like (paid for)") == 3
+    assert "the set of denim-jacket, paid for once" in sheet  # its cell shows that set
     original_thumbnail = f"thumbs/{paid['denim-jacket']}.jpg"
     assert (original_thumbnail in sheet) if store.is_local else ("data:image/jpeg" in sheet)
 
