@@ -75,14 +75,8 @@ class LookIndex(Generic[R]):
         for look, ref in entries:
             looks.append(look)
             self.refs.append(ref)
-        self._shapes = np.array([look.shape for look in looks], dtype=np.uint64)
-        self._colours = np.frombuffer(b"".join(look.colours for look in looks), np.uint8).reshape(
-            len(looks), COLOUR_BYTES
-        )
+        self._shapes, self._colours = _arrays(looks)
         self._bands = [self._band_table(band) for band in range(_BANDS)]
-
-    def __len__(self) -> int:
-        return len(self.refs)
 
     def _band_table(
         self, band: int
@@ -107,22 +101,15 @@ class LookIndex(Generic[R]):
         """Every (look's position, entry's position, distance) of the same picture."""
         if not looks or not self.refs:
             return []
-        shapes = np.array([look.shape for look in looks], dtype=np.uint64)
-        colours = np.frombuffer(b"".join(look.colours for look in looks), np.uint8).reshape(
-            len(looks), COLOUR_BYTES
-        )
+        shapes, colours = _arrays(looks)
         found: set[tuple[int, int, int]] = set()
         for low in range(0, len(looks), _QUERY_BLOCK):
-            block = slice(low, low + _QUERY_BLOCK)
-            queries, entries = self._candidates(shapes[block])
+            queries, entries = self._candidates(shapes[low : low + _QUERY_BLOCK])
             queries += low
             bits = np.bitwise_count(shapes[queries] ^ self._shapes[entries]).astype(np.int64)
             close = bits <= MAX_SHAPE_DISTANCE
             queries, entries, bits = queries[close], entries[close], bits[close]
-            colour = np.abs(
-                colours[queries].astype(np.int16) - self._colours[entries].astype(np.int16)
-            ).max(axis=1, initial=0)
-            same = colour <= MAX_COLOUR_DIFFERENCE
+            same = _alike_colours(colours[queries], self._colours[entries])
             found.update(
                 zip(
                     queries[same].tolist(),
@@ -151,6 +138,24 @@ class LookIndex(Generic[R]):
 
 def _band(shapes: NDArray[np.uint64], band: int) -> NDArray[np.int32]:
     return ((shapes >> np.uint64(band * _BAND_BITS)) & _BAND_MASK).astype(np.int32)
+
+
+_Looks = tuple[NDArray[np.uint64], NDArray[np.uint8]]
+"""Shapes, and colours a row each: looks in numpy's terms."""
+
+
+def _arrays(looks: Sequence[Look]) -> _Looks:
+    shapes = np.array([look.shape for look in looks], dtype=np.uint64)
+    colours = np.frombuffer(b"".join(look.colours for look in looks), np.uint8)
+    return shapes, colours.reshape(len(looks), COLOUR_BYTES)
+
+
+def _alike_colours(these: NDArray[np.uint8], those: NDArray[np.uint8]) -> NDArray[np.bool_]:
+    """Row by row (``Look.distance``'s colour rule, for many at once): whether no cell's
+    channel differs by more than ``MAX_COLOUR_DIFFERENCE``."""
+    difference = np.abs(these.astype(np.int16) - those.astype(np.int16))
+    alike: NDArray[np.bool_] = difference.max(axis=1, initial=0) <= MAX_COLOUR_DIFFERENCE
+    return alike
 
 
 class NearDuplicates(Generic[R]):
@@ -182,9 +187,8 @@ class NearDuplicates(Generic[R]):
         close = np.flatnonzero(bits <= MAX_SHAPE_DISTANCE)
         if not len(close):
             return None
-        colours = np.frombuffer(look.colours, np.uint8).astype(np.int16)
-        difference = np.abs(self._colours[close].astype(np.int16) - colours).max(axis=1)
-        same = close[difference <= MAX_COLOUR_DIFFERENCE]
+        colours = np.frombuffer(look.colours, np.uint8)[None, :]
+        same = close[_alike_colours(self._colours[close], colours)]
         if not len(same):
             return None
         first = same[np.argmin(bits[same])]
