@@ -479,7 +479,6 @@ async def submit_once(
                 if owner != key and (paid := await ledger.run(ledger.read, owner)) is not None:
                     await claim.forget()
                     return paid
-
             try:
                 receipt = await _send_while_held(
                     claim,

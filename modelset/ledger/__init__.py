@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime
-from typing import TypeVar, TypeVarTuple
+from typing import NamedTuple, TypeVar, TypeVarTuple
 
 from modelset.images.looks import LOOK_VERSION, Look
 from modelset.ledger.locks import DEFAULT_LEASE_S, FlockLocks, Hold, LeaseLocks, Locks, owner_name
@@ -67,6 +67,7 @@ Ts = TypeVarTuple("Ts")
 LEDGER_PREFIX = ".modelset/ledger"
 _TASK_INDEX = "by-task"
 _UPLOAD_INDEX = "by-upload"
+_TASK_INDEX_PREFIX = f"{LEDGER_PREFIX}/{_TASK_INDEX}"
 
 
 # Listing a bucket's ledger takes one request per 1,000 keys (about four per set: the
@@ -237,7 +238,7 @@ class Ledger:
         record without a look (written before looks) gets ``by-task/<task_id>``, holding
         its key."""
         assert record.task_id is not None
-        task = f"{LEDGER_PREFIX}/{_TASK_INDEX}/{record.task_id}"
+        task = f"{_TASK_INDEX_PREFIX}/{record.task_id}"
         if record.look is None:
             name, data = task, record.key.encode()
         else:
@@ -252,10 +253,10 @@ class Ledger:
         return None if key is None else self.read(key)
 
     def _key_of_task(self, task_id: str) -> str | None:
-        task = f"{LEDGER_PREFIX}/{_TASK_INDEX}/{task_id}"
+        task = f"{_TASK_INDEX_PREFIX}/{task_id}"
         for name in self.store.list(task):
-            if (entry := _task_entry(task, name)) is not None:
-                return entry[0]
+            if (entry := _task_entry(name)) is not None and entry.task_id == task_id:
+                return entry.key
         try:  # indexed before looks: the key is the entry's content
             return self.store.read(task).data.decode().strip()
         except (NotFound, ValueError):
@@ -263,10 +264,9 @@ class Ledger:
 
     def accepted(self) -> LedgerRecord | None:
         """Some record the service accepted (it holds a task_id), or None."""
-        index = f"{LEDGER_PREFIX}/{_TASK_INDEX}"
-        for name in self.store.list(index):
-            entry = name.removeprefix(index + "/").partition("/")[2]
-            key = entry.partition("-")[0] if entry else self.store.read(name).data.decode()
+        for name in self.store.list(_TASK_INDEX_PREFIX):
+            entry = _task_entry(name)
+            key = entry.key if entry is not None else self.store.read(name).data.decode()
             record = self.read(key.strip())
             if record is not None and record.task_id is not None:
                 return record
@@ -275,14 +275,11 @@ class Ledger:
     def paid_looks(self) -> dict[int, list[tuple[Look, str]]]:
         """Every look a task was created for, by template, with the key that paid (one
         listing of the task index, which every paid set writes anyway)."""
-        index = f"{LEDGER_PREFIX}/{_TASK_INDEX}"
         looks: dict[int, list[tuple[Look, str]]] = {}
-        for name in self.store.list(index):
-            task = f"{index}/{name.removeprefix(index + '/').partition('/')[0]}"
-            entry = _task_entry(task, name)
-            if entry is not None and entry[2] == LOOK_VERSION:
-                key, template_id, _, look = entry
-                looks.setdefault(template_id, []).append((look, key))
+        for name in self.store.list(_TASK_INDEX_PREFIX):
+            entry = _task_entry(name)
+            if entry is not None and entry.version == LOOK_VERSION:
+                looks.setdefault(entry.template_id, []).append((entry.look, entry.key))
         return looks
 
     def upload_owners(
@@ -364,16 +361,25 @@ class Ledger:
             yield hold is not None
 
 
-def _task_entry(task: str, name: str) -> tuple[str, int, int, Look] | None:
-    """(key, template_id, look version, look) of a task index entry under ``task``, or
-    None for anything else (an entry written before looks, another task's)."""
-    parent, _, entry = name.rpartition("/")
+class _TaskEntry(NamedTuple):
+    task_id: str
+    key: str
+    template_id: int
+    version: int  # of the look
+    look: Look
+
+
+def _task_entry(name: str) -> _TaskEntry | None:
+    """What a task index entry named by its look says; None for anything else (an entry
+    written before looks, holding its key)."""
+    task, _, entry = name.removeprefix(f"{_TASK_INDEX_PREFIX}/").partition("/")
     parts = entry.split("-")
-    if parent != task or len(parts) != 4 or not parts[1].isdigit():
+    if len(parts) != 4 or not parts[1].isdigit():
         return None
     key, template_id, version, look = parts
     try:
-        return key, int(template_id), int(version.removeprefix("v")), Look.parse(look)
+        parsed = Look.parse(look)
+        return _TaskEntry(task, key, int(template_id), int(version.removeprefix("v")), parsed)
     except ValueError:
         return None
 
