@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from prefect.client.schemas.objects import State
 
     from modelset.flows.generate import RunSummary
+    from modelset.report import ManifestRow
 
 EXIT_OK = 0
 EXIT_ITEMS_FAILED = 1
@@ -463,7 +464,6 @@ def run_flow(
         generate_model_sets,
         set_listener,
     )
-    from modelset.report import ManifestRow
 
     settings = Settings()
     capped = options.max_images is not None or settings.max_images is not None
@@ -541,26 +541,11 @@ def print_summary(summary: RunSummary) -> None:
         if count:
             counts.add_row(status, str(count))
     console.print(counts)
-    failing = summary.not_succeeded
-    if failing:
-        reasons = Table("item", "template", "status", "reason", title="not succeeded")
-        for row in failing[:20]:
-            reasons.add_row(row.item, str(row.template_id), row.status.value, row.reason or "")
-        if len(failing) > 20:
-            reasons.caption = f"... and {len(failing) - 20} more in manifest.csv"
-        console.print(reasons)
-    alike_rows = [row for row in summary.rows if row.near_duplicate_of]
-    if alike_rows:
-        alike_table = Table("item", "template", "looks like", title="near-duplicates: not paid")
-        for row in alike_rows[:20]:
-            alike_table.add_row(row.item, str(row.template_id), row.reason or "")
-        if len(alike_rows) > 20:
-            alike_table.caption = f"... and {len(alike_rows) - 20} more in manifest.csv"
-        console.print(alike_table)
+    print_rows("not succeeded", summary.not_succeeded)
+    print_rows("near-duplicates: not paid", summary.near_duplicates)
     plan = summary.plan
-    alike = summary.near_duplicates
     if plan.dry or any(row.status.value == "planned" for row in summary.rows):
-        skipped = f"; {summary.skipped_alike()}" if alike else ""
+        skipped = f"; {summary.skipped_alike()}" if summary.near_duplicates else ""
         console.print(
             f"plan: {plan.tasks} tasks to submit, up to {plan.images} images; "
             f"{plan.already_done} already done{skipped}",
@@ -580,8 +565,19 @@ def print_summary(summary: RunSummary) -> None:
         )
 
 
-def exit_code(summary: RunSummary) -> int:
+def print_rows(title: str, rows: list[ManifestRow]) -> None:
+    """The first 20 rows with their status and reason, under ``title`` (if any)."""
+    if not rows:
+        return
+    table = Table("item", "template", "status", "reason", title=title)
+    for row in rows[:20]:
+        table.add_row(row.item, str(row.template_id), row.status.value, row.reason or "")
+    if len(rows) > 20:
+        table.caption = f"... and {len(rows) - 20} more in manifest.csv"
+    console.print(table)
 
+
+def exit_code(summary: RunSummary) -> int:
     if summary.plan.account_error:
         return EXIT_ACCOUNT
     if summary.failed:

@@ -204,7 +204,7 @@ def input_thumbnail_key(source_sha256: str) -> str:
     return f"{THUMBS_PREFIX}/{source_sha256}.jpg"
 
 
-def _look_alike_thumbnail(row: ManifestRow) -> str | None:
+def look_alike_thumbnail(row: ManifestRow) -> str | None:
     """A near-duplicate's: the thumbnail of the photo it looks like, shown beside it."""
     return input_thumbnail_key(row.near_duplicate_of) if row.near_duplicate_of else None
 
@@ -276,7 +276,7 @@ def _embedded_images(
     so the thumbnails travel inside it; its links stay relative.
     """
     wanted = [row.thumbnail for row in rows if row.thumbnail]
-    wanted += [key for row in rows if (key := _look_alike_thumbnail(row))]
+    wanted += [key for row in rows if (key := look_alike_thumbnail(row))]
     inputs = read_many(store, wanted, copies=copies)
     found = {key: blob.data for key, blob in inputs.items() if blob is not None}
     found.update(output_thumbnails(store, [o for row in rows for o in row.outputs], copies))
@@ -364,7 +364,7 @@ def _sheet_row(
     thumbnail = (
         f"<img src='{src(row.thumbnail)}' alt='input' loading='lazy'>" if row.thumbnail else ""
     )
-    if alike := _look_alike_thumbnail(row):
+    if alike := look_alike_thumbnail(row):
         thumbnail = (
             f"<div class='alike'><figure>{thumbnail}<figcaption>this photo</figcaption></figure>"
             f"<figure><img src='{src(alike)}' alt='paid for' loading='lazy'>"

@@ -171,18 +171,19 @@ class RunSummary:
         return any(row.status is not Status.PLANNED for row in self.not_succeeded)
 
     @property
-    def near_duplicates(self) -> int:
-        return sum(1 for row in self.rows if row.near_duplicate_of is not None)
+    def near_duplicates(self) -> list[ManifestRow]:
+        """Rows skipped as near-duplicates of a photo paid for."""
+        return [row for row in self.rows if row.near_duplicate_of is not None]
 
     def skipped_alike(self) -> str:
         """``1 near-duplicate skipped``, ``3 near-duplicates skipped``."""
-        alike = self.near_duplicates
+        alike = len(self.near_duplicates)
         return f"{alike} near-duplicate{'' if alike == 1 else 's'} skipped"
 
     def message(self) -> str:
         failing = self.not_succeeded
         if not failing:
-            alike = self.near_duplicates
+            alike = len(self.near_duplicates)
             skipped = f"; {self.skipped_alike()} (paid for once)" if alike else ""
             return f"all {len(self.rows) - alike} succeeded{skipped}"
         reasons = "; ".join(
@@ -809,9 +810,8 @@ async def _when_prepared(
 ) -> ManifestRow | str:
     """Wait for the job's photo to be prepared, then make planning's upload checks: its
     row when nothing is left to do (rejected, paid under another key, a near-duplicate),
-    ``_DUPLICATE``
-    (its row is the original's, made at the end), else ``_GO_ON`` (submit, or collect
-    what another key paid for)."""
+    ``_DUPLICATE`` (its row is the original's, made at the end), else ``_GO_ON``
+    (submit, or collect what another key paid for)."""
     photo, template_id = job.photo, job.template_id
     if photo.preparing is not None:
         # Shielded: an interrupted set must not cancel its whole chunk's preparation.
@@ -877,7 +877,7 @@ class _LookChecks:
         if self.runtime.rules.allow_near_duplicates:
             return found
         looked = [
-            (i, job.photo, job.key)
+            (i, job.photo, job.key, _look(job.photo))
             for i, job in enumerate(jobs)
             if job.photo.prepared and job.photo.prepared.look
         ]
@@ -892,9 +892,9 @@ class _LookChecks:
             recorded = self._paid.get(template_id, [])
             index = await anyio.to_thread.run_sync(LookIndex[str | Photo], recorded)
             near = self._by_template[template_id] = NearDuplicates(index)
-        entries = [(_look(photo), photo) for _, photo, _ in looked]
+        entries = [(look, photo) for _, photo, _, look in looked]
         matches = await anyio.to_thread.run_sync(near.check, entries)
-        for (position, photo, key), match in zip(looked, matches, strict=True):
+        for (position, photo, key, look), match in zip(looked, matches, strict=True):
             if match is None:
                 continue
             if isinstance(match.ref, Photo):
@@ -906,7 +906,7 @@ class _LookChecks:
             # finds that record and collects the set.
             record = None if match.ref == key else await ledger.run(ledger.read, match.ref)
             if record is None:
-                near.plan(_look(photo), photo)
+                near.plan(look, photo)
                 continue
             found[position] = _Likeness(record.item, record.source_sha256, match.distance)
         return found

@@ -28,6 +28,7 @@ from modelset.report import (
     STATE_DIR,
     ManifestRow,
     input_thumbnail_key,
+    look_alike_thumbnail,
     output_thumbnails,
     summarize,
 )
@@ -204,8 +205,8 @@ def picture_cells(
             row.thumbnail = input_thumbnail_key(row.source_sha256)
         if row.thumbnail:
             inputs.append(row.thumbnail)
-        if row.near_duplicate_of:
-            inputs.append(input_thumbnail_key(row.near_duplicate_of))
+        if alike := look_alike_thumbnail(row):
+            inputs.append(alike)
         outputs.extend(row.outputs)
     listed = "\n".join([f"{CELLS_VERSION} {size}", *(row.model_dump_json() for row in rows)])
     digest = hashlib.sha256(listed.encode()).hexdigest()
@@ -230,10 +231,9 @@ def picture_cells(
         # A photo with several templates has one input cell, encoded once.
         if row.thumbnail and row.thumbnail not in cells and row.thumbnail in pictures:
             cells[row.thumbnail] = jpeg_bytes(pictures[row.thumbnail])
-        if row.near_duplicate_of:  # the set is the paid photo's: show that photo
-            alike = pictures.get(input_thumbnail_key(row.near_duplicate_of))
-            if alike is not None:
-                cells[set_cell(row)] = jpeg_bytes(alike)
+        if alike := look_alike_thumbnail(row):  # the set is the paid photo's: show that photo
+            if alike in pictures:
+                cells[set_cell(row)] = jpeg_bytes(pictures[alike])
             continue
         strip = _strip([pictures[o] for o in row.outputs if o in pictures])
         if strip is not None:
