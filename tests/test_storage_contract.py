@@ -155,6 +155,18 @@ def test_a_limited_list_gives_the_first_keys_and_says_there_may_be_more(store: S
     assert store.list("many", limit=50) == keys  # fewer than the limit: that is all
 
 
+def test_list_etags_names_what_list_names_with_the_etag_of_each_version(store: Store) -> None:
+    written = {key: store.write(key, key.encode()) for key in ("e/1", "e/2", "e/3/deep")}
+    written["e/2"] = store.swap("e/2", b"changed", written["e/2"])
+
+    listed = store.list_etags("e")
+    assert list(listed) == store.list("e")
+    assert listed == written
+    assert listed["e/2"] == store.read("e/2").etag == store.head("e/2").etag
+    assert store.list_etags("e", limit=2) == {key: written[key] for key in ("e/1", "e/2")}
+    assert store.list_etags("nothing") == {}
+
+
 def test_delete_is_idempotent(store: Store) -> None:
     store.write("tmp/x", b"x")
     store.delete("tmp/x")

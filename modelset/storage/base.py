@@ -103,6 +103,11 @@ class Store(Protocol):
         1,000 per request): getting ``limit`` keys back means there may be more."""
         ...
 
+    def list_etags(self, prefix: str, limit: int | None = None) -> dict[str, str]:
+        """Like :meth:`list`, each key with its ETag as the listing saw it (a bucket's
+        listing carries them: no request per key)."""
+        ...
+
     def delete(self, key: str) -> None:
         """Remove the object; a missing key is fine."""
         ...

@@ -15,7 +15,7 @@ import os
 import secrets
 import stat
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import timedelta
 from pathlib import Path
 from typing import BinaryIO
@@ -107,10 +107,19 @@ class FolderStore:
             return _etag(path.stat())
 
     def list(self, prefix: str, limit: int | None = None) -> list[str]:
+        return sorted(self._files(prefix))[:limit]
+
+    def list_etags(self, prefix: str, limit: int | None = None) -> dict[str, str]:
+        etags = {}
+        for key in self.list(prefix, limit):
+            with suppress(FileNotFoundError):  # deleted since the walk
+                etags[key] = _etag(self._path(key).stat())
+        return etags
+
+    def _files(self, prefix: str) -> Iterator[str]:
         base = self._path(prefix) if prefix else self.root
         if not base.is_dir():
-            return []
-        keys = []
+            return
         locks = self.root / LOCKS  # the swap's lock files are not objects: a bucket has none
         for folder, dirnames, files in os.walk(base):
             if Path(folder) == locks:
@@ -119,8 +128,7 @@ class FolderStore:
             for name in files:
                 if name.startswith(".") and name.endswith(".tmp"):
                     continue
-                keys.append(Path(folder, name).relative_to(self.root).as_posix())
-        return sorted(keys)[:limit]
+                yield Path(folder, name).relative_to(self.root).as_posix()
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)

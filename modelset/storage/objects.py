@@ -257,15 +257,18 @@ class BucketStore:
         return self._conditional(key, attributes, swap, before=etag)
 
     def list(self, prefix: str, limit: int | None = None) -> list[str]:
+        return list(self.list_etags(prefix, limit))
+
+    def list_etags(self, prefix: str, limit: int | None = None) -> dict[str, str]:
         path = check_key(prefix) if prefix else None
 
-        def listing() -> list[str]:
-            keys: list[str] = []
+        def listing() -> dict[str, str]:
+            etags: dict[str, str] = {}
             for batch in obstore.list(self._store, prefix=path):
-                keys.extend(meta["path"] for meta in batch)
-                if limit is not None and len(keys) >= limit:
-                    return sorted(keys)[:limit]
-            return sorted(keys)
+                etags.update((meta["path"], _etag(meta)) for meta in batch)
+                if limit is not None and len(etags) >= limit:
+                    break
+            return {key: etags[key] for key in sorted(etags)[:limit]}
 
         return self._retrying(prefix or "/", listing)
 
