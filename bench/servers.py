@@ -374,6 +374,7 @@ def request_kind(path: str) -> str:
     rules = (
         (".modelset/ledger/by-task/", "ledger by-task index"),
         (".modelset/ledger/by-upload/", "ledger by-upload claim"),
+        (".modelset/ledger-digest", "ledger digest"),
         (".modelset/probe/", "probe"),
         (".modelset/prepared/", "preparation cache"),
         (".modelset/shards/", "shards"),

@@ -5,8 +5,9 @@ Through a proxy that logs every request (``modelset.sandbox.bucket``), a first r
 learns which ledger records exist from a listing instead of asking for each (no record
 is asked for only to hear it is not there); takes one lease per set and finishes the set
 with one compare-and-swap; stores a set's thumbnails as one object; and reads back none
-of the thumbnails it stored (the report and the summary use this run's copies). A rerun
-with nothing to do reads each record once and writes nothing per set.
+of the thumbnails it stored (the report and the summary use this run's copies); and
+leaves the ledger's digest. A rerun with nothing to do reads no record (the listing
+vouches for the digest's) and writes nothing.
 """
 
 from __future__ import annotations
@@ -65,14 +66,17 @@ def test_a_first_run_asks_for_nothing_twice_and_a_rerun_only_reads(
     assert len(asked(requests, "PUT", ".lease")) == 2 * PHOTOS  # taken, released
     records = [p for p, _ in asked(requests, "PUT", "/.modelset/ledger/") if p.endswith(".json")]
     assert len(records) == 3 * PHOTOS  # intent, submitted, finished
+    assert len(asked(requests, "PUT", "/.modelset/ledger-digest")) == 1
 
     done = len(proxy.answered)
     rerun = harness.run([str(batch)], out)
     assert rerun.is_completed(), rerun.message
     assert len(sandbox.submissions()) == PHOTOS, "the rerun paid again"
     again = proxy.answered[done:]
-    record_reads = asked(again, "GET", "/.modelset/ledger/")
-    assert len(record_reads) == PHOTOS and all(status == 200 for _, status in record_reads)
+    assert asked(again, "GET", "/.modelset/ledger/") == []
+    assert asked(again, "GET", "/.modelset/ledger-digest") == [
+        (path, 200) for path, _ in asked(requests, "PUT", "/.modelset/ledger-digest")
+    ]
     written = [path for method, path, _ in again if method in ("PUT", "POST", "DELETE")]
     probe = [path for path in written if "/.modelset/probe/" in path or path.endswith("?delete")]
     assert written == probe  # only the start's check of conditional writes (and its removal)

@@ -29,6 +29,7 @@ from modelset.ledger import (
     open_ledger,
     request_id_for,
 )
+from modelset.ledger.digest import DIGEST_KEY
 from modelset.ledger.locks import LeaseLocks
 from modelset.sandbox import SandboxServer
 from modelset.stages import PreparedPhoto, PrepareOptions, SubmitPolicy, submit_once
@@ -218,6 +219,63 @@ async def test_a_bucket_ledger_is_listed_and_only_listed_records_are_read(
     assert open_ledger(store).read_many([KEY, absent], listed) == {KEY: written, absent: None}
     assert ledger.listing(wanted=1) is None  # one record: reading it is cheaper than listing
     assert open_ledger(open_store(tmp_path / "out")).listing(99) is None  # a folder reads files
+
+
+async def test_a_listing_takes_records_unchanged_since_the_digest_from_it(bucket: str) -> None:
+    store = open_store(bucket)
+    first, second, third = "a" * 64, "c" * 64, "d" * 64
+    ledger = open_ledger(store)
+    for key in (first, second, third):
+        async with ledger.claim(key) as claim:
+            await claim.write(record(key, state=SubmissionState.SUBMITTED, task_id=key[:8]))
+    ledger.remember(ledger.listing(wanted=20))
+    digest = store.read(DIGEST_KEY)
+
+    # Since then another process finished one set and dropped another's record.
+    other = open_ledger(store)
+    async with other.claim(second) as claim:
+        assert claim.record is not None
+        finished = await claim.write(
+            claim.record.model_copy(update={"state": SubmissionState.FINISHED})
+        )
+    async with other.claim(third) as claim:
+        await claim.forget()
+
+    rerun = open_ledger(store)
+    listed = rerun.listing(wanted=20)
+    assert listed is not None
+    assert listed.vouched(first, rerun.record_key(first)) is not None
+    assert listed.vouched(second, rerun.record_key(second)) is None  # changed: read again
+    records = rerun.read_many([first, second, third], listed)
+    assert records[first] == ledger.read(first)
+    assert records[second] == finished
+    assert records[third] is None
+    done = records[second].model_copy(update={"outcome": "succeeded"})
+    assert await rerun.finish(done) is not None  # the ETag it learnt is the record's
+
+    rerun.remember(listed)
+    updated = store.read(DIGEST_KEY)
+    assert updated.etag != digest.etag
+    again = open_ledger(store)
+    listed = again.listing(wanted=20)
+    assert listed is not None and set(listed.remembered) == {first, second}
+    assert again.read_many([first, second], listed) == {k: rerun.read(k) for k in (first, second)}
+    again.remember(listed)  # it says nothing the digest does not: not written again
+    assert store.read(DIGEST_KEY).etag == updated.etag
+
+
+async def test_a_damaged_digest_costs_reads_not_answers(bucket: str) -> None:
+    store = open_store(bucket)
+    ledger = open_ledger(store)
+    async with ledger.claim(KEY) as claim:
+        written = await claim.write(record())
+    store.write(DIGEST_KEY, b"not a digest")
+    listed = ledger.listing(wanted=20)
+    assert listed is not None and listed.remembered == {}
+    assert open_ledger(store).read_many([KEY], listed) == {KEY: written}
+    ledger.remember(listed)
+    listed = open_ledger(store).listing(wanted=20)
+    assert listed is not None and listed.vouched(KEY, ledger.record_key(KEY)) is not None
 
 
 async def test_forget_drops_the_record(store: Store) -> None:

@@ -402,6 +402,7 @@ async def _run_batch_in(
             dry_run=options.dry_run,
             listener=listener,
         )
+        await _remember_records(runtime)
     if plan.account_error and options.shard_of:
         # The parent learns it from here: it exits 3 as an unsharded run would.
         workspace.store.write(
@@ -423,6 +424,15 @@ async def _run_batch_in(
     await publish_results(rows, workspace, sheet=sheet)
     log.info("report written: %s", sheet)
     return RunSummary.written(workspace, rows, sheet, plan, pending)
+
+
+async def _remember_records(runtime: BatchRuntime) -> None:
+    """Leave the ledger's digest for the next run (a rerun then reads no record it holds);
+    a digest not written costs that run its reads, never a result."""
+    try:
+        await anyio.to_thread.run_sync(runtime.ledger.remember, runtime.listing)
+    except StorageError as exc:
+        get_run_logger().warning("the ledger's digest was not saved: %s", exc)
 
 
 def output_location(location: str, *, setting: str) -> str:

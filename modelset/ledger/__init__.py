@@ -18,17 +18,23 @@ The upload index (``by-upload/``) claims the hash of what is sent, so a photo wh
 prepared upload is byte-identical to one already paid for points at that set instead.
 The task index (``by-task/<task_id>/``) names, for each task a submit created, the key
 that paid and what its upload looks like, so one listing gives every look paid for
-(``modelset.images.looks``: near-duplicates are planned, not paid).
+(``modelset.images.looks``: near-duplicates are planned, not paid). On a bucket, the
+digest (``digest.py``) spares a run that lists the ledger reading the records it names
+unchanged since a run saw them.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import NamedTuple, TypeVar, TypeVarTuple
 
+from pydantic import ValidationError
+
 from modelset.images.looks import LOOK_VERSION, Look
+from modelset.ledger.digest import DIGEST_KEY, Entries, decode, encode
 from modelset.ledger.locks import DEFAULT_LEASE_S, FlockLocks, Hold, LeaseLocks, Locks, owner_name
 from modelset.ledger.records import (
     LedgerRecord,
@@ -46,6 +52,7 @@ from modelset.storage import (
     off_loop,
     read_many,
     read_or_none,
+    update,
 )
 
 __all__ = [
@@ -53,6 +60,7 @@ __all__ = [
     "Ledger",
     "LedgerClaim",
     "LedgerRecord",
+    "Listing",
     "RecordAppeared",
     "SubmissionState",
     "open_ledger",
@@ -84,6 +92,29 @@ class ClaimLost(Exception):
 class RecordAppeared(ClaimLost):
     """A claim taken as absent (planned from a listing) found the record written
     meanwhile; the claim now carries it, and nothing was written: decide again."""
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What one listing of a bucket's ledger named, each object with its ETag, and the
+    digest read with it (see :meth:`Ledger.listing`)."""
+
+    etags: dict[str, str]
+    remembered: Entries
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.etags
+
+    def vouched(self, key: str, name: str) -> tuple[str, LedgerRecord] | None:
+        """The record stored at ``name`` as the digest has it, with its ETag, if that is
+        the version the listing saw; else None (read it)."""
+        etag, entry = self.etags.get(name), self.remembered.get(key)
+        if not etag or entry is None or entry[0] != etag:
+            return None
+        try:
+            return etag, LedgerRecord.model_validate(entry[1])
+        except ValidationError:
+            return None
 
 
 class LedgerClaim:
@@ -121,7 +152,7 @@ class LedgerClaim:
             self._etag, self.record = await ledger.run(ledger.current, self.key)
             self._assumed_absent = False
             raise
-        ledger.etags[self.key] = self._etag
+        ledger.known[self.key] = (self._etag, record)
         self.record = record
         if record.task_id is not None and record.task_id != indexed:
             await ledger.run(ledger.index_task, record)
@@ -132,7 +163,7 @@ class LedgerClaim:
         if self._etag is not None:
             await self._ledger.run(self._ledger.store.delete, self._ledger.record_key(self.key))
             self._etag = None
-            self._ledger.etags.pop(self.key, None)
+            self._ledger.known.pop(self.key, None)
         self.record = None
 
     def _put(self, data: bytes) -> str:
@@ -157,9 +188,10 @@ class Ledger:
         self.store = store
         self.locks = locks
         self.owner = owner_name()
-        # The ETag of each record as this process last wrote or read it: a collector
-        # finishes a record it has just seen with one compare-and-swap (:meth:`finish`).
-        self.etags: dict[str, str] = {}
+        # Each record as this process last wrote or read it, with its ETag: a collector
+        # finishes a record it has just seen with one compare-and-swap (:meth:`finish`),
+        # and a run leaves them in the digest (:meth:`remember`).
+        self.known: dict[str, tuple[str, LedgerRecord]] = {}
 
     def record_key(self, key: str) -> str:
         return f"{LEDGER_PREFIX}/{key}.json"
@@ -182,34 +214,75 @@ class Ledger:
         return (None, None) if blob is None else (blob.etag, self._parsed(key, blob))
 
     def _parsed(self, key: str, blob: Blob) -> LedgerRecord:
-        self.etags[key] = blob.etag
-        return LedgerRecord.model_validate_json(blob.data)
+        record = LedgerRecord.model_validate_json(blob.data)
+        self.known[key] = (blob.etag, record)
+        return record
 
-    def listing(self, wanted: int) -> frozenset[str] | None:
-        """The names of the ledger's objects, where listing them takes fewer requests
-        than reading ``wanted`` records one by one (a bucket's; a folder reads files); else
-        None. What is not listed did not exist when listed: no request to learn so."""
+    def listing(self, wanted: int) -> Listing | None:
+        """The ledger's objects with their ETags, and the digest, where listing them takes
+        fewer requests than reading ``wanted`` records one by one (a bucket's; a folder
+        reads files); else None. What is not listed did not exist when listed: no request
+        to learn so; what the digest holds at the listed ETag needs no request either."""
         if self.store.is_local or wanted < _LIST_FROM:
             return None
         limit = wanted * _KEYS_PER_RECORD_READ
-        names = self.store.list(LEDGER_PREFIX, limit=limit)
-        return None if len(names) >= limit else frozenset(names)
+        etags = self.store.list_etags(LEDGER_PREFIX, limit=limit)
+        if len(etags) >= limit:
+            return None
+        digest = read_or_none(self.store, DIGEST_KEY)
+        return Listing(etags, decode(None if digest is None else digest.data))
 
     def read_many(
-        self, keys: Iterable[str], listed: frozenset[str] | None = None
+        self, keys: Iterable[str], listed: Listing | None = None
     ) -> dict[str, LedgerRecord | None]:
         """Many records at once (concurrent requests on a bucket); with ``listed`` (see
-        :meth:`listing`), only those it names are read."""
+        :meth:`listing`), only those it names are read, and of those only the ones the
+        digest does not vouch for."""
         names = {key: self.record_key(key) for key in keys}
-        found = self._read_listed(names.values(), listed)
-        return {
-            key: None if (blob := found.get(name)) is None else self._parsed(key, blob)
-            for key, name in names.items()
-        }
+        records: dict[str, LedgerRecord | None] = {}
+        for key, name in names.items():
+            if listed is not None and (vouched := listed.vouched(key, name)) is not None:
+                self.known[key] = vouched
+                records[key] = vouched[1]
+        found = self._read_listed([n for k, n in names.items() if k not in records], listed)
+        for key, name in names.items():
+            if key not in records:
+                blob = found.get(name)
+                records[key] = None if blob is None else self._parsed(key, blob)
+        return records
 
-    def _read_listed(
-        self, names: Iterable[str], listed: frozenset[str] | None
-    ) -> dict[str, Blob | None]:
+    def remember(self, listed: Listing | None) -> None:
+        """Leave the records this process saw in the digest, for the next run's listing;
+        nothing to do without a listing (nothing the digest says was needed) or when the
+        digest already says it all."""
+        if listed is None:
+            return
+        seen = {
+            key: (etag, record.model_dump(mode="json"))
+            for key, (etag, record) in list(self.known.items())
+            if etag
+        }
+        outdated = {
+            key: etag
+            for key, (etag, _) in listed.remembered.items()
+            if listed.etags.get(self.record_key(key)) != etag and key not in seen
+        }
+        if not outdated and all(
+            listed.remembered.get(key, ("",))[0] == etag for key, (etag, _) in seen.items()
+        ):
+            return
+
+        def merged(current: bytes | None) -> tuple[bytes, None]:
+            entries = decode(current)
+            for key, etag in outdated.items():
+                if entries.get(key, ("",))[0] == etag:  # no run saw a newer one since
+                    del entries[key]
+            entries.update(seen)
+            return encode(entries), None
+
+        update(self.store, DIGEST_KEY, merged)
+
+    def _read_listed(self, names: Iterable[str], listed: Listing | None) -> dict[str, Blob | None]:
         """The objects read at once; with ``listed``, only those it names (the others are
         absent from what it returns: they did not exist when listed)."""
         return read_many(self.store, [n for n in names if listed is None or n in listed])
@@ -218,17 +291,16 @@ class Ledger:
         """Write ``record`` over the version this process last wrote or read, with one
         compare-and-swap and no claim (collecting sends nothing); None when the record
         moved on meanwhile or was never seen here: then write it under a claim."""
-        etag = self.etags.get(record.key)
-        if etag is None:
+        known = self.known.get(record.key)
+        if known is None:
             return None
         record = self.stamped(record)
         data = record.model_dump_json().encode()
         try:
-            self.etags[record.key] = await self.run(
-                self.store.swap, self.record_key(record.key), data, etag
-            )
+            etag = await self.run(self.store.swap, self.record_key(record.key), data, known[0])
         except PreconditionFailed:
             return None
+        self.known[record.key] = (etag, record)
         return record
 
     def index_task(self, record: LedgerRecord) -> None:
@@ -283,7 +355,7 @@ class Ledger:
         return looks
 
     def upload_owners(
-        self, uploads: Iterable[str], listed: frozenset[str] | None = None
+        self, uploads: Iterable[str], listed: Listing | None = None
     ) -> dict[str, str | None]:
         """The key that paid (or is paying) for each upload hash, if any (read at once;
         with ``listed``, only the claims it names)."""

@@ -15,7 +15,7 @@ from pydantic import SecretStr
 
 from modelset.credentials import client_from_settings
 from modelset.hidream import HiDreamClient
-from modelset.ledger import Ledger, LedgerRecord, open_ledger
+from modelset.ledger import Ledger, LedgerRecord, Listing, open_ledger
 from modelset.memory import limit_malloc_arenas
 from modelset.settings import MissingTokenError, Settings
 from modelset.stages import PrepareOptions, SubmitPolicy, Workspace, collect_once
@@ -44,10 +44,10 @@ class BatchRuntime:
     # What planning learnt of the ledger: the records it read (None: absent), and on a
     # bucket the listing that spared reading absent ones (see ``Ledger.listing``).
     planned: dict[str, LedgerRecord | None] = field(default_factory=dict)
-    listing: frozenset[str] | None = None
+    listing: Listing | None = None
     listed: bool = False
 
-    async def ledger_listing(self, wanted: int) -> frozenset[str] | None:
+    async def ledger_listing(self, wanted: int) -> Listing | None:
         """The run's listing of the ledger, taken once, when first wanted."""
         if not self.listed:
             self.listed = True
