@@ -324,22 +324,33 @@ async def run_batch(
     settings = Settings()
     location = output_location(options.out or settings.output_dir, setting=OUT_SETTING)
     with open_workspace(location) as workspace:
-        # Saving the result storage block takes a few API round trips: meanwhile the
-        # location is checked, the photos found and hashed, and the ledger read.
+        # Saving the result storage block takes a few API round trips, and a bucket's
+        # conditional-write probe a few requests one after another: meanwhile the photos
+        # are found and hashed, and the ledger read. Nothing is written before the probe.
         storage = asyncio.ensure_future(results_storage(workspace.out))
+        probe = asyncio.ensure_future(_conditional_writes_checked(workspace.store))
         try:
             return await _run_batch_in(
-                settings, workspace, storage, sources, template_ids, options, listener, item
+                settings, workspace, storage, probe, sources, template_ids, options, listener, item
             )
         finally:
-            if not storage.cancel() and not storage.cancelled():
-                storage.exception()  # a run that never needed it does not report its failure
+            for pending in (storage, probe):
+                if not pending.cancel() and not pending.cancelled():
+                    pending.exception()  # a run that failed first reports its own failure
+
+
+async def _conditional_writes_checked(store: Store) -> None:
+    """Exactly-once on a bucket rests on conditional writes: the run sends nothing until
+    the probe has seen the store honour them."""
+    if not store.is_local:
+        await anyio.to_thread.run_sync(probe_conditional_writes, store)
 
 
 async def _run_batch_in(
     settings: Settings,
     workspace: Workspace,
     storage: asyncio.Future[OutputLocationResults],
+    probe: asyncio.Future[None],
     sources: list[str],
     template_ids: list[int],
     options: RunOptions,
@@ -347,8 +358,6 @@ async def _run_batch_in(
     item: str | None,
 ) -> RunSummary:
     log = get_run_logger()
-    if not workspace.store.is_local:
-        await anyio.to_thread.run_sync(probe_conditional_writes, workspace.store)
     photos = _photos(
         discover(sources, allow_file_urls=settings.allow_file_urls),
         template_ids,
@@ -356,6 +365,7 @@ async def _run_batch_in(
         known={row.source: row.item for row in read_manifest(workspace.store)},
     )
     if options.shard_size and len(photos) > options.shard_size:
+        await probe
         return await run_shards(photos, options, workspace, listener)
     shown = [f"{p.item}/{t}" for p in photos for t in p.template_ids][:THUMBNAIL_ROWS]
     workspace.pictures.want(shown)  # the summary's sets, pictured as they arrive
@@ -386,7 +396,8 @@ async def _run_batch_in(
         concurrency=options.concurrency,
         need_client=not options.dry_run,
     ) as runtime:
-        await _prepare_all(photos, runtime, settings.base_url, storage)
+        await _prepare_all(photos, runtime, settings.base_url, storage, probe)
+        await probe
         plan = await _generate(
             photos,
             runtime,
@@ -516,10 +527,12 @@ async def _prepare_all(
     runtime: BatchRuntime,
     base_url: str,
     saving: Awaitable[OutputLocationResults],
+    probe: Awaitable[None],
 ) -> None:
     """Give every photo its PreparedPhoto: from the ledger for sets already finished (no
     task run at all), else through the fetch, validate and prepare stages in chunks,
-    started here and awaited by ``_generate`` (``Photo.preparing``)."""
+    started here and awaited by ``_generate`` (``Photo.preparing``). Nothing is written
+    to the output location before the probe has passed: a refused one is left as it was."""
     local = [photo.source for photo in photos if is_local_file(photo.source)]
     digests = await anyio.to_thread.run_sync(hash_files, [Path(source) for source in local])
     hashes = dict(zip(local, digests, strict=True))
@@ -544,6 +557,7 @@ async def _prepare_all(
         return
     for photo in pending:
         photo.sha256 = hashes.get(photo.source)
+    await probe
     storage = await saving
     # A few chunks at a time, in order, so the first photos are ready first: submitting
     # starts while later photos are still being prepared (_generate).
