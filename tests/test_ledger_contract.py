@@ -250,7 +250,7 @@ async def test_a_listing_takes_records_unchanged_since_the_digest_from_it(bucket
     assert records[first] == ledger.read(first)
     assert records[second] == finished
     assert records[third] is None
-    done = records[second].model_copy(update={"outcome": "succeeded"})
+    done = finished.model_copy(update={"outcome": "succeeded"})
     assert await rerun.finish(done) is not None  # the ETag it learnt is the record's
 
     rerun.remember(listed)
