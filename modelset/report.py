@@ -136,17 +136,17 @@ def update_report(store: Store, rows: list[ManifestRow], *, copies: Path | None 
     while the manifest moved on under them, so the last ones written match it.
     """
     thumbnails = {row.row_key: row.thumbnail for row in rows if row.thumbnail}
-    unchanged = False
+    unchanged: bytes | None = None  # the manifest as read, when the merge left it so
 
     def merge(current: bytes | None) -> tuple[bytes, list[ManifestRow]]:
         nonlocal unchanged
         merged = merge_rows(_parse_rows(current) if current else [], rows)
         data = _manifest_bytes(merged)
-        unchanged = current == data
+        unchanged = data if current == data else None
         return data, merged
 
     merged = update(store, MANIFEST_JSONL, merge)
-    if unchanged and _views_current(store):
+    if unchanged is not None and _views_current(store, unchanged):
         # A rerun that changed nothing: on a bucket the sheet would read every thumbnail
         # again (five requests per set) to write the same page.
         return locate(store, INDEX_HTML)
@@ -166,11 +166,10 @@ def _digest(data: bytes) -> bytes:
     return hashlib.sha256(data).hexdigest().encode()
 
 
-def _views_current(store: Store) -> bool:
-    """Whether manifest.csv and index.html were written from the manifest as it is now."""
-    manifest = read_or_none(store, MANIFEST_JSONL)
+def _views_current(store: Store, manifest: bytes) -> bool:
+    """Whether manifest.csv and index.html were written from ``manifest``."""
     marker = read_or_none(store, VIEWS_WRITTEN_FROM)
-    return manifest is not None and marker is not None and marker.data == _digest(manifest.data)
+    return marker is not None and marker.data == _digest(manifest)
 
 
 def write_report(store: Store, rows: list[ManifestRow]) -> str:
