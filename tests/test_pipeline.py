@@ -10,6 +10,7 @@ import http.server
 import io
 import json
 import os
+import random
 import re
 import subprocess
 import sys
@@ -27,12 +28,15 @@ from modelset.flows.generate import generate_model_sets
 from modelset.options import RunOptions
 from modelset.report import MANIFEST_FIELDS, ManifestRow, Status
 from modelset.sandbox import SandboxServer
-from modelset.stages import download_image, open_workspace
+from modelset.stages import download_image, jpeg_bytes, open_workspace
 from modelset.tasks.artifacts import (
     MARKDOWN_THUMBNAIL,
+    SUMMARY_MAX_BYTES,
     SUMMARY_THUMBNAILS,
+    THUMBNAIL_ROWS,
     picture_cells,
     set_cell,
+    summary_markdown,
 )
 from tests.conftest import CORPUS, SandboxFactory, make_photo
 
@@ -301,6 +305,43 @@ async def test_artifacts_show_results_in_the_prefect_ui(
     assert list(table[0])[:5] == ["item", "template_id", "status", "reason", "outputs"]
     assert list(table[0])[-3:] == ["source_sha256", "upload_sha256", "near_duplicate_of"]
     assert "broken" in str(table)
+
+
+def test_the_summary_stays_small_enough_for_prefects_events() -> None:
+    rows = [
+        ManifestRow(
+            source=f"/photos/{n}.jpg",
+            item=f"photo-{n:03d}",
+            template_id=20,
+            status=Status.SUCCEEDED,
+            source_sha256=f"{n:064x}",
+            thumbnail=f"thumb-{n}",
+            outputs=[f"photo-{n:03d}/20/{i}.jpg" for i in range(1, 5)],
+        )
+        for n in range(THUMBNAIL_ROWS)
+    ]
+    noise = random.Random(7)
+
+    def picture(width: int) -> bytes:  # noise: as large as a thumbnail of that size gets
+        image = Image.frombytes("RGB", (width, 96), noise.randbytes(width * 96 * 3))
+        return jpeg_bytes(image)
+
+    cells = {}
+    for row in rows:
+        cells[row.thumbnail or ""] = picture(72)
+        cells[set_cell(row)] = picture(4 * 72)
+    markdown = summary_markdown(rows, cells, out="/out", sheet="/out/index.html")
+
+    assert len(markdown.encode()) <= SUMMARY_MAX_BYTES < 1_500_000  # Prefect's event limit
+    table = [line for line in markdown.splitlines() if line.startswith("| ") and "photo-" in line]
+    assert [line.split(" | ")[2] for line in table] == [row.item for row in rows]
+    pictured = ["data:image/jpeg" in line for line in table]
+    first_bare = pictured.index(False)
+    assert first_bare > 0 and not any(pictured[first_bare:]), "the first rows are pictured"
+    assert f"The last {len(rows) - first_bare} rows shown are without pictures" in markdown
+
+    few = summary_markdown(rows[:3], cells, out="/out", sheet="/out/index.html")
+    assert few.count("data:image/jpeg") == 6 and "without pictures" not in few
 
 
 @pytest.fixture

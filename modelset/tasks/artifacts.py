@@ -43,6 +43,11 @@ log = logging.getLogger("modelset.artifacts")
 _PROGRESS_EVERY_S = 2.0
 THUMBNAIL_ROWS = 200
 MARKDOWN_THUMBNAIL = (72, 96)  # at most 96 px tall: the UI shows images at their size
+# An artifact's event carries its data, and Prefect's server refuses (and logs a warning
+# for) events over PREFECT_EVENTS_MAXIMUM_SIZE_BYTES, 1.5 MB by default: the summary's
+# pictures stop short of that (the event's other fields take a few kB), the rows go on
+# without them. 200 rows of real pictures took 1.87 MB.
+SUMMARY_MAX_BYTES = 1_400_000
 SUMMARY_THUMBNAILS = f"{STATE_DIR}/summary-thumbnails.json"
 """On a bucket, the last summary's small JPEGs, with a digest of the rows they show."""
 CELLS_VERSION = 2  # 1 kept each image; 2 keeps each row's cells
@@ -117,29 +122,55 @@ async def publish_results(rows: list[ManifestRow], workspace: Workspace, *, shee
             copies=workspace.kept,
         )
     )
+    await create_markdown_artifact(  # type: ignore[misc]
+        key="modelset-summary",
+        markdown=summary_markdown(rows, cells, out=workspace.out, sheet=sheet),
+        description="Results with thumbnails",
+    )
+
+
+def summary_markdown(
+    rows: list[ManifestRow], cells: Mapping[str, bytes], *, out: str, sheet: str
+) -> str:
+    """The summary: the first rows with their pictures while the text stays within
+    :data:`SUMMARY_MAX_BYTES`, the rest of the first :data:`THUMBNAIL_ROWS` without."""
+    shown = rows[:THUMBNAIL_ROWS]
     counts = ", ".join(f"{status}: {n}" for status, n in summarize(rows).items() if n)
     lines = [
-        f"# modelset results\n\n{counts}\n\nOutput location: `{workspace.out}`; "
-        f"report: `{sheet}`\n",
+        f"# modelset results\n\n{counts}\n\nOutput location: `{out}`; report: `{sheet}`\n",
         "| input | generated set | item | template | status | reason |",
         "|---|---|---|---|---|---|",
     ]
+    size = sum(len(line) + 1 for line in lines)
+    unpictured = 0
     for row in shown:
-        inputs = _markdown_image("input", cells.get(row.thumbnail or ""))
-        what = "looks like (paid for)" if row.near_duplicate_of else f"{len(row.outputs)} generated"
-        outputs = _markdown_image(what, cells.get(set_cell(row)))
-        reason = (row.reason or "").replace("|", "\\|")
+        line = _summary_row(row, cells)
+        if size + len(line) > SUMMARY_MAX_BYTES:
+            line = _summary_row(row, {})
+            unpictured += 1
+        lines.append(line)
+        size += len(line) + 1
+    if unpictured:
         lines.append(
-            f"| {inputs} | {outputs} | {row.item} | {row.template_id} "
-            f"| **{row.status.value}** | {reason} |"
+            f"\nThe last {unpictured} rows shown are without pictures, to keep this "
+            f"summary small enough for Prefect's events; the report `{sheet}` has them all."
         )
     if len(rows) > len(shown):
         lines.append(
             f"\n{len(rows) - len(shown)} more rows are in the table artifact, in "
-            f"`{workspace.out}/manifest.csv` and in the report `{sheet}`."
+            f"`{out}/manifest.csv` and in the report `{sheet}`."
         )
-    await create_markdown_artifact(  # type: ignore[misc]
-        key="modelset-summary", markdown="\n".join(lines), description="Results with thumbnails"
+    return "\n".join(lines)
+
+
+def _summary_row(row: ManifestRow, cells: Mapping[str, bytes]) -> str:
+    inputs = _markdown_image("input", cells.get(row.thumbnail or ""))
+    what = "looks like (paid for)" if row.near_duplicate_of else f"{len(row.outputs)} generated"
+    outputs = _markdown_image(what, cells.get(set_cell(row)))
+    reason = (row.reason or "").replace("|", "\\|")
+    return (
+        f"| {inputs} | {outputs} | {row.item} | {row.template_id} "
+        f"| **{row.status.value}** | {reason} |"
     )
 
 
