@@ -72,7 +72,11 @@ errors = Console(stderr=True, highlight=False)
 
 def parse(argv: list[str] | None) -> Config:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="N=200 and fewer repeats (<3 min)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="N=200 and fewer repeats (about 11 min for every figure)",
+    )
     parser.add_argument("--n", type=int, help="photos in P1's batch (default 1000; quick 200)")
     parser.add_argument(
         "--n-small",
