@@ -150,10 +150,11 @@ def summary_markdown(
             unpictured += 1
         lines.append(line)
         size += len(line) + 1
-    if unpictured:
-        lines.append(
-            f"\nThe last {unpictured} rows shown are without pictures, to keep this "
-            f"summary small enough for Prefect's events; the report `{sheet}` has them all."
+    if unpictured:  # said before the table, where a reader looks first
+        lines.insert(
+            1,
+            f"The last {unpictured} rows shown are without pictures, to keep this summary "
+            f"small enough for Prefect's events; the report `{sheet}` has them all.\n",
         )
     if len(rows) > len(shown):
         lines.append(
