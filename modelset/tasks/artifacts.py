@@ -44,10 +44,11 @@ _PROGRESS_EVERY_S = 2.0
 THUMBNAIL_ROWS = 200
 MARKDOWN_THUMBNAIL = (72, 96)  # at most 96 px tall: the UI shows images at their size
 # An artifact's event carries its data, and Prefect's server refuses (and logs a warning
-# for) events over PREFECT_EVENTS_MAXIMUM_SIZE_BYTES, 1.5 MB by default: the summary's
-# pictures stop short of that (the event's other fields take a few kB), the rows go on
-# without them. 200 rows of real pictures took 1.87 MB.
-SUMMARY_MAX_BYTES = 1_400_000
+# for) events over PREFECT_EVENTS_MAXIMUM_SIZE_BYTES, 1.5 MB by default: each artifact
+# stops short of that (the event's other fields take a few kB). The summary's pictures
+# stop there, its rows go on without them (200 rows of real pictures took 1.87 MB); the
+# table stops there (about 2,400 rows), and says so.
+ARTIFACT_MAX_BYTES = 1_400_000
 SUMMARY_THUMBNAILS = f"{STATE_DIR}/summary-thumbnails.json"
 """On a bucket, the last summary's small JPEGs, with a digest of the rows they show."""
 CELLS_VERSION = 2  # 1 kept each image; 2 keeps each row's cells
@@ -106,10 +107,17 @@ async def publish_results(rows: list[ManifestRow], workspace: Workspace, *, shee
     with small thumbnails of each input beside its generated set."""
     if not rows:
         return
+    table = results_table(rows)
+    complete = len(table) == len(rows)
     await create_table_artifact(  # type: ignore[misc]
         key="modelset-results",
-        table=[_table_row(row) for row in rows],
-        description=f"Results in {workspace.out}",
+        table=table,
+        description=f"Results in {workspace.out}"
+        + (
+            ""
+            if complete
+            else f": the first {len(table)} of {len(rows)} rows (all in manifest.csv)"
+        ),
     )
     shown = rows[:THUMBNAIL_ROWS]
     cells = await anyio.to_thread.run_sync(
@@ -124,16 +132,42 @@ async def publish_results(rows: list[ManifestRow], workspace: Workspace, *, shee
     )
     await create_markdown_artifact(  # type: ignore[misc]
         key="modelset-summary",
-        markdown=summary_markdown(rows, cells, out=workspace.out, sheet=sheet),
+        markdown=summary_markdown(rows, cells, out=workspace.out, sheet=sheet, tabled=len(table)),
         description="Results with thumbnails",
     )
 
 
+def results_table(rows: list[ManifestRow]) -> list[dict[str, object]]:
+    """The table artifact's rows: every row, as long as the table stays within
+    :data:`ARTIFACT_MAX_BYTES` (measured as Prefect encodes it)."""
+    table: list[dict[str, object]] = []
+    size = len("[]")
+    for row in rows:
+        values = _table_row(row)
+        size += _in_an_event(json.dumps(values)) + len(", ")
+        if size > ARTIFACT_MAX_BYTES:
+            break
+        table.append(values)
+    return table
+
+
+def _in_an_event(text: str) -> int:
+    """The bytes ``text`` takes as a string in an event's JSON (escaped, unquoted): an
+    artifact's data travels so, a table as its JSON text."""
+    return len(json.dumps(text)) - 2
+
+
 def summary_markdown(
-    rows: list[ManifestRow], cells: Mapping[str, bytes], *, out: str, sheet: str
+    rows: list[ManifestRow],
+    cells: Mapping[str, bytes],
+    *,
+    out: str,
+    sheet: str,
+    tabled: int | None = None,
 ) -> str:
     """The summary: the first rows with their pictures while the text stays within
-    :data:`SUMMARY_MAX_BYTES`, the rest of the first :data:`THUMBNAIL_ROWS` without."""
+    :data:`ARTIFACT_MAX_BYTES`, the rest of the first :data:`THUMBNAIL_ROWS` without.
+    ``tabled``: how many rows the table artifact holds (all when None)."""
     shown = rows[:THUMBNAIL_ROWS]
     counts = ", ".join(f"{status}: {n}" for status, n in summarize(rows).items() if n)
     lines = [
@@ -141,15 +175,16 @@ def summary_markdown(
         "| input | generated set | item | template | status | reason |",
         "|---|---|---|---|---|---|",
     ]
-    size = sum(len(line) + 1 for line in lines)
+    newline = _in_an_event("\n")
+    size = sum(_in_an_event(line) + newline for line in lines)
     unpictured = 0
     for row in shown:
         line = _summary_row(row, cells)
-        if size + len(line) > SUMMARY_MAX_BYTES:
+        if size + _in_an_event(line) > ARTIFACT_MAX_BYTES:
             line = _summary_row(row, {})
             unpictured += 1
         lines.append(line)
-        size += len(line) + 1
+        size += _in_an_event(line) + newline
     if unpictured:  # said before the table, where a reader looks first
         lines.insert(
             1,
@@ -157,8 +192,13 @@ def summary_markdown(
             f"small enough for Prefect's events; the report `{sheet}` has them all.\n",
         )
     if len(rows) > len(shown):
+        table = (
+            "the table artifact"
+            if tabled is None or tabled >= len(rows)
+            else f"the table artifact (up to row {tabled})"
+        )
         lines.append(
-            f"\n{len(rows) - len(shown)} more rows are in the table artifact, in "
+            f"\n{len(rows) - len(shown)} more rows are in {table}, in "
             f"`{out}/manifest.csv` and in the report `{sheet}`."
         )
     return "\n".join(lines)
