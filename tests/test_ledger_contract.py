@@ -29,7 +29,7 @@ from modelset.ledger import (
     open_ledger,
     request_id_for,
 )
-from modelset.ledger.digest import DIGEST_KEY
+from modelset.ledger.digest import DIGEST_KEY, decode, encode
 from modelset.ledger.locks import LeaseLocks
 from modelset.sandbox import SandboxServer
 from modelset.stages import PreparedPhoto, PrepareOptions, SubmitPolicy, submit_once
@@ -262,6 +262,16 @@ async def test_a_listing_takes_records_unchanged_since_the_digest_from_it(bucket
     assert again.read_many([first, second], listed) == {k: rerun.read(k) for k in (first, second)}
     again.remember(listed)  # it says nothing the digest does not: not written again
     assert store.read(DIGEST_KEY).etag == updated.etag
+
+
+def test_the_digest_keeps_each_record_as_stored_and_only_what_is_one_line() -> None:
+    stored = record().model_dump_json().encode()
+    entries = {KEY: ('"0a1b"', stored), "c" * 64: ('W/"2c"', b'{"a": 1}')}
+    assert decode(encode(entries)) == entries
+    assert encode(entries) == encode(dict(reversed(entries.items())))  # written once
+    odd = {**entries, "d" * 64: ('"3d"', b'{\n"a": 1}'), "e" * 64: ('"a b"', stored)}
+    assert decode(encode(odd)) == entries  # left out, read when wanted
+    assert decode(b"not a digest") == {} == decode(None)
 
 
 async def test_a_damaged_digest_costs_reads_not_answers(bucket: str) -> None:

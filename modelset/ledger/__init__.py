@@ -112,7 +112,7 @@ class Listing:
         if not etag or entry is None or entry[0] != etag:
             return None
         try:
-            return etag, LedgerRecord.model_validate(entry[1])
+            return etag, LedgerRecord.model_validate_json(entry[1])
         except ValidationError:
             return None
 
@@ -146,13 +146,14 @@ class LedgerClaim:
         ledger = self._ledger
         record = ledger.stamped(record)
         indexed = self.record.task_id if self.record is not None else None
+        data = record.model_dump_json().encode()
         try:
-            self._etag = await ledger.run(self._put, record.model_dump_json().encode())
+            self._etag = await ledger.run(self._put, data)
         except RecordAppeared:
             self._etag, self.record = await ledger.run(ledger.current, self.key)
             self._assumed_absent = False
             raise
-        ledger.known[self.key] = (self._etag, record)
+        ledger.saw(self.key, self._etag, data)
         self.record = record
         if record.task_id is not None and record.task_id != indexed:
             await ledger.run(ledger.index_task, record)
@@ -188,10 +189,15 @@ class Ledger:
         self.store = store
         self.locks = locks
         self.owner = owner_name()
-        # Each record as this process last wrote or read it, with its ETag: a collector
-        # finishes a record it has just seen with one compare-and-swap (:meth:`finish`),
-        # and a run leaves them in the digest (:meth:`remember`).
-        self.known: dict[str, tuple[str, LedgerRecord]] = {}
+        # Each record's ETag as this process last wrote or read it, so a collector
+        # finishes a record it has just seen with one compare-and-swap (:meth:`finish`);
+        # on a bucket with its bytes too, which a run leaves in the digest (:meth:`remember`).
+        self.known: dict[str, tuple[str, bytes]] = {}
+
+    def saw(self, key: str, etag: str, data: bytes) -> None:
+        """Note a record's version as written or read (its bytes only where a digest can
+        be written: a folder's ledger is read file by file and has none)."""
+        self.known[key] = (etag, b"" if self.store.is_local else data)
 
     def record_key(self, key: str) -> str:
         return f"{LEDGER_PREFIX}/{key}.json"
@@ -215,7 +221,7 @@ class Ledger:
 
     def _parsed(self, key: str, blob: Blob) -> LedgerRecord:
         record = LedgerRecord.model_validate_json(blob.data)
-        self.known[key] = (blob.etag, record)
+        self.saw(key, blob.etag, blob.data)
         return record
 
     def listing(self, wanted: int) -> Listing | None:
@@ -242,8 +248,8 @@ class Ledger:
         records: dict[str, LedgerRecord | None] = {}
         for key, name in names.items():
             if listed is not None and (vouched := listed.vouched(key, name)) is not None:
-                self.known[key] = vouched
-                records[key] = vouched[1]
+                etag, records[key] = vouched
+                self.known[key] = (etag, listed.remembered[key][1])
         found = self._read_listed([n for k, n in names.items() if k not in records], listed)
         for key, name in names.items():
             if key not in records:
@@ -258,9 +264,7 @@ class Ledger:
         if listed is None:
             return
         seen = {
-            key: (etag, record.model_dump(mode="json"))
-            for key, (etag, record) in list(self.known.items())
-            if etag
+            key: (etag, data) for key, (etag, data) in list(self.known.items()) if etag and data
         }
         outdated = {
             key: etag
@@ -300,7 +304,7 @@ class Ledger:
             etag = await self.run(self.store.swap, self.record_key(record.key), data, known[0])
         except PreconditionFailed:
             return None
-        self.known[record.key] = (etag, record)
+        self.saw(record.key, etag, data)
         return record
 
     def index_task(self, record: LedgerRecord) -> None:
