@@ -308,19 +308,27 @@ async def test_artifacts_show_results_in_the_prefect_ui(
     assert "broken" in str(table)
 
 
-def test_the_summary_stays_small_enough_for_prefects_events() -> None:
-    rows = [
+def succeeded_rows(count: int) -> list[ManifestRow]:
+    """Rows of a batch whose every set succeeded, with every field a catalogue's holds."""
+    return [
         ManifestRow(
-            source=f"/photos/{n}.jpg",
-            item=f"photo-{n:03d}",
+            source=f"/catalogue/photos/{n}.jpg",
+            item=f"photo-{n:05d}",
             template_id=20,
             status=Status.SUCCEEDED,
             source_sha256=f"{n:064x}",
+            upload_sha256=f"{n + 1:064x}",
+            request_id=f"{n:032x}",
+            task_id=f"{n:032x}",
             thumbnail=f"thumb-{n}",
-            outputs=[f"photo-{n:03d}/20/{i}.jpg" for i in range(1, 5)],
+            outputs=[f"photo-{n:05d}/20/{i}.jpg" for i in range(1, 5)],
         )
-        for n in range(THUMBNAIL_ROWS)
+        for n in range(count)
     ]
+
+
+def test_the_summary_stays_small_enough_for_prefects_events() -> None:
+    rows = succeeded_rows(THUMBNAIL_ROWS)
     noise = random.Random(7)
 
     def picture(width: int) -> bytes:  # noise: as large as a thumbnail of that size gets
@@ -348,20 +356,7 @@ def test_the_summary_stays_small_enough_for_prefects_events() -> None:
 
 
 def test_the_results_table_stops_within_what_prefects_events_carry() -> None:
-    rows = [
-        ManifestRow(
-            source=f"/catalogue/photos/{n}.jpg",
-            item=f"photo-{n:05d}",
-            template_id=20,
-            status=Status.SUCCEEDED,
-            source_sha256=f"{n:064x}",
-            upload_sha256=f"{n + 1:064x}",
-            request_id=f"{n:032x}",
-            task_id=f"{n:032x}",
-            outputs=[f"photo-{n:05d}/20/{i}.jpg" for i in range(1, 5)],
-        )
-        for n in range(5000)
-    ]
+    rows = succeeded_rows(5000)
     table = results_table(rows)
 
     assert len(json.dumps(json.dumps(table))) <= ARTIFACT_MAX_BYTES  # its text, in an event

@@ -47,7 +47,7 @@ MARKDOWN_THUMBNAIL = (72, 96)  # at most 96 px tall: the UI shows images at thei
 # for) events over PREFECT_EVENTS_MAXIMUM_SIZE_BYTES, 1.5 MB by default: each artifact
 # stops short of that (the event's other fields take a few kB). The summary's pictures
 # stop there, its rows go on without them (200 rows of real pictures took 1.87 MB); the
-# table stops there (about 2,400 rows), and says so.
+# table stops there (about 2,500 rows), and says so.
 ARTIFACT_MAX_BYTES = 1_400_000
 SUMMARY_THUMBNAILS = f"{STATE_DIR}/summary-thumbnails.json"
 """On a bucket, the last summary's small JPEGs, with a digest of the rows they show."""
@@ -103,21 +103,17 @@ TABLE_COLUMNS = (
 
 
 async def publish_results(rows: list[ManifestRow], workspace: Workspace, *, sheet: str) -> None:
-    """A table of every row (status first, ids and hashes last) and a markdown summary
-    with small thumbnails of each input beside its generated set."""
+    """A table of the rows (status first, ids and hashes last; as many as an event
+    carries) and a markdown summary with small thumbnails of each input beside its
+    generated set."""
     if not rows:
         return
     table = results_table(rows)
-    complete = len(table) == len(rows)
+    cut = f": the first {len(table)} of {len(rows)} rows (all in manifest.csv)"
     await create_table_artifact(  # type: ignore[misc]
         key="modelset-results",
         table=table,
-        description=f"Results in {workspace.out}"
-        + (
-            ""
-            if complete
-            else f": the first {len(table)} of {len(rows)} rows (all in manifest.csv)"
-        ),
+        description=f"Results in {workspace.out}{cut if len(table) < len(rows) else ''}",
     )
     shown = rows[:THUMBNAIL_ROWS]
     cells = await anyio.to_thread.run_sync(
