@@ -186,7 +186,7 @@ def sandbox(
         typer.Option(
             help="Fault rates, e.g. "
             '"throttle=0.1,server_error=0.05,no_credits=0,stall=0,fail=0,reject=0"; also '
-            "malformed, unknown_status, expire, callback_dup, callback_early "
+            "lost_answer, malformed, unknown_status, expire, callback_dup, callback_early "
             "(docs/sandbox.md).",
         ),
     ] = "",
@@ -198,9 +198,10 @@ def sandbox(
         bool,
         typer.Option(
             "--request-id-lookup/--no-request-id-lookup",
-            help="Answer result queries by request_id (the real service may not).",
+            help="Find tasks by request_id in result queries (the public docs promise "
+            "task_id only, so by default a request_id alone answers 'task not found').",
         ),
-    ] = True,
+    ] = False,
 ) -> None:
     """Run the local HiDream sandbox (the upstream contract, with latency and faults)."""
     from modelset.sandbox import SandboxConfig, parse_faults, serve

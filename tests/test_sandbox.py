@@ -155,15 +155,20 @@ def test_task_progresses_then_all_images_download(
     assert again_images == poses
 
 
-def test_lookup_by_request_id(client: httpx.Client, make_photo: MakePhoto) -> None:
-    task_id = submit(client, image=b64(make_photo()), template_id=3, request_id="req-lookup")[
-        "result"
-    ]["task_id"]
-    found = client.get(RESULTS, params={"request_id": "req-lookup"}).json()
-    assert found["code"] == 0
-    assert found["result"]["task_id"] == task_id
-    mismatch = client.get(RESULTS, params={"task_id": task_id, "request_id": "other"}).json()
-    assert mismatch["code"] == 1003
+def test_lookup_by_request_id_is_an_option(make_photo: MakePhoto) -> None:
+    with (
+        SandboxServer(
+            port=0, latency_ms=0, generation_s=0.2, token=TOKEN, lookup_by_request_id=True
+        ) as server,
+        api_client(server) as client,
+    ):
+        answer = submit(client, image=b64(make_photo()), template_id=3, request_id="req-lookup")
+        task_id = answer["result"]["task_id"]
+        found = client.get(RESULTS, params={"request_id": "req-lookup"}).json()
+        assert found["code"] == 0
+        assert found["result"]["task_id"] == task_id
+        mismatch = client.get(RESULTS, params={"task_id": task_id, "request_id": "other"}).json()
+        assert mismatch["code"] == 1003
 
 
 def test_unknown_task_and_missing_query(client: httpx.Client) -> None:
@@ -325,9 +330,9 @@ def test_stall_fault_creates_the_task_but_never_answers(make_photo: MakePhoto) -
             http.post(SUBMIT, json=body)
         assert [s["request_id"] for s in server.submissions()] == ["req-stall"]
         with api_client(server) as http:
-            found = http.get(RESULTS, params={"request_id": "req-stall"}).json()
+            task_id = server.submissions()[0]["task_id"]
+            found = http.get(RESULTS, params={"task_id": task_id}).json()
             assert found["code"] == 0
-            assert found["result"]["task_id"] == server.submissions()[0]["task_id"]
 
         # A stalled request still open must not hold up stop().
         outcome: list[object] = []
@@ -661,21 +666,30 @@ def test_callback_early_arrives_before_the_task_is_final_with_the_final_body(
         assert wait_final(http, task_id) == body["sub_task_results"]
 
 
-def test_lookup_by_request_id_can_be_switched_off(make_photo: MakePhoto) -> None:
+def test_by_default_a_request_id_alone_finds_no_task_as_the_docs_promise(
+    client: httpx.Client, make_photo: MakePhoto
+) -> None:
+    answer = submit(client, image=b64(make_photo()), template_id=20, request_id="req-nolookup")
+    task_id = answer["result"]["task_id"]
+    missed = client.get(RESULTS, params={"request_id": "req-nolookup"}).json()
+    assert (missed["code"], missed["message"]) == (1003, "task not found")
+    by_id = client.get(RESULTS, params={"task_id": task_id}).json()
+    assert by_id["code"] == 0
+    assert by_id["result"]["task_id"] == task_id
+
+
+def test_a_lost_answer_leaves_a_task_behind_a_502(make_photo: MakePhoto) -> None:
     with (
         SandboxServer(
-            port=0, latency_ms=0, generation_s=0.2, token=TOKEN, lookup_by_request_id=False
+            port=0, latency_ms=0, generation_s=0.2, token=TOKEN, faults={"lost_answer": 1.0}
         ) as server,
-        api_client(server) as http,
+        api_client(server) as client,
     ):
-        answer = submit(http, image=b64(make_photo()), template_id=20, request_id="req-nolookup")
-        task_id = answer["result"]["task_id"]
-        refused = http.get(RESULTS, params={"request_id": "req-nolookup"}).json()
-        assert refused["code"] == 1001
-        assert refused["message"] == "invalid parameter: task_id required"
-        by_id = http.get(RESULTS, params={"task_id": task_id}).json()
-        assert by_id["code"] == 0
-        assert by_id["result"]["task_id"] == task_id
+        answer = client.post(
+            SUBMIT, json={"image": b64(make_photo()), "template_id": 20, "request_id": "lost"}
+        )
+        assert answer.status_code == 502
+        assert [s["request_id"] for s in server.submissions()] == ["lost"]
 
 
 def test_state_file_keeps_tasks_submissions_photos_and_callbacks_across_a_restart(
@@ -704,7 +718,9 @@ def test_state_file_keeps_tasks_submissions_photos_and_callbacks_across_a_restar
     assert (tmp_path / "sandbox-state.json.d" / "photos").is_dir()
 
     with (
-        SandboxServer(port=port, latency_ms=0, token=TOKEN, state_file=state) as second,
+        SandboxServer(
+            port=port, latency_ms=0, token=TOKEN, state_file=state, lookup_by_request_id=True
+        ) as second,
         api_client(second) as http,
     ):
         assert second.base_url == first.base_url

@@ -318,6 +318,8 @@ class Sandbox:
             if self._closing.is_set():
                 return PlainTextResponse("sandbox shutting down", status_code=503)
             return _NoAnswer()
+        if self._draw(faults.lost_answer):
+            return Response(_BAD_GATEWAY_PAGE, status_code=502, media_type="text/html")
         result = {"task_id": task.task_id, "sub_task_ids": [s.sub_task_id for s in task.sub_tasks]}
         if self._draw(faults.malformed):
             envelope = {"code": OK, "message": "Success", "request_id": task.request_id}
@@ -420,7 +422,7 @@ class Sandbox:
         if not task_id and not request_id:
             raise invalid("task_id or request_id is required")
         if not task_id and not self.config.lookup_by_request_id:
-            raise invalid("task_id required")
+            raise ApiError(TASK_NOT_FOUND, "task not found")
         task = self.tasks.find(task_id, request_id)
         if task is None:
             raise ApiError(TASK_NOT_FOUND, "task not found")

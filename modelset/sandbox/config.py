@@ -24,6 +24,10 @@ class Faults(BaseModel):
     """Per sub-task: final status 3 (generation failed)."""
     reject: float = Field(default=0.0, ge=0.0, le=1.0)
     """Per sub-task: final status 4 (rejected by content review)."""
+    lost_answer: float = Field(default=0.0, ge=0.0, le=1.0)
+    """The task is created, then the answer is lost on its way back: HTTP 502 from a
+    proxy's error page, as a gateway in front of the service answers when the service
+    behind it is slow or restarts after accepting the request."""
     malformed: float = Field(default=0.0, ge=0.0, le=1.0)
     """HTTP 200 with a body that is not a JSON envelope: per submit (after the task is
     created: a truncated envelope) and per results query (an HTML page or truncated JSON)."""
@@ -94,9 +98,11 @@ class SandboxConfig(BaseModel):
     state_file: Path | None = None
     """JSON file keeping tasks, submissions and callbacks across restarts: written
     atomically on every change, read at start."""
-    lookup_by_request_id: bool = True
-    """False: a results query by request_id alone answers 1001 (task_id required), like
-    a service without that lookup."""
+    lookup_by_request_id: bool = False
+    """The public docs promise results by ``task_id`` only, so by default a results
+    query by request_id alone answers 1003 "task not found", even for a task that exists
+    (the least the service could do). True: it finds the task sent with that request_id,
+    one reading of the docs that our earlier sandbox chose."""
 
     @property
     def photo_dir(self) -> Path | None:
