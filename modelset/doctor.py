@@ -28,8 +28,6 @@ from modelset.hidream import (
     HiDreamClient,
     HiDreamError,
     NoCredits,
-    RequestRejected,
-    TaskNotFound,
     Template,
     TokenRejected,
 )
@@ -114,6 +112,7 @@ async def run_checks(
     )
     results.append(await check_callback(settings))
     results.append(await check_lookup(settings, probe.token, store))
+    results.append(check_budget(settings, store))
     return results
 
 
@@ -535,99 +534,100 @@ async def check_callback(settings: Settings) -> CheckResult:
 async def check_lookup(
     settings: Settings, token: SecretStr | None, store: Store | None
 ) -> CheckResult:
-    """Whether the service finds a task by the request_id it was sent with.
+    """Whether a submit whose answer was lost can be resolved by looking its request_id up.
 
-    It takes a request the ledger at the output location says the service accepted,
-    makes sure the service still knows its task (by task_id), then looks it up by
-    request_id. Where the lookup works, HIDREAM_LOOKUP_BY_REQUEST_ID=true lets a submit
-    whose answer was lost be resolved; where the service answers "not found" for it, or
-    refuses or ignores the parameter, the setting must be false: the client takes "not
-    found" as "never created" and would send (and pay for) the photo again.
+    The public docs promise lookups by task_id only, so runs look a lost answer up only
+    with a proof for this base URL (``modelset.ledger.proof``): the one the output location
+    keeps, or, where a run has not taken it yet, one taken now from a request the ledger
+    says the service accepted (one GET, kept for every later run). Either answer is a
+    working configuration; without the lookup, lost answers wait for their callback or
+    ``modelset settle``.
     """
     name = "request_id lookup"
+    if not settings.lookup_by_request_id:
+        return CheckResult(
+            name,
+            True,
+            f"{LOOKUP_SETTING}=false: lost answers are never looked up; they are collected "
+            "by their callback or `modelset settle`",
+        )
     if token is None:
         return CheckResult(name, True, "not checked: needs an accepted token", skipped=True)
     if store is None:
         return CheckResult(name, True, "not checked: needs a usable output location", skipped=True)
     from modelset.ledger import open_ledger
+    from modelset.ledger.proof import read_proof, take_proof
 
     try:
-        record = open_ledger(store).accepted()
+        proof = read_proof(store, settings.base_url)
+        accepted = None if proof is not None else open_ledger(store).accepted()
     except Exception as exc:
         return CheckResult(
             name,
             True,
-            f"cannot tell: the ledger at {store.url} could not be read ({_first_line(exc)})",
+            f"cannot tell: the output location {store.url} could not be read ({_first_line(exc)})",
             skipped=True,
         )
-    if record is None or record.task_id is None:
+    if proof is None and (accepted is None or accepted.task_id is None):
         return CheckResult(
             name,
             True,
-            f"cannot tell yet: the ledger at {store.url} holds no request the service accepted",
-            hint="run the doctor again after a first modelset run there",
+            f"cannot tell yet: the ledger at {store.url} holds no request the service "
+            "accepted; the first run takes the proof",
             skipped=True,
         )
-    task_id, request_id = record.task_id, record.request_id
-    async with doctor_client(settings, token) as client:
-        try:
-            await client.get_result(task_id=task_id)
-        except TaskNotFound:
-            return CheckResult(
-                name,
-                True,
-                f"cannot tell: {settings.base_url} no longer knows task {task_id} of the "
-                "ledger (sent to another service, or expired)",
-                skipped=True,
-            )
-        except HiDreamError as exc:
-            return CheckResult(name, True, f"cannot tell: {exc.message}", skipped=True)
-        why = ""
-        danger = ""
-        try:
-            found = await client.get_result(request_id=request_id)
-        except TaskNotFound:
-            why = f"the service answers 'not found' for request_id {request_id} (task {task_id})"
-            danger = (
-                "with true, a submit whose answer was lost is taken as never created and is "
-                "sent again: paid twice"
-            )
-        except RequestRejected as exc:
-            why = f"the service refuses lookups by request_id ({exc.message})"
-            danger = "with true, a lost answer waits on a lookup that cannot succeed"
-        except HiDreamError as exc:
-            return CheckResult(
-                name, True, f"cannot tell: the lookup failed ({exc.message})", skipped=True
-            )
-        else:
-            if found.task_id is None:
-                why = "the service's answer to a lookup by request_id names no task"
-                danger = "with true, a lost answer waits on a lookup that cannot succeed"
-            elif found.task_id != task_id:
-                why = (
-                    f"the service ignores request_id: looking {request_id} up names task "
-                    f"{found.task_id}, not {task_id}"
-                )
-                danger = "with true, a submit whose answer was lost could take another's task"
-    configured = settings.lookup_by_request_id
-    if not why:
-        detail = f"the service finds task {task_id} by its request_id"
-        if configured:
-            return CheckResult(name, True, f"{detail}: {LOOKUP_SETTING}=true is right")
-        return CheckResult(
-            name,
-            False,
-            f"{detail}: {LOOKUP_SETTING}=true should be set",
-            hint="with false, a submit whose answer was lost stays outcome_unknown",
-            needed=False,
-        )
-    if not configured:
-        return CheckResult(name, True, f"{why}: {LOOKUP_SETTING}=false is right")
+    if proof is None and accepted is not None:
+        async with doctor_client(settings, token) as client:
+            proof = await take_proof(client, store, accepted)
+        if proof is None:
+            return CheckResult(name, True, "cannot tell: the lookup failed", skipped=True)
+    assert proof is not None
+    if proof.finds_by_request_id:
+        return CheckResult(name, True, f"{proof.describe()}: lost answers are looked up")
+    callbacks = settings.notify_url() is not None
     return CheckResult(
         name,
-        False,
-        f"{why}: {LOOKUP_SETTING}=false should be set",
-        hint=danger,
+        callbacks,
+        f"{proof.describe()}: a lost answer is never resent; "
+        + (
+            "its callback collects it"
+            if callbacks
+            else "it stays paid, not collected until `modelset settle` collects it"
+        ),
+        hint="" if callbacks else "configure callbacks (HIDREAM_CALLBACK_URL) to collect them",
+        needed=False,
+    )
+
+
+# -- 7: the budget across runs ---------------------------------------------------------------
+
+
+def check_budget(settings: Settings, store: Store | None) -> CheckResult:
+    """What HIDREAM_BUDGET_IMAGES has left this period at the output location."""
+    name = "budget"
+    if settings.budget_images is None:
+        return CheckResult(
+            name, True, "no budget across runs (HIDREAM_BUDGET_IMAGES is not set)", skipped=True
+        )
+    if store is None:
+        return CheckResult(name, True, "not checked: needs a usable output location", skipped=True)
+    from modelset.budget import PeriodBudget
+
+    budget = PeriodBudget(
+        store,
+        limit=settings.budget_images,
+        kind=settings.budget_period,
+        zone=settings.budget_timezone,
+    )
+    try:
+        left = budget.left()
+    except Exception as exc:
+        return CheckResult(name, False, f"could not be read ({_first_line(exc)})")
+    return CheckResult(
+        name,
+        left.left > 0,
+        left.describe(),
+        hint="nothing is sent until it resets; raise HIDREAM_BUDGET_IMAGES to send sooner",
         needed=False,
     )
 

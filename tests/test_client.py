@@ -85,7 +85,8 @@ async def test_official_example_bodies_both_succeed(sandbox: SandboxServer, phot
     assert len(sandbox.submissions()) == 2
 
 
-async def test_lookup_by_task_and_request_id(sandbox: SandboxServer, photo: Path) -> None:
+async def test_lookup_by_task_and_request_id(sandbox_factory: SandboxFactory, photo: Path) -> None:
+    sandbox = sandbox_factory(lookup_by_request_id=True)
     async with client_for(sandbox) as client:
         receipt = await client.submit_variation(photo, 20, request_id="lookup-me")
         by_request = await client.get_result(request_id="lookup-me")
@@ -148,11 +149,13 @@ async def test_throttling_is_survived_and_retry_after_honoured(
     assert len(server.submissions()) == 4
 
 
-async def test_stalled_submit_is_resolved_by_request_id_lookup(
+async def test_stalled_submit_is_resolved_by_a_lookup_proven_to_work(
     sandbox_factory: SandboxFactory, photo: Path
 ) -> None:
-    server = sandbox_factory(faults={"stall": 1.0})
-    async with client_for(server, read_timeout=1.0) as client:
+    server = sandbox_factory(faults={"stall": 1.0}, lookup_by_request_id=True)
+    async with client_for(
+        server, submit_timeout=1.0, read_timeout=1.0, request_id_lookup_proven=True
+    ) as client:
         receipt = await client.submit_variation(photo, 20, request_id="stalled-1")
     assert receipt.found_by_lookup
     submissions = server.submissions()
@@ -161,24 +164,43 @@ async def test_stalled_submit_is_resolved_by_request_id_lookup(
     assert submissions[0]["task_id"] == receipt.task_id
 
 
-async def test_stalled_submit_without_lookup_is_outcome_unknown_and_not_resent(
+@pytest.mark.parametrize("fault", ["stall", "lost_answer", "server_error"])
+async def test_a_lost_answer_without_a_proven_lookup_is_outcome_unknown_and_not_resent(
+    sandbox_factory: SandboxFactory, photo: Path, caplog: pytest.LogCaptureFixture, fault: str
+) -> None:
+    caplog.set_level(logging.INFO)
+    # The sandbox would find the task by request_id, but nobody has shown the client so.
+    server = sandbox_factory(faults={fault: 1.0}, lookup_by_request_id=True)
+    async with client_for(server, submit_timeout=1.0) as client:
+        with pytest.raises(OutcomeUnknown) as raised:
+            await client.submit_variation(photo, 20, request_id="lost-1")
+    assert raised.value.request_id == "lost-1"
+    assert "paid" in raised.value.message
+    assert len(server.submissions()) == (0 if fault == "server_error" else 1)
+    assert sandbox_requests(caplog, "POST") <= 1, "sent once, never again"
+    assert sandbox_requests(caplog, "GET /api-pub") == 0, "no lookup without proof"
+
+
+async def test_a_submit_waits_longer_than_a_read_for_its_answer(
     sandbox_factory: SandboxFactory, photo: Path
 ) -> None:
-    server = sandbox_factory(faults={"stall": 1.0})
-    async with client_for(server, read_timeout=1.0, lookup_by_request_id=False) as client:
-        with pytest.raises(OutcomeUnknown) as raised:
-            await client.submit_variation(photo, 20, request_id="stalled-2")
-    assert raised.value.request_id == "stalled-2"
-    assert len(server.submissions()) == 1
+    server = sandbox_factory(latency_ms=1500)
+    async with client_for(server, read_timeout=0.5, submit_timeout=5.0, max_attempts=1) as client:
+        receipt = await client.submit_variation(photo, 20, request_id="slow-accept")
+        with pytest.raises(ServiceError):
+            await client.get_result(task_id=receipt.task_id)
+    assert [s["request_id"] for s in server.submissions()] == ["slow-accept"]
 
 
 async def test_server_errors_before_a_task_exists_are_resent_after_lookup(
     sandbox_factory: SandboxFactory, tmp_path: Path
 ) -> None:
-    server = sandbox_factory(faults={"server_error": 0.5}, seed=11)
+    server = sandbox_factory(faults={"server_error": 0.5}, seed=11, lookup_by_request_id=True)
     photos = [make_photo(tmp_path / f"s{i}.jpg", colour=(30 * i, 60, 200)) for i in range(6)]
     # read_timeout sets the pause before "not found" is asked again: keep it short here.
-    async with client_for(server, max_attempts=8, read_timeout=2.0) as client:
+    async with client_for(
+        server, max_attempts=8, read_timeout=2.0, request_id_lookup_proven=True
+    ) as client:
         for i, path in enumerate(photos):
             await client.submit_variation(path, 20, request_id=f"s{i}")
     request_ids = [s["request_id"] for s in server.submissions()]
@@ -188,8 +210,10 @@ async def test_server_errors_before_a_task_exists_are_resent_after_lookup(
 async def test_persistent_server_errors_give_up_with_a_service_error(
     sandbox_factory: SandboxFactory, photo: Path
 ) -> None:
-    server = sandbox_factory(faults={"server_error": 1.0})
-    async with client_for(server, max_attempts=2, read_timeout=2.0) as client:
+    server = sandbox_factory(faults={"server_error": 1.0}, lookup_by_request_id=True)
+    async with client_for(
+        server, max_attempts=2, read_timeout=2.0, request_id_lookup_proven=True
+    ) as client:
         with pytest.raises(ServiceError, match="HTTP 500"):
             await client.submit_variation(photo, 20, request_id="e1")
     assert server.submissions() == []

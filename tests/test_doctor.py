@@ -162,43 +162,57 @@ def test_a_bucket_that_ignores_conditional_writes_exits_2_naming_it(
     assert "ignores conditional writes" in output
 
 
-def test_the_lookup_line_says_whether_the_service_finds_a_request_id(
+def test_the_lookup_line_shows_the_proof_the_run_took(
     sandbox_factory: SandboxFactory, tmp_path: Path, prefect_server: str
 ) -> None:
-    out, state = tmp_path / "out", tmp_path / "sandbox.json"
-    first = sandbox_factory(state_file=state)
+    out = tmp_path / "out"
+    documented = sandbox_factory()  # results by task_id only, as the public docs promise
     photo = make_photo(tmp_path / "in" / "look.jpg")
     ran = modelset(
         "run",
         str(photo),
         "-t",
         "20",
-        env={**hidream_env(first, out), "PREFECT_API_URL": prefect_server},
+        env={**hidream_env(documented, out), "PREFECT_API_URL": prefect_server},
         cwd=tmp_path,
         timeout=240,
     )
     assert ran.returncode == 0, explain(ran)
+    proofs = list((out / ".modelset" / "lookup-proofs").glob("*.json"))
+    assert len(proofs) == 1, "the run took the proof from its first accepted request"
 
-    found = modelset("doctor", env=hidream_env(first, out), cwd=tmp_path)
-    assert found.returncode == 0, explain(found)
-    lookup = lines(found)["request_id lookup"]
-    assert lookup.startswith("✓")
-    assert "HIDREAM_LOOKUP_BY_REQUEST_ID=true is right" in lookup
-
-    # The same service, its tasks kept, now answering result queries by task_id only.
-    first.stop()
-    second = sandbox_factory(state_file=state, lookup_by_request_id=False)
-    refused = modelset("doctor", env=hidream_env(second, out), cwd=tmp_path)
-    assert refused.returncode == 0, explain(refused)  # advice: nothing the run needs
-    lookup = lines(refused)["request_id lookup"]
+    shown = modelset("doctor", env=hidream_env(documented, out), cwd=tmp_path)
+    assert shown.returncode == 0, explain(shown)  # advice: nothing the run needs
+    lookup = lines(shown)["request_id lookup"]
     assert lookup.startswith("!")
-    assert "HIDREAM_LOOKUP_BY_REQUEST_ID=false should be set" in lookup
+    assert "not proven" in lookup and "'task not found'" in lookup
+    assert "a lost answer is never resent" in lookup
+    assert "HIDREAM_CALLBACK_URL" in lookup
 
-    env = hidream_env(second, out, HIDREAM_LOOKUP_BY_REQUEST_ID="false")
-    agreed = modelset("doctor", env=env, cwd=tmp_path)
-    assert lines(agreed)["request_id lookup"].startswith("✓")
-    assert "HIDREAM_LOOKUP_BY_REQUEST_ID=false is right" in lines(agreed)["request_id lookup"]
-    assert len(second.submissions()) == 1, "only the run paid"
+    # Another output location, whose ledger holds a request this service accepted but
+    # no proof yet: the doctor takes it (one lookup) and keeps it.
+    finds = sandbox_factory(lookup_by_request_id=True)
+    other = tmp_path / "other"
+    ran = modelset(
+        "run",
+        str(photo),
+        "-t",
+        "20",
+        env={
+            **hidream_env(finds, other, HIDREAM_LOOKUP_BY_REQUEST_ID="false"),
+            "PREFECT_API_URL": prefect_server,
+        },
+        cwd=tmp_path,
+        timeout=240,
+    )
+    assert ran.returncode == 0, explain(ran)
+    assert not (other / ".modelset" / "lookup-proofs").exists(), "false: no lookup at all"
+    proven = modelset("doctor", env=hidream_env(finds, other), cwd=tmp_path)
+    lookup = lines(proven)["request_id lookup"]
+    assert lookup.startswith("✓"), lookup
+    assert "proven on" in lookup and "lost answers are looked up" in lookup
+    assert len(list((other / ".modelset" / "lookup-proofs").glob("*.json"))) == 1
+    assert len(documented.submissions()) == len(finds.submissions()) == 1, "only runs paid"
 
 
 def write_prefect_yaml(path: Path, *pools: str) -> Path:

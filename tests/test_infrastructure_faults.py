@@ -234,7 +234,12 @@ class Batch:
     def env(self) -> dict[str, str]:
         return {
             **os.environ,
-            **hidream_env(self.sandbox, HIDREAM_READ_TIMEOUT="5", HIDREAM_CONNECT_TIMEOUT="2"),
+            **hidream_env(
+                self.sandbox,
+                HIDREAM_READ_TIMEOUT="5",
+                HIDREAM_SUBMIT_TIMEOUT="5",
+                HIDREAM_CONNECT_TIMEOUT="2",
+            ),
             "PREFECT_API_URL": self.server.api_url,
         }
 

@@ -178,6 +178,7 @@ def test_lost_submit_answer_is_resolved_without_paying_twice(
     stalling = sandbox_factory(faults={"stall": 1.0})
     monkeypatch.setenv("HIDREAM_BASE_URL", stalling.base_url)
     monkeypatch.setenv("HIDREAM_READ_TIMEOUT", "1")
+    monkeypatch.setenv("HIDREAM_SUBMIT_TIMEOUT", "1")
     out = tmp_path / "out"
     state = run([str(make_photo(tmp_path / "in" / "p.jpg"))], [20], out=str(out))
     assert state.is_completed(), state.message

@@ -40,6 +40,7 @@ from PIL import Image
 from prefect.client.schemas.objects import State
 
 from modelset.flows.generate import generate_model_sets
+from modelset.ledger.proof import read_proof
 from modelset.options import RunOptions
 from modelset.sandbox import SandboxServer
 from modelset.sandbox.callbacks import mask_url, masked_urls
@@ -52,6 +53,10 @@ PHOTOS = 50
 TEMPLATE = 20
 CALLBACK_SECRET = "cb-secret-7Qx2vR9"  # a test value that must never be printed
 MATRIX_SANDBOX: dict[str, Any] = {"generation_s": 0.3, "images_per_set": 2, "seed": 11}
+# Where a test's faults lose answers, the sandbox finds tasks by request_id: the pipeline
+# proves it from the first accepted request and resolves every lost answer by lookup.
+# test_lost_answers_against_the_documented_contract_are_never_paid_twice runs without it.
+FINDS_BY_REQUEST_ID: dict[str, Any] = {**MATRIX_SANDBOX, "lookup_by_request_id": True}
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +92,7 @@ class Harness:
             "HIDREAM_POLL_MAX_INTERVAL": "0.3",
             "HIDREAM_MAX_RETRY_AFTER": "0.2",
             "HIDREAM_READ_TIMEOUT": "5",
+            "HIDREAM_SUBMIT_TIMEOUT": "5",
             "HIDREAM_CONNECT_TIMEOUT": "2",
             **extra,
         }
@@ -286,9 +292,9 @@ def test_throttle_bursts_with_retry_after(
 def test_http_500s_on_submit(
     harness: Harness, sandbox_factory: SandboxFactory, batch: Path, out_location: str
 ) -> None:
-    sandbox = sandbox_factory(**MATRIX_SANDBOX, faults={"server_error": 0.3})
+    sandbox = sandbox_factory(**FINDS_BY_REQUEST_ID, faults={"server_error": 0.3})
     # A lookup that finds nothing is asked again after read_timeout / 2: keep it short.
-    harness.point_at(sandbox, HIDREAM_READ_TIMEOUT="2")
+    harness.point_at(sandbox, HIDREAM_READ_TIMEOUT="2", HIDREAM_SUBMIT_TIMEOUT="2")
     out = out_location
     run_until_done(harness, batch, out, sandbox)
     assert sandbox_lines(harness.caplog, "-> 500") >= 10
@@ -296,11 +302,11 @@ def test_http_500s_on_submit(
     harness.assert_no_secrets(out)
 
 
-def test_accept_then_stall_submits_are_found_by_request_id(
+def test_accept_then_stall_submits_are_found_by_a_proven_request_id_lookup(
     harness: Harness, sandbox_factory: SandboxFactory, batch: Path, out_location: str
 ) -> None:
-    sandbox = sandbox_factory(**MATRIX_SANDBOX, faults={"stall": 0.3})
-    harness.point_at(sandbox, HIDREAM_READ_TIMEOUT="1")
+    sandbox = sandbox_factory(**FINDS_BY_REQUEST_ID, faults={"stall": 0.3})
+    harness.point_at(sandbox, HIDREAM_READ_TIMEOUT="1", HIDREAM_SUBMIT_TIMEOUT="1")
     out = out_location
     run_until_done(harness, batch, out, sandbox)
     assert sandbox_lines(harness.caplog, "-> no answer") >= 5
@@ -308,10 +314,48 @@ def test_accept_then_stall_submits_are_found_by_request_id(
     harness.assert_no_secrets(out)
 
 
+def test_lost_answers_against_the_documented_contract_are_never_paid_twice(
+    harness: Harness, sandbox_factory: SandboxFactory, tmp_path: Path, out_location: str
+) -> None:
+    """An upstream that follows HiDream's docs to the letter (results by task_id only: a
+    lookup by request_id answers "task not found") and loses the answer to 30 % of the
+    submits after creating their tasks (a 502 from a proxy): every photo is paid once,
+    the lost ones are reported paid, not collected, and a rerun pays nothing."""
+    folder = tmp_path / "in"
+    for index in range(12):
+        make_photo(folder / f"p{index:02d}.jpg", size=(96, 128), colour=(index * 20, 90, 160))
+    sandbox = sandbox_factory(**MATRIX_SANDBOX, faults={"lost_answer": 0.3})
+    harness.point_at(sandbox)
+
+    first = harness.run([str(folder)], out_location)
+
+    lost = sandbox_lines(harness.caplog, "-> 502")
+    assert lost >= 2, "seed 11 loses some answers"
+    assert accepted_twice(sandbox) == [], "a photo was paid twice"
+    assert len(sandbox.submissions()) == 12
+    rows = manifest(out_location)
+    unknown = [row for row in rows if row["status"] == "outcome_unknown"]
+    assert len(unknown) == lost
+    assert all(row["reason"].startswith("paid, not collected") for row in unknown), unknown
+    assert sum(row["status"] == "succeeded" for row in rows) == 12 - lost
+    assert first.is_failed()
+    assert f"{lost} sets paid, not collected" in (first.message or "")
+    assert f"modelset settle {out_location}" in read_text(open_store(out_location), "index.html")
+    proof = read_proof(open_store(out_location), sandbox.base_url)
+    assert proof is not None and not proof.finds_by_request_id, proof
+    assert proof.answer == "'task not found'"
+
+    harness.run([str(folder)], out_location)
+
+    assert len(sandbox.submissions()) == 12, "a rerun resent a lost answer"
+    assert [row["status"] for row in manifest(out_location)].count("outcome_unknown") == lost
+    harness.assert_no_secrets(out_location)
+
+
 def test_malformed_json_answers(
     harness: Harness, sandbox_factory: SandboxFactory, batch: Path, folder_out: str
 ) -> None:
-    sandbox = sandbox_factory(**MATRIX_SANDBOX, faults={"malformed": 0.25})
+    sandbox = sandbox_factory(**FINDS_BY_REQUEST_ID, faults={"malformed": 0.25})
     harness.point_at(sandbox)
     out = folder_out
     run_until_done(harness, batch, out, sandbox)
@@ -402,9 +446,9 @@ def test_sandbox_stopped_and_restarted_mid_batch(
     when it stops; the restarted sandbox keeps its tasks (--state)."""
     state_file = tmp_path / "sandbox" / "state.json"
     first = restarter.start(
-        after=20, down_s=1.5, state_file=state_file, **MATRIX_SANDBOX, faults={"stall": 0.1}
+        after=20, down_s=1.5, state_file=state_file, **FINDS_BY_REQUEST_ID, faults={"stall": 0.1}
     )
-    harness.point_at(first, HIDREAM_READ_TIMEOUT="3")
+    harness.point_at(first, HIDREAM_READ_TIMEOUT="3", HIDREAM_SUBMIT_TIMEOUT="3")
     out = out_location
     harness.run([str(batch)], out)
     second = restarter.join()

@@ -6,10 +6,15 @@ Retry rule:
   timeouts, HTTP 5xx, malformed answers and throttling.
 - A submit retries what certainly did not reach the service (connect errors) and
   throttling. A submit answered by a timeout, a broken connection, HTTP 5xx or code
-  2004 may have created a task: it is *outcome unknown*. It is resolved by looking the
-  ``request_id`` up (found: that task is the answer; not found: safe to send again);
-  where the service cannot answer that lookup, :class:`OutcomeUnknown` is raised and the
-  submit is never resent blindly.
+  2004 may have created a task (and been billed): it is *outcome unknown*, and
+  :class:`OutcomeUnknown` is raised. Only where the service has been shown to find a
+  task by the ``request_id`` it was sent with (``request_id_lookup_proven``, set by the
+  caller from a proof it took: ``modelset.proofs``) is it looked up instead: found, that
+  task is the answer; not found twice, a pause apart, it is sent again. The public docs
+  promise results by ``task_id`` only, and a service that answers "not found" for every
+  request_id would have every resend paid twice.
+- A submit waits ``submit_timeout`` for its answer (default 180 s), longer than reads:
+  a timeout cut short by the client is itself a lost answer.
 - A rejected token, a full account or a rejected input are never retried.
 - Throttling slows the whole client down: every request waits out the latest
   ``Retry-After`` (seconds or HTTP-date, capped by ``max_retry_after``).
@@ -92,7 +97,8 @@ class HiDreamClient:
         read_timeout: float = 60.0,
         max_attempts: int = 5,
         max_retry_after: float = 60.0,
-        lookup_by_request_id: bool = True,
+        submit_timeout: float = 180.0,
+        request_id_lookup_proven: bool = False,
         poll_interval: float = 1.0,
         poll_max_interval: float = 15.0,
         poll_deadline: float = 1800.0,
@@ -105,7 +111,10 @@ class HiDreamClient:
         self.base_url = base_url.rstrip("/")
         self.max_attempts = max_attempts
         self.max_retry_after = max_retry_after
-        self.lookup_by_request_id = lookup_by_request_id
+        self.request_id_lookup_proven = request_id_lookup_proven
+        self._submit_timeout = httpx.Timeout(
+            submit_timeout, connect=connect_timeout, write=submit_timeout
+        )
         self.poll_interval = poll_interval
         self.poll_max_interval = poll_max_interval
         self.poll_deadline = poll_deadline
@@ -143,7 +152,7 @@ class HiDreamClient:
             read_timeout=settings.read_timeout,
             max_attempts=settings.max_attempts,
             max_retry_after=settings.max_retry_after,
-            lookup_by_request_id=settings.lookup_by_request_id,
+            submit_timeout=settings.submit_timeout,
             poll_interval=settings.poll_interval,
             poll_max_interval=settings.poll_max_interval,
             poll_deadline=settings.poll_deadline,
@@ -190,7 +199,9 @@ class HiDreamClient:
         throttles = 0
         while attempt < self.max_attempts:
             try:
-                envelope = await self._send("POST", SUBMIT_PATH, json=body, may_be_sent=True)
+                envelope = await self._send(
+                    "POST", SUBMIT_PATH, json=body, may_be_sent=True, waits=self._submit_timeout
+                )
             except Throttled as exc:
                 throttles += 1
                 if throttles > _THROTTLE_RETRIES:
@@ -200,15 +211,16 @@ class HiDreamClient:
             except ConnectFailed as exc:
                 last_error = exc
             except ServiceError as exc:
-                if request_id is None or not self.lookup_by_request_id:
+                if request_id is None or not self.request_id_lookup_proven:
                     raise OutcomeUnknown(
-                        f"the submit may have reached the service ({exc.message}) and "
-                        "cannot be looked up; not resent",
+                        f"the submit may have reached the service and been paid for "
+                        f"({exc.message}); the service is not known to find it by its "
+                        "request_id, so it is not resent",
                         request_id=request_id,
                     ) from exc
                 # A short pause first, so a request still being processed has landed.
                 await asyncio.sleep(_backoff(attempt + 1))
-                found = await self._find_submission(request_id, cause=exc)
+                found = await self.find_submission(request_id, cause=exc.message)
                 if found is not None:
                     return found
                 last_error = exc
@@ -321,8 +333,11 @@ class HiDreamClient:
 
     # -- plumbing ----------------------------------------------------------------------
 
-    async def _find_submission(self, request_id: str, *, cause: HiDreamError) -> Receipt | None:
-        """Resolve an outcome-unknown submit: its receipt, None if never created, else raise.
+    async def find_submission(self, request_id: str, *, cause: str) -> Receipt | None:
+        """Resolve an outcome-unknown submit by its request_id: its receipt, None if never
+        created, else raise :class:`OutcomeUnknown`. Only meaningful where the service has
+        been shown to find tasks by request_id (``request_id_lookup_proven``); ``cause``
+        says why the outcome is unknown.
 
         "Not found" is asked twice, a pause apart: a request the service is still
         processing would be found by the second look, and must not be sent again.
@@ -338,13 +353,13 @@ class HiDreamClient:
             return None
         except HiDreamError as exc:
             raise OutcomeUnknown(
-                f"the submit may have reached the service ({cause.message}) and looking "
+                f"the submit may have reached the service ({cause}) and looking "
                 f"its request_id up failed ({exc.message}); not resent",
                 request_id=request_id,
             ) from exc
         if result.task_id is None:
             raise OutcomeUnknown(
-                f"the submit may have reached the service ({cause.message}) and the "
+                f"the submit may have reached the service ({cause}) and the "
                 "service's lookup does not name a task; not resent",
                 request_id=request_id,
             )
@@ -382,6 +397,7 @@ class HiDreamClient:
         params: dict[str, Any] | None = None,
         json: dict[str, Any] | None = None,
         may_be_sent: bool,
+        waits: httpx.Timeout | None = None,
     ) -> Envelope:
         delay = self._resume_at - time.monotonic()
         if delay > 0:
@@ -389,7 +405,12 @@ class HiDreamClient:
         headers = {"Authorization": f"Bearer {self._token.get_secret_value()}"}
         try:
             response = await self._http.request(
-                method, path, params=params, json=json, headers=headers
+                method,
+                path,
+                params=params,
+                json=json,
+                headers=headers,
+                timeout=waits or httpx.USE_CLIENT_DEFAULT,
             )
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise ConnectFailed(f"could not connect to {self.base_url}: {_describe(exc)}") from None
