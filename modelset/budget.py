@@ -11,13 +11,17 @@ whole on a folder or a bucket.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
+from functools import partial
+from typing import Literal, TypeVar
+from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, Field
 
-from modelset.ledger import LedgerRecord
-from modelset.storage import Store, off_loop, update
+from modelset.ledger import Ledger, LedgerRecord, SubmissionState
+from modelset.storage import Store, off_loop, read_or_none, update
 
 T = TypeVar("T")
 
@@ -77,10 +81,14 @@ class Budget:
             tally.reserved -= reserved
             if tally.probing.get(template_id):
                 tally.probing[template_id] -= 1
-            if record is not None and record.task_id is not None and record.sub_task_ids:
+            if record is None:
+                return
+            ours = record.claimed_by_run == run_id
+            if record.task_id is not None and record.sub_task_ids:
                 tally.set_sizes[template_id] = len(record.sub_task_ids)
-                if record.claimed_by_run == run_id:
-                    tally.spent += len(record.sub_task_ids)
+                tally.spent += len(record.sub_task_ids) if ours else 0
+            elif ours and record.state is SubmissionState.UNKNOWN:
+                tally.spent += reserved  # its answer was lost: it may have been paid
 
         await self._run(apply)
 
@@ -108,3 +116,207 @@ class Budget:
             return tally.model_dump_json().encode(), value
 
         return update(store, key, apply)
+
+
+BUDGET_PREFIX = ".modelset/budget"
+BudgetPeriod = Literal["day", "month"]
+
+
+@dataclass(frozen=True)
+class Period:
+    """One day or month of the budget, in the user's time zone."""
+
+    kind: BudgetPeriod
+    starts: datetime
+    resets: datetime
+
+    @classmethod
+    def containing(cls, moment: datetime, kind: BudgetPeriod, zone: str) -> Period:
+        local = moment.astimezone(ZoneInfo(zone))
+        if kind == "day":
+            first = local.date()
+            following = first + timedelta(days=1)
+        else:
+            first = local.date().replace(day=1)
+            following = (first + timedelta(days=32)).replace(day=1)
+        tz = ZoneInfo(zone)
+        return cls(
+            kind,
+            datetime.combine(first, time(), tzinfo=tz),
+            datetime.combine(following, time(), tzinfo=tz),
+        )
+
+    @property
+    def name(self) -> str:
+        """``day-2026-12-07`` or ``month-2026-12``: its object in the output location."""
+        day = self.starts.date().isoformat()
+        return f"day-{day}" if self.kind == "day" else f"month-{day[:7]}"
+
+    def resets_at(self) -> str:
+        return self.resets.strftime("%Y-%m-%d %H:%M %Z")
+
+
+class _Spending(BaseModel):
+    """What one period's budget object holds: images spent, and sends reserved."""
+
+    limit: int
+    spent: int = 0
+    # "<ledger key> <run id>" -> images reserved for a send not yet settled.
+    open: dict[str, int] = Field(default_factory=dict)
+    announced: bool = False  # modelset.budget.exhausted was emitted for this period
+
+    @property
+    def taken(self) -> int:
+        return self.spent + sum(self.open.values())
+
+
+@dataclass(frozen=True)
+class Reservation:
+    period: str
+    entry: str
+    images: int
+
+
+@dataclass(frozen=True)
+class BudgetLeft:
+    limit: int
+    left: int
+    period: Period
+
+    def describe(self) -> str:
+        return (
+            f"{self.left} of {self.limit} images left this {self.period.kind} "
+            f"(resets {self.period.resets_at()})"
+        )
+
+
+class PeriodBudget:
+    """``HIDREAM_BUDGET_IMAGES`` per day or month, across every run sharing the output location.
+
+    One object per period, ``.modelset/budget/<period>.json``, changed only by
+    compare-and-swap through the storage seam, so concurrent runs, workers and
+    deployments never reserve more than the limit together. A send reserves what it may
+    cost while it holds the ledger's claim on its key, before it is sent; it is then
+    spent at the set size the service declared (or at the reservation, when the answer
+    was lost: it may have been paid), or given back when the send certainly created
+    nothing; collecting the set refunds what the service did not generate.
+
+    A reservation left by a run that died is given back only once the ledger shows its
+    set unsent (the key's claim is free and its record holds no send of that run), and
+    spent when it shows it sent: never on a guess.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        limit: int,
+        kind: BudgetPeriod = "day",
+        zone: str = "UTC",
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.store = store
+        self.limit = limit
+        self.kind: BudgetPeriod = kind
+        self.zone = zone
+        self._now = now
+        self.exhausted: Callable[[BudgetLeft], Awaitable[None]] | None = None
+
+    def period(self) -> Period:
+        return Period.containing(self._now(), self.kind, self.zone)
+
+    def refusal(self, period: Period) -> str:
+        return f"budget of {self.limit} images per {self.kind} spent; resets {period.resets_at()}"
+
+    def left(self) -> BudgetLeft:
+        period = self.period()
+        blob = read_or_none(self.store, self._key(period.name))
+        taken = _Spending.model_validate_json(blob.data).taken if blob is not None else 0
+        return BudgetLeft(self.limit, max(0, self.limit - taken), period)
+
+    async def reserve(
+        self, key: str, run_id: str, images: int, ledger: Ledger
+    ) -> Reservation | str:
+        """Room for one send of ``key`` by ``run_id`` (held under the key's claim), or the
+        reason it does not fit. A refusal first gives back what dead runs left reserved."""
+        period = self.period()
+        entry = f"{key} {run_id}"
+        reserved = await self._reserve(period, entry, images)
+        if reserved is None:
+            await self._give_back_abandoned(period, ledger, exclude=entry)
+            reserved = await self._reserve(period, entry, images)
+        if reserved is None:
+            if await self._change(period.name, _announce) and self.exhausted is not None:
+                await self.exhausted(BudgetLeft(self.limit, 0, period))
+            return self.refusal(period)
+        return reserved
+
+    async def spend(self, reservation: Reservation, images: int) -> None:
+        """The send may have been paid for: ``images`` are spent."""
+        await self._change(reservation.period, partial(_settle, reservation.entry, images))
+
+    async def release(self, reservation: Reservation) -> None:
+        """The send certainly created nothing: its reservation is given back."""
+        await self._change(reservation.period, partial(_settle, reservation.entry, 0))
+
+    async def refund(self, period: str, images: int) -> None:
+        """A collected set generated ``images`` fewer than were spent for it."""
+        if images > 0:
+            await self._change(period, partial(_refund, images))
+
+    async def _reserve(self, period: Period, entry: str, images: int) -> Reservation | None:
+        def add(spending: _Spending) -> bool:
+            if entry in spending.open:
+                return True
+            if spending.taken + images > spending.limit:
+                return False
+            spending.open[entry] = images
+            return True
+
+        fits = await self._change(period.name, add)
+        return Reservation(period.name, entry, images) if fits else None
+
+    async def _give_back_abandoned(self, period: Period, ledger: Ledger, *, exclude: str) -> None:
+        blob = await off_loop(self.store, read_or_none, self.store, self._key(period.name))
+        if blob is None:
+            return
+        for entry, images in _Spending.model_validate_json(blob.data).open.items():
+            if entry == exclude:
+                continue
+            key, _, run_id = entry.partition(" ")
+            async with ledger.locks.hold(key, wait=False) as hold:
+                if hold is None:
+                    continue  # its sender holds the key: the reservation is live
+                record = await ledger.run(ledger.read, key)
+                sent = record is not None and record.claimed_by_run == run_id
+                paid = (record.images_paid or images) if sent and record is not None else 0
+                await self._change(period.name, partial(_settle, entry, paid))
+
+    async def _change(self, period: str, change: Callable[[_Spending], T]) -> T:
+        def apply(data: bytes | None) -> tuple[bytes, T]:
+            spending = _Spending.model_validate_json(data) if data else _Spending(limit=self.limit)
+            spending.limit = self.limit  # the setting in force decides what fits
+            value = change(spending)
+            return spending.model_dump_json().encode(), value
+
+        return await off_loop(self.store, update, self.store, self._key(period), apply)
+
+    @staticmethod
+    def _key(period: str) -> str:
+        return f"{BUDGET_PREFIX}/{period}.json"
+
+
+def _settle(entry: str, images: int, spending: _Spending) -> None:
+    if spending.open.pop(entry, None) is not None:
+        spending.spent += images
+
+
+def _refund(images: int, spending: _Spending) -> None:
+    spending.spent = max(0, spending.spent - images)
+
+
+def _announce(spending: _Spending) -> bool:
+    """Whether this refusal is the period's first (its event is emitted once)."""
+    first = not spending.announced
+    spending.announced = True
+    return first

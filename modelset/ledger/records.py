@@ -37,6 +37,7 @@ class LedgerRecord(BaseModel):
     outputs: list[str] = Field(default_factory=list)
     claimed_by: str = ""  # host:pid of the last writer
     claimed_by_run: str = ""  # the run that made this attempt
+    budget_period: str | None = None  # the period budget this attempt was spent under
     updated: str = ""
 
     @property

@@ -15,6 +15,8 @@ ledger on a bucket) run them in worker threads.
 from __future__ import annotations
 
 import contextlib
+import random
+import time
 from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ from modelset.storage._exceptions import AlreadyExists, NotFound, PreconditionFa
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 _CAS_ATTEMPTS = 50
+_CAS_BACKOFF_CAP_S = 0.25
 CHUNK_SIZE = 1024 * 1024
 Chunks = Generator[bytes, None, None]
 """A stream of an object's bytes; ``close()`` it to stop early."""
@@ -137,7 +140,7 @@ def update(store: Store, key: str, change: Callable[[bytes | None], tuple[bytes,
     value handed back to the caller. It may run more than once. Bytes that did not change
     are not written again.
     """
-    for _ in range(_CAS_ATTEMPTS):
+    for attempt in range(_CAS_ATTEMPTS):
         current = read_or_none(store, key)
         data, value = change(None if current is None else current.data)
         if current is not None and data == current.data:
@@ -148,6 +151,9 @@ def update(store: Store, key: str, change: Callable[[bytes | None], tuple[bytes,
             else:
                 store.swap(key, data, current.etag)
         except (AlreadyExists, PreconditionFailed):
+            # Lost a race: back off a little (jittered) so that many writers of one hot
+            # object (a budget shared by concurrent runs) take turns instead of colliding.
+            time.sleep(random.uniform(0, min(_CAS_BACKOFF_CAP_S, 0.002 * 2**attempt)))
             continue
         return value
     raise PreconditionFailed(f"{store.url}: {key} kept changing under {_CAS_ATTEMPTS} writes")
