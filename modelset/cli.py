@@ -149,6 +149,45 @@ def templates(
 
 
 @app.command()
+def settle(
+    out: Annotated[str, typer.Argument(help="The output location: a folder or s3://...")],
+    task: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="The task a lost send created, as ITEM/TEMPLATE=TASK_ID (HiDream's console "
+            "lists the account's tasks); repeat.",
+        ),
+    ] = None,
+) -> None:
+    """Settle the sets paid, not collected: sends whose answer was lost.
+
+    Each is collected where its task is known: named with --task, or found by its
+    request_id where the service is proven to find tasks so. The others are listed with
+    what settles them. Exit 0 when none is left unsettled, 1 otherwise.
+    """
+    from modelset.flows.collect import settle_unknown
+
+    named: dict[tuple[str, int], str] = {}
+    for entry in task or []:
+        set_key, equals, task_id = entry.partition("=")
+        item, slash, template = set_key.rpartition("/")
+        if not (equals and slash and item and template.isdigit() and task_id):
+            fail(f"--task {entry!r}: expected ITEM/TEMPLATE=TASK_ID", EXIT_USAGE)
+        named[(item, int(template))] = task_id
+    settled = run_async(settle_unknown(out, named))
+    if not settled:
+        console.print(f"nothing to settle in {out}: no send has an unknown outcome")
+        return
+    table = Table("item", "template", "request_id", "outcome", title="paid, not collected")
+    for one in settled:
+        record = one.record
+        table.add_row(record.item, str(record.template_id), record.request_id, one.outcome)
+    console.print(table)
+    if any(one.record.task_id is None for one in settled):
+        raise typer.Exit(EXIT_ITEMS_FAILED)
+
+
+@app.command()
 def status(task_id: Annotated[str, typer.Argument(help="The task_id a submit returned.")]) -> None:
     """Show a task's sub-tasks, their status and image URLs."""
 
@@ -535,7 +574,7 @@ def run_flow(
 
 
 def print_summary(summary: RunSummary) -> None:
-    from modelset.report import summarize
+    from modelset.report import not_collected_notice, summarize
 
     counts = Table("status", "count", title="modelset run")
     for status, count in summarize(summary.rows).items():
@@ -552,8 +591,12 @@ def print_summary(summary: RunSummary) -> None:
             f"{plan.already_done} already done{skipped}",
             soft_wrap=True,
         )
+    if plan.budget_left:
+        console.print(f"budget: {plan.budget_left}", highlight=False, soft_wrap=True)
     if plan.account_error:
         errors.print(f"[bold red]account:[/] {plan.account_error}")
+    if notice := not_collected_notice(summary.rows, summary.out):
+        errors.print(f"[bold yellow]{notice}[/]", highlight=False, soft_wrap=True)
     if summary.pending:
         from modelset.flows.review import pending_message
 

@@ -192,10 +192,12 @@ def _write_views(
             row.thumbnail = key if path is None or path.exists() else None
     _write_csv(store, rows)
     title = f"modelset: {store.url}"
+    notice = not_collected_notice(rows, store.url)
     if store.is_local:
-        page = contact_sheet(rows, title=title)
+        page = contact_sheet(rows, title=title, notice=notice)
     else:
-        page = contact_sheet(rows, title=title, images=_embedded_images(store, rows, copies))
+        images = _embedded_images(store, rows, copies)
+        page = contact_sheet(rows, title=title, images=images, notice=notice)
     store.write(INDEX_HTML, page.encode("utf-8"))
 
 
@@ -309,6 +311,7 @@ _STATUS_COLOURS = {
 _STYLE = """
 body{font:14px system-ui,sans-serif;margin:24px;color:#1f2328}
 h1{font-size:20px}.summary span{margin-right:16px}
+.notice{background:#fff8c5;border:1px solid #d4a72c;padding:8px;border-radius:6px}
 table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #d0d7de;
 padding:8px;vertical-align:top;text-align:left}img{height:150px;border-radius:4px;
 margin:2px;background:#f6f8fa}.status{font-weight:600}.reason{color:#57606a;max-width:28em}
@@ -317,10 +320,27 @@ figure{margin:0}figcaption{font-size:12px;color:#57606a;text-align:center}
 """
 
 
+def not_collected_notice(rows: list[ManifestRow], out: str) -> str | None:
+    """What to do about the sets whose send's answer was lost, where there are any."""
+    lost = sum(1 for row in rows if row.status is Status.OUTCOME_UNKNOWN)
+    if not lost:
+        return None
+    sets = "set" if lost == 1 else "sets"
+    return (
+        f"{lost} {sets} paid, not collected: the answer to the send was lost, so a task "
+        f"may exist and be billed. Settle them with: modelset settle {out}"
+    )
+
+
 def contact_sheet(
-    rows: list[ManifestRow], *, title: str, images: dict[str, str] | None = None
+    rows: list[ManifestRow],
+    *,
+    title: str,
+    images: dict[str, str] | None = None,
+    notice: str | None = None,
 ) -> str:
-    """A self-contained page: each input beside its generated set, status and reason.
+    """A self-contained page: each input beside its generated set, status and reason,
+    under a ``notice`` that asks for action, if any.
 
     ``images`` maps a thumbnail's or an output's key to what the page shows for it (a
     ``data:`` URI); without it, images load from their keys, relative to the page.
@@ -346,7 +366,8 @@ def contact_sheet(
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
         f"<h1>{html.escape(title)}</h1><p class='summary'>{summary}</p>"
-        "<table><thead><tr><th>input</th><th>item</th><th>template</th><th>status</th>"
+        + (f"<p class='notice'>{html.escape(notice)}</p>" if notice else "")
+        + "<table><thead><tr><th>input</th><th>item</th><th>template</th><th>status</th>"
         f"<th>generated set</th></tr></thead><tbody>{body}</tbody></table></body></html>\n"
     )
 

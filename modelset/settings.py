@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Literal
 from urllib.parse import quote, urlencode
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from modelset.errors import UsageError
@@ -19,6 +20,7 @@ from modelset.errors import UsageError
 PUBLIC_BASE_URL = "https://www.hidreamai.com"
 CALLBACK_PATH = "/hidream/callback/"
 OUT_PARAMETER = "out"  # the notify_url's query parameter naming the output location
+REQUEST_ID_PARAMETER = "request_id"  # ... and the one naming the send it is the callback of
 
 
 class MissingTokenError(UsageError):
@@ -59,6 +61,19 @@ class Settings(BaseSettings):
     max_images: int | None = Field(
         default=None, ge=0, description="Cap on generated images a run may pay for."
     )
+    budget_images: int | None = Field(
+        default=None,
+        ge=0,
+        description="Images every run sharing the output location may pay for together, per "
+        "budget period (HIDREAM_BUDGET_PERIOD); none: no budget across runs.",
+    )
+    budget_period: Literal["day", "month"] = Field(
+        default="day", description="The period HIDREAM_BUDGET_IMAGES holds for."
+    )
+    budget_timezone: str = Field(
+        default="UTC",
+        description="The time zone whose midnight starts a budget period (e.g. Asia/Shanghai).",
+    )
     images_per_set: int = Field(
         default=4, ge=1, description="Images a set is assumed to have until the API says."
     )
@@ -85,9 +100,18 @@ class Settings(BaseSettings):
     max_retry_after: float = Field(
         default=60.0, ge=0, description="Cap on a honoured Retry-After, in seconds."
     )
+    submit_timeout: float = Field(
+        default=180.0,
+        gt=0,
+        description="Seconds a submit waits for its answer (upload included): longer than "
+        "the service may take to accept a 2K photo, since an answer cut short is lost.",
+    )
     lookup_by_request_id: bool = Field(
         default=True,
-        description="Resolve outcome-unknown submits by looking their request_id up.",
+        description="Resolve a submit whose answer was lost by looking its request_id up, "
+        "only once a lookup has been proven to find an accepted task at this base URL "
+        "(the proof is taken by the first run and kept in the output location); false: "
+        "never look up, every lost answer stays outcome_unknown.",
     )
     poll_interval: float = Field(default=1.0, gt=0, description="First poll delay, seconds.")
     poll_max_interval: float = Field(default=15.0, gt=0, description="Longest poll delay.")
@@ -95,7 +119,7 @@ class Settings(BaseSettings):
         default=1800.0, gt=0, description="Seconds to wait for a set before giving up."
     )
     ledger_lease: float = Field(
-        default=15 * 60.0,
+        default=20 * 60.0,
         gt=0,
         description="Seconds a claim on a bucket's ledger holds without renewal (renewed "
         "every third of it); must outlast a whole send.",
@@ -133,6 +157,17 @@ class Settings(BaseSettings):
         "and that line; about 15 ms more server CPU per task run).",
     )
 
+    @field_validator("budget_timezone")
+    @classmethod
+    def _known_zone(cls, zone: str) -> str:
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {zone!r} (an IANA name, e.g. Europe/Berlin)"
+            ) from None
+        return zone
+
     @model_validator(mode="after")
     def _lease_outlasts_a_send(self) -> Settings:
         if self.ledger_lease <= self.send_window():
@@ -144,7 +179,7 @@ class Settings(BaseSettings):
 
     def send_window(self) -> float:
         """The longest a submit can take, every attempt included."""
-        return (self.connect_timeout + self.read_timeout) * self.max_attempts
+        return (self.connect_timeout + self.submit_timeout) * self.max_attempts
 
     def notify_url(self, location: str | None = None) -> str | None:
         """Where the service should call back: the receiver's URL with the secret path."""
@@ -161,3 +196,13 @@ class Settings(BaseSettings):
         if self.api_token is None or not self.api_token.get_secret_value():
             raise MissingTokenError()
         return self.api_token
+
+
+def naming_request(notify_url: str | None, request_id: str) -> str | None:
+    """A send's own notify_url: the receiver's, naming the request_id it was sent with, so
+    that its callback finds the send even when the answer to the send was lost (the
+    documented callback body names only the task)."""
+    if notify_url is None:
+        return None
+    joiner = "&" if "?" in notify_url else "?"
+    return f"{notify_url}{joiner}{urlencode({REQUEST_ID_PARAMETER: request_id})}"

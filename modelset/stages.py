@@ -23,6 +23,7 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from modelset.atomic import write_bytes
+from modelset.budget import PeriodBudget, Reservation
 from modelset.hidream import (
     AccountError,
     ConnectFailed,
@@ -30,7 +31,6 @@ from modelset.hidream import (
     HiDreamClient,
     HiDreamError,
     RequestRejected,
-    TaskNotFound,
     TaskResult,
     TaskStatus,
     Throttled,
@@ -63,6 +63,7 @@ from modelset.report import (
     output_thumbnail_key,
     store_set_thumbnails,
 )
+from modelset.settings import naming_request
 from modelset.sources import FetchError, fetch
 from modelset.storage import AlreadyExists, Store, off_loop, open_store, read_or_none
 
@@ -73,6 +74,11 @@ T = TypeVar("T")
 TASK_MARKER = ".task_id"
 UPLOADS_PREFIX = f"{STATE_DIR}/uploads"
 OUTPUT_THUMBNAIL = (96, 128)
+NOT_COLLECTED = (
+    "paid, not collected: its answer was lost and the service is not known to find a task "
+    "by its request_id (`modelset settle` collects it; `--resubmit-unknown` sends it again "
+    "and may pay twice)"
+)
 
 
 class Workspace:
@@ -399,7 +405,9 @@ def needs_submit(record: LedgerRecord | None, rules: SubmitPolicy) -> bool:
     if record is None:
         return True
     if record.claimed_by_run == rules.run_id:
-        return record.state is SubmissionState.INTENT
+        # Its own sends: an interrupted one (a retried task) or one whose answer was lost
+        # (looked up where proven, see _resolve_unknown); never one sent for certain.
+        return record.state in (SubmissionState.INTENT, SubmissionState.UNKNOWN)
     if rules.refresh:
         return True
     if record.state is SubmissionState.FINISHED:
@@ -422,11 +430,15 @@ async def submit_once(
     upload: Path | None,
     notify_url: str | None = None,
     absent: bool = False,
+    budget: PeriodBudget | None = None,
+    images: int = 0,
 ) -> LedgerRecord:
     """Send one photo+template at most once; returns its ledger record.
 
     ``upload`` is the prepared upload on this machine (see :func:`upload_file`).
     ``absent``: the key had no record when the run was planned (see ``Ledger.claim``).
+    ``budget``: the period budget, of which ``images`` are reserved under the claim before
+    the send, and spent or given back by its outcome.
 
     The record returned has another key when the same upload was paid for under that
     key (the same picture with other bytes): the caller points at that set.
@@ -442,7 +454,6 @@ async def submit_once(
             if not needs_submit(record, rules):
                 assert record is not None
                 return record
-            sent = upload_key_for(client.base_url, template_id, image_sha256, prepare)
             if record is not None and record.state in (
                 SubmissionState.INTENT,
                 SubmissionState.UNKNOWN,
@@ -457,6 +468,34 @@ async def submit_once(
                 attempt = 1 if record is None else record.attempt + 1
             if claim.time_left() < rules.send_window_s:
                 return _not_sent(record, key, "the ledger lease is too short for a whole send")
+            reservation: Reservation | None = None
+            if budget is not None:
+                reserved = await budget.reserve(key, rules.run_id, images, ledger)
+                if isinstance(reserved, str):
+                    return _not_sent(record, key, reserved)
+                reservation = reserved
+            try:
+                outcome = await record_intent_and_send(claim, record, attempt, reservation)
+            except AccountError:
+                if budget is not None and reservation is not None:
+                    await budget.release(reservation)
+                raise
+            except BaseException:
+                # Whether it was sent is not known here: it may have been paid for.
+                if budget is not None and reservation is not None:
+                    await budget.spend(reservation, reservation.images)
+                raise
+            if budget is not None and reservation is not None:
+                await _settle_reservation(budget, reservation, outcome, key, rules.run_id)
+            return outcome
+
+        async def record_intent_and_send(
+            claim: LedgerClaim,
+            record: LedgerRecord | None,
+            attempt: int,
+            reservation: Reservation | None,
+        ) -> LedgerRecord:
+            sent = upload_key_for(client.base_url, template_id, image_sha256, prepare)
             intent = await claim.write(
                 LedgerRecord(
                     key=key,
@@ -470,6 +509,7 @@ async def submit_once(
                     upload_sha256=image_sha256,
                     look=prepared.look,
                     claimed_by_run=rules.run_id,
+                    budget_period=reservation.period if reservation is not None else None,
                 )
             )
             if record is None and not rules.refresh:
@@ -483,7 +523,10 @@ async def submit_once(
                 receipt = await _send_while_held(
                     claim,
                     client.submit_variation(
-                        image, template_id, request_id=intent.request_id, notify_url=notify_url
+                        image,
+                        template_id,
+                        request_id=intent.request_id,
+                        notify_url=naming_request(notify_url, intent.request_id),
                     ),
                 )
             except ClaimLost:
@@ -492,8 +535,7 @@ async def submit_once(
                 return intent.model_copy(
                     update={
                         "state": SubmissionState.UNKNOWN,
-                        "reason": "the ledger lease was lost mid-send; a rerun looks the "
-                        "request_id up before sending again",
+                        "reason": f"the ledger lease was lost mid-send; {NOT_COLLECTED}",
                     }
                 )
             except (AccountError, ConnectFailed, Throttled) as exc:
@@ -521,9 +563,9 @@ async def submit_once(
                     )
                 )
             except HiDreamError as exc:
-                # It may have reached the service (a lookup just now can miss a request still
-                # being processed): the next run looks it up again before any resend.
-                reason = f"{exc.message}; a rerun looks its request_id up before sending again"
+                # It may have reached the service and been paid for: never sent again
+                # blindly (see _resolve_unknown).
+                reason = f"{NOT_COLLECTED} ({exc.message})"
                 return await claim.write(
                     intent.model_copy(update={"state": SubmissionState.UNKNOWN, "reason": reason})
                 )
@@ -543,6 +585,24 @@ async def submit_once(
             # Planned as absent, written meanwhile by another run; nothing was written or
             # sent here: decide again from the record as it is.
             return await held()
+
+
+async def _settle_reservation(
+    budget: PeriodBudget,
+    reservation: Reservation,
+    outcome: LedgerRecord,
+    key: str,
+    run_id: str,
+) -> None:
+    """Spend what a send may have cost (the set size the service declared, or the
+    reservation where its answer was lost), or give it back when nothing was created."""
+    sent_here = outcome.key == key and outcome.claimed_by_run == run_id
+    if sent_here and outcome.state is SubmissionState.SUBMITTED:
+        await budget.spend(reservation, outcome.images_paid or reservation.images)
+    elif sent_here and outcome.state in (SubmissionState.UNKNOWN, SubmissionState.INTENT):
+        await budget.spend(reservation, reservation.images)
+    else:  # not sent, refused, or paid under another key
+        await budget.release(reservation)
 
 
 async def _send_while_held(claim: LedgerClaim, send: Awaitable[T]) -> T:
@@ -584,37 +644,64 @@ async def _restore(claim: LedgerClaim, previous: LedgerRecord | None) -> None:
 async def _resolve_unknown(
     client: HiDreamClient, claim: LedgerClaim, record: LedgerRecord, rules: SubmitPolicy
 ) -> LedgerRecord | None:
-    """An earlier send whose answer was lost: its task if found, None if safe to resend."""
-    if client.lookup_by_request_id:
+    """An earlier send whose answer was lost: its task if found, None if safe to resend.
+
+    Looked up only where the service is proven to find tasks by request_id
+    (``modelset.ledger.proof``); otherwise it stays unknown unless the rerun asked to
+    resend unknown sends (``--resubmit-unknown``, which may pay twice).
+    """
+    if client.request_id_lookup_proven:
         try:
-            result = await client.get_result(request_id=record.request_id)
-        except TaskNotFound:
-            return None
+            receipt = await client.find_submission(record.request_id, cause=record.reason or "")
         except HiDreamError as exc:
             log.info("looking up %s failed: %s", record.request_id, exc.message)
         else:
-            if result.task_id is not None:
-                return await claim.write(
-                    record.model_copy(
-                        update={
-                            "state": SubmissionState.SUBMITTED,
-                            "task_id": result.task_id,
-                            "sub_task_ids": [s.sub_task_id for s in result.sub_task_results],
-                            "reason": None,
-                        }
-                    )
+            if receipt is None:
+                return None
+            return await claim.write(
+                record.model_copy(
+                    update={
+                        "state": SubmissionState.SUBMITTED,
+                        "task_id": receipt.task_id,
+                        "sub_task_ids": receipt.sub_task_ids,
+                        "reason": None,
+                    }
                 )
-    if rules.resubmit_unknown:
-        return None
+            )
+    if rules.resubmit_unknown and record.claimed_by_run != rules.run_id:
+        return None  # asked for, of an earlier run's send: it may be paid twice
     return await claim.write(
-        record.model_copy(
-            update={
-                "state": SubmissionState.UNKNOWN,
-                "reason": "a send may have reached the service and cannot be looked up; "
-                "rerun with --resubmit-unknown to send it again (it may be paid twice)",
-            }
-        )
+        record.model_copy(update={"state": SubmissionState.UNKNOWN, "reason": NOT_COLLECTED})
     )
+
+
+async def adopt_task(
+    client: HiDreamClient, ledger: Ledger, record: LedgerRecord, task_id: str
+) -> LedgerRecord:
+    """Attach to a send whose answer was lost the task it created, as a callback naming
+    its request_id or a person (``modelset settle``) tells: the service must know the task
+    (by its task_id, the documented lookup); under the key's claim, only a send still
+    unknown, with that same request_id, is changed. Returns the record as it then is."""
+    result = await client.get_result(task_id=task_id)
+    async with ledger.claim(record.key) as claim:
+        current = claim.record
+        if (
+            current is None
+            or current.request_id != record.request_id
+            or current.state not in (SubmissionState.UNKNOWN, SubmissionState.INTENT)
+        ):
+            return current or record
+        log.info("send %s created task %s (told by its callback)", record.request_id, task_id)
+        return await claim.write(
+            current.model_copy(
+                update={
+                    "state": SubmissionState.SUBMITTED,
+                    "task_id": task_id,
+                    "sub_task_ids": [sub.sub_task_id for sub in result.sub_task_results],
+                    "reason": None,
+                }
+            )
+        )
 
 
 # -- collect ---------------------------------------------------------------------------
@@ -632,6 +719,7 @@ async def collect_once(
     wakeups: dict[str, asyncio.Event] | None = None,
     wait_for_others: bool = True,
     just_sent: bool = False,
+    budget: PeriodBudget | None = None,
 ) -> LedgerRecord | None:
     """Collect a submitted set, one collector per set.
 
@@ -668,6 +756,7 @@ async def collect_once(
                 item=item,
                 deadline_s=deadline_s,
                 wake=wake,
+                budget=budget,
             )
         finally:
             waiting.pop(record.task_id, None)
@@ -683,8 +772,10 @@ async def collect_set(
     item: str,
     deadline_s: float | None = None,
     wake: asyncio.Event | None = None,
+    budget: PeriodBudget | None = None,
 ) -> LedgerRecord:
-    """Wait for a submitted set and download it into ``<out>/<item>/<template_id>/``."""
+    """Wait for a submitted set and download it into ``<out>/<item>/<template_id>/``;
+    the period ``budget`` it was spent under gets back what the service did not generate."""
     assert record.task_id is not None
     try:
         result = await client.wait_for_result(record.task_id, deadline_s, wake=wake)
@@ -712,13 +803,17 @@ async def collect_set(
     if problems:
         update["reason"] = f"{reason}; a rerun downloads them again"
     finished = await ledger.finish(record.model_copy(update=update))
-    if finished is not None:
-        return finished
-    async with ledger.claim(record.key) as claim:
-        if claim.record is not None and claim.record.task_id != record.task_id:
-            # A newer attempt (--refresh, --retry-failed) owns the key now.
-            return record.model_copy(update=update)
-        return await claim.write(record.model_copy(update=update))
+    if finished is None:
+        async with ledger.claim(record.key) as claim:
+            if claim.record is not None and claim.record.task_id != record.task_id:
+                # A newer attempt (--refresh, --retry-failed) owns the key now.
+                return record.model_copy(update=update)
+            if claim.record is not None and claim.record.state is SubmissionState.FINISHED:
+                budget = None  # another collector finished it, and refunded what it had to
+            finished = await claim.write(record.model_copy(update=update))
+    if budget is not None and record.budget_period and not problems:
+        await budget.refund(record.budget_period, record.images_paid - len(result.image_urls))
+    return finished
 
 
 async def _download_set(

@@ -38,8 +38,8 @@ def callback_world(
     settings; ``HIDREAM_OUTPUT_DIR`` is ``default_out``, extra settings override."""
     started: list[subprocess.Popen[bytes]] = []
 
-    def start(default_out: Path, **extra: str) -> World:
-        sandbox = sandbox_factory(generation_s=3)
+    def start(default_out: Path, faults: dict[str, float] | None = None, **extra: str) -> World:
+        sandbox = sandbox_factory(generation_s=3, faults=faults or {})
         port = free_port()
         env = {
             **os.environ,
@@ -111,6 +111,40 @@ def test_a_callback_brings_the_set_of_a_run_that_died_after_submitting(
         assert SECRET not in log.read_text()
 
 
+def test_a_set_whose_answer_was_lost_is_collected_by_its_callback(
+    callback_world: Callable[..., World], tmp_path: Path
+) -> None:
+    """The service creates the task and bills it, and a proxy loses its answer (502); it
+    finds tasks by task_id only. The run reports the set paid, not collected; the task's
+    callback names the send (its notify_url carries the request_id), and the collector
+    downloads the set into the report. Paid once."""
+    out = tmp_path / "out"
+    env, logs = callback_world(out, faults={"lost_answer": 1.0})
+    photo = make_photo(tmp_path / "in" / "unanswered.jpg", colour=(200, 60, 60))
+    batch = subprocess.run(
+        [sys.executable, "-m", "modelset", "run", str(photo), "-t", "20", "--out", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert batch.returncode == 1, batch.stdout + batch.stderr
+    assert "1 set paid, not collected" in batch.stderr
+    assert f"modelset settle {out}" in batch.stderr
+
+    folder = out / "unanswered" / "20"
+    deadline = time.monotonic() + 90
+    while row_status(out, "unanswered", within=0) != "succeeded":
+        assert time.monotonic() < deadline, logs[1].read_text()[-3000:]
+        time.sleep(0.5)
+    assert len(list(folder.glob("*.jpg"))) == 4
+    assert len(submissions(env)) == 1
+    for log in logs:
+        assert SECRET not in log.read_text()
+
+
 def row_status(location: Store | Path, item: str, within: float = 30) -> str | None:
     """The report's status of ``item``, once the collecting flow has written its row
     (it writes the images first)."""
@@ -133,6 +167,7 @@ def test_a_callback_brings_the_set_of_a_dead_run_into_its_bucket(
         HIDREAM_LEDGER_LEASE="15",
         HIDREAM_CONNECT_TIMEOUT="2",
         HIDREAM_READ_TIMEOUT="5",
+        HIDREAM_SUBMIT_TIMEOUT="5",
         HIDREAM_MAX_ATTEMPTS="2",
     )
     store = open_store(bucket)

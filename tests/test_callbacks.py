@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -37,7 +38,13 @@ from modelset.deployments.callbacks import (
 from modelset.errors import UsageError
 from modelset.hidream import HiDreamClient, TaskResult
 from modelset.sandbox import SandboxServer
-from modelset.settings import CALLBACK_PATH, OUT_PARAMETER, MissingTokenError, Settings
+from modelset.settings import (
+    CALLBACK_PATH,
+    OUT_PARAMETER,
+    MissingTokenError,
+    Settings,
+    naming_request,
+)
 from tests.conftest import (
     TOKEN,
     SandboxFactory,
@@ -591,7 +598,33 @@ async def test_the_envelope_shaped_body_works_too(
     answer = await http.post(receiver.url(), json=envelope)
 
     assert answer.status_code == 200
-    assert await recorder.wait_for(1) == [expected_event(result)]
+    # The envelope's request_id goes along: the collector matches it to a send whose
+    # answer was lost, if the ledger holds one with that request_id.
+    expected = replace(expected_event(result), request_id="r-1")
+    assert await recorder.wait_for(1) == [expected]
+
+
+async def test_the_request_id_the_callback_url_names_goes_into_the_event(
+    sandbox_factory: SandboxFactory,
+    start_receiver: ReceiverFactory,
+    http: httpx.AsyncClient,
+    photo: Path,
+) -> None:
+    sandbox = sandbox_factory(generation_s=0.1)
+    result = await finished_task(sandbox, photo)
+    recorder = Recorder()
+    receiver = start_receiver(create_receiver_app(receiver_settings(sandbox), emit=recorder))
+    url = naming_request(receiver.url(), "0b9c7d1e-5f6a-4b8c-9d0e-1f2a3b4c5d6e")
+    assert url is not None
+
+    answer = await http.post(url, json=callback_body(result))
+    refused = await http.post(f"{url}&request_id=again", json=callback_body(result))
+    forged = await http.post(f"{receiver.url()}?request_id=%0Ainjected", json=callback_body(result))
+
+    assert answer.status_code == 200
+    assert (refused.status_code, forged.status_code) == (400, 400)
+    expected = replace(expected_event(result), request_id="0b9c7d1e-5f6a-4b8c-9d0e-1f2a3b4c5d6e")
+    assert await recorder.wait_for(1) == [expected]
 
 
 # -- exactly one event per task -------------------------------------------------------------

@@ -79,6 +79,29 @@ async def test_the_task_index_names_the_look_paid_for_and_still_finds_older_entr
     assert ledger.accepted() is not None
 
 
+async def test_a_send_whose_answer_was_lost_is_found_by_its_request_id(store: Store) -> None:
+    ledger = open_ledger(store)
+    lost, sibling, answered = KEY, "a" * 32 + "f" * 32, "d" * 64  # sibling: same first half
+    async with ledger.claim(lost) as claim:
+        await claim.write(
+            record(lost, state=SubmissionState.UNKNOWN, attempt=2).model_copy(
+                update={"request_id": request_id_for(lost, 2)}
+            )
+        )
+    async with ledger.claim(sibling) as claim:
+        await claim.write(record(sibling, state=SubmissionState.INTENT))
+    async with ledger.claim(answered) as claim:
+        await claim.write(record(answered, state=SubmissionState.SUBMITTED, task_id="t-9"))
+
+    found = ledger.find_by_request_id(request_id_for(lost, 2))
+    assert found is not None and found.key == lost
+    other = ledger.find_by_request_id(request_id_for(sibling, 1))
+    assert other is not None and other.key == sibling
+    assert ledger.find_by_request_id(request_id_for(lost, 3)) is None
+    assert ledger.find_by_request_id("not-a-request-id") is None
+    assert sorted(r.key for r in ledger.unknown_sends()) == sorted([lost, sibling])
+
+
 async def test_a_claim_creates_then_swaps_the_record(store: Store) -> None:
     ledger = open_ledger(store)
     assert ledger.read(KEY) is None

@@ -5,7 +5,11 @@
 - The secret is compared in constant time. A wrong secret, or none configured, gets the
   same 404 as a path that does not exist, and nothing else happens.
 - ``out`` (optional) is the output location of the run that submitted the task, as its
-  ``notify_url`` carries it; it goes into the event for the collector.
+  ``notify_url`` carries it; it goes into the event for the collector. So does
+  ``request_id`` (optional), the request_id the task was sent with, which each send's
+  ``notify_url`` names too, since the documented bodies name only the task: with it the
+  collector finds a send whose answer was lost, which the ledger knows by request_id
+  only. Without it in the URL, a ``request_id`` in the body (the v3 envelope's) is used.
 - The body is read incrementally up to 64 KB (413 beyond), and must be a task result in
   one of the two documented shapes with a task id (400 otherwise).
 - The answer is 200 at once (the service gives up after 5 s). Then, in the background,
@@ -54,7 +58,13 @@ from modelset.hidream import (
     TaskResult,
     parse_callback_body,
 )
-from modelset.settings import CALLBACK_PATH, OUT_PARAMETER, MissingTokenError, Settings
+from modelset.settings import (
+    CALLBACK_PATH,
+    OUT_PARAMETER,
+    REQUEST_ID_PARAMETER,
+    MissingTokenError,
+    Settings,
+)
 
 CALLBACK_ROUTE = CALLBACK_PATH + "{secret}"
 """The route as logged: never the path itself, which holds the secret."""
@@ -91,14 +101,23 @@ class TaskFinished:
     statuses: tuple[str, ...]
     out: str | None = None
     """The output location of the submitting run, from its callback URL."""
+    request_id: str | None = None
+    """The request_id the task was sent with, from its callback URL (or its body)."""
 
     @classmethod
-    def from_result(cls, task_id: str, result: TaskResult, out: str | None = None) -> TaskFinished:
+    def from_result(
+        cls,
+        task_id: str,
+        result: TaskResult,
+        out: str | None = None,
+        request_id: str | None = None,
+    ) -> TaskFinished:
         return cls(
             task_id=task_id,
             images=len(result.image_urls),
             statuses=tuple(sub.task_status.name.lower() for sub in result.sub_task_results),
             out=out,
+            request_id=request_id,
         )
 
     @property
@@ -119,6 +138,8 @@ class TaskFinished:
         }
         if self.out is not None:
             payload["out"] = self.out
+        if self.request_id is not None:
+            payload["request_id"] = self.request_id
         return payload
 
 
@@ -183,7 +204,10 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def _task_id_of(body: bytes) -> str:
+def _callback_of(request: Request, body: bytes) -> tuple[str, str | None]:
+    """The task id the body names, and the request_id the task was sent with: from the
+    URL (modelset names each send's in its notify_url), else from the body, if it has one
+    (the documented bodies do not promise it)."""
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):
@@ -196,17 +220,26 @@ def _task_id_of(body: bytes) -> str:
         raise _Refused(400, "body names no task id")
     if not _TASK_ID.fullmatch(task_id):
         raise _Refused(400, "malformed task id")
-    return task_id
+    named = _single_parameter(request, REQUEST_ID_PARAMETER, _TASK_ID)
+    return task_id, named or _request_id_in(data)
 
 
-def _out_of(request: Request) -> str | None:
-    values = request.query_params.getlist(OUT_PARAMETER)
+def _request_id_in(data: Any) -> str | None:
+    inner = data.get("result") if isinstance(data.get("result"), dict) else {}
+    for value in (inner.get("request_id"), data.get("request_id")):
+        if isinstance(value, str) and _TASK_ID.fullmatch(value):
+            return value
+    return None
+
+
+def _single_parameter(request: Request, name: str, shape: re.Pattern[str]) -> str | None:
+    values = request.query_params.getlist(name)
     if not values:
         return None
     if len(values) > 1:
-        raise _Refused(400, f"more than one {OUT_PARAMETER} parameter")
-    if not _OUT.fullmatch(values[0]):
-        raise _Refused(400, f"malformed {OUT_PARAMETER} parameter")
+        raise _Refused(400, f"more than one {name} parameter")
+    if not shape.fullmatch(values[0]):
+        raise _Refused(400, f"malformed {name} parameter")
     return values[0]
 
 
@@ -290,9 +323,10 @@ class _Receiver:
                 "Method Not Allowed", status_code=405, headers={"Allow": "POST"}
             )
         try:
-            out = _out_of(request)
-            task_id = _task_id_of(await _read_body(request, MAX_BODY_BYTES))
-            duplicate = self._accept(task_id, out)
+            out = _single_parameter(request, OUT_PARAMETER, _OUT)
+            body = await _read_body(request, MAX_BODY_BYTES)
+            task_id, request_id = _callback_of(request, body)
+            duplicate = self._accept(task_id, out, request_id)
         except _Refused as refused:
             logger.info("callback %s -> %d (%s)", CALLBACK_ROUTE, refused.status, refused.reason)
             return JSONResponse({"ok": False, "error": refused.reason}, status_code=refused.status)
@@ -312,7 +346,7 @@ class _Receiver:
         )
         return JSONResponse({"ok": True, "duplicate": duplicate})
 
-    def _accept(self, task_id: str, out: str | None) -> bool:
+    def _accept(self, task_id: str, out: str | None, request_id: str | None) -> bool:
         """Start settling ``task_id`` unless it is emitted or in flight; True for a duplicate.
 
         Check and claim happen with no ``await`` between them: on one event loop, two
@@ -326,18 +360,20 @@ class _Receiver:
         if len(self._in_flight) >= self._max_in_flight:
             raise _Refused(503, "too many callbacks in flight; retry later")
         self._in_flight.add(task_id)
-        task = asyncio.create_task(self._settle(task_id, out), name=f"callback-{task_id}")
+        task = asyncio.create_task(
+            self._settle(task_id, out, request_id), name=f"callback-{task_id}"
+        )
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return False
 
-    async def _settle(self, task_id: str, out: str | None) -> None:
+    async def _settle(self, task_id: str, out: str | None, request_id: str | None) -> None:
         """Re-query the task; emit its event once the service says it is finished."""
         try:
             result = await self._finished_result(task_id)
             if result is None:
                 return
-            event = TaskFinished.from_result(task_id, result, out)
+            event = TaskFinished.from_result(task_id, result, out, request_id)
             await self._emit(event)
             self._emitted[task_id] = None
             while len(self._emitted) > self._remember:

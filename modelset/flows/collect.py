@@ -10,6 +10,7 @@ then finds the set either collected by the live batch or still to collect.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -18,13 +19,14 @@ from prefect.client.schemas.objects import State
 from prefect.states import Completed, Failed
 
 from modelset.flows.generate import output_location
-from modelset.ledger import SubmissionState
-from modelset.report import Status, update_report
+from modelset.ledger import LedgerRecord, SubmissionState
+from modelset.report import ManifestRow, Status, update_report
 from modelset.settings import Settings
 from modelset.stages import (
     PreparedPhoto,
     PrepareOptions,
     SubmitPolicy,
+    adopt_task,
     open_workspace,
     row_for,
 )
@@ -32,13 +34,17 @@ from modelset.tasks.runtime import collect, open_runtime
 
 
 @flow(name="collect-model-set", persist_result=False, log_prints=False)
-async def collect_model_set(task_id: str, out: str | None = None) -> State[Any]:
+async def collect_model_set(
+    task_id: str, out: str | None = None, request_id: str | None = None
+) -> State[Any]:
     """Download the set of ``task_id`` into the report of the run that submitted it.
 
     Args:
         task_id: the HiDream task whose callback arrived.
         out: the output location of the submitting run, as its callback URL names it
             (default: HIDREAM_OUTPUT_DIR).
+        request_id: the request_id the task was sent with, as its callback names it: the
+            ledger knows a send whose answer was lost by that alone.
     """
     settings = Settings()
     log = get_run_logger()
@@ -50,7 +56,13 @@ async def collect_model_set(task_id: str, out: str | None = None) -> State[Any]:
             prepare=PrepareOptions(),
             rules=SubmitPolicy(run_id=str(uuid.uuid4())),
         ) as runtime:
-            record = await runtime.ledger.run(runtime.ledger.find_by_task, task_id)
+            ledger = runtime.ledger
+            record = await ledger.run(ledger.find_by_task, task_id)
+            if record is None and request_id:
+                lost = await ledger.run(ledger.find_by_request_id, request_id)
+                if lost is not None and runtime.client is not None:
+                    record = await adopt_task(runtime.client, ledger, lost, task_id)
+                    log.info("task %s is the lost answer of send %s", task_id, request_id)
             if record is None:
                 return Completed(message=f"task {task_id} was not submitted from {workspace.out}")
             if record.task_id != task_id:
@@ -62,18 +74,7 @@ async def collect_model_set(task_id: str, out: str | None = None) -> State[Any]:
             )
         if collected is None:
             return Completed(message=f"a running batch is collecting task {task_id}")
-        prepared = PreparedPhoto(
-            source=collected.source,
-            source_sha256=collected.source_sha256,
-            upload_sha256=collected.upload_sha256,
-        )
-        row = row_for(
-            source=collected.source,
-            item=collected.item,
-            template_id=collected.template_id,
-            prepared=prepared,
-            record=collected,
-        )
+        row = row_of(collected)
         sheet = await anyio.to_thread.run_sync(update_report, workspace.store, [row])
     log.info("task %s: %s, %d images", task_id, row.status.value, len(row.outputs))
     if row.status is Status.SUCCEEDED:
@@ -81,3 +82,71 @@ async def collect_model_set(task_id: str, out: str | None = None) -> State[Any]:
             message=f"task {task_id}: {len(row.outputs)} images downloaded; report: {sheet}"
         )
     return Failed(message=f"task {task_id}: {row.status.value} ({row.reason})")
+
+
+def row_of(record: LedgerRecord) -> ManifestRow:
+    """The report's row of a set from its ledger record alone."""
+    prepared = PreparedPhoto(
+        source=record.source,
+        source_sha256=record.source_sha256,
+        upload_sha256=record.upload_sha256,
+    )
+    return row_for(
+        source=record.source,
+        item=record.item,
+        template_id=record.template_id,
+        prepared=prepared,
+        record=record,
+    )
+
+
+@dataclass
+class Settled:
+    """What ``modelset settle`` did with one send whose answer was lost."""
+
+    record: LedgerRecord
+    outcome: str  # what happened, for a person
+
+
+async def settle_unknown(out: str, tasks: dict[tuple[str, int], str]) -> list[Settled]:
+    """Settle the sends of ``out`` whose answers were lost: adopt the task ``tasks`` names
+    for one (``(item, template_id)`` -> task_id, as HiDream's console shows it), or find
+    it by a request_id lookup proven to work, and collect its set; the others are listed.
+    The report is rewritten with every set collected."""
+    settings = Settings()
+    with open_workspace(out) as workspace:
+        async with open_runtime(
+            settings,
+            workspace,
+            prepare=PrepareOptions(),
+            rules=SubmitPolicy(run_id=str(uuid.uuid4())),
+        ) as runtime:
+            assert runtime.client is not None and runtime.lookup is not None
+            ledger = runtime.ledger
+            unknown = await ledger.run(ledger.unknown_sends)
+            proven = bool(unknown) and await runtime.lookup.proven_for(ledger)
+            settled: list[Settled] = []
+            for record in unknown:
+                task_id = tasks.get((record.item, record.template_id))
+                if task_id is None and proven:
+                    found = await runtime.client.find_submission(record.request_id, cause="")
+                    if found is None:
+                        settled.append(Settled(record, "never created: a rerun sends it"))
+                        continue
+                    task_id = found.task_id
+                if task_id is None:
+                    settled.append(Settled(record, UNSETTLED))
+                    continue
+                adopted = await adopt_task(runtime.client, ledger, record, task_id)
+                collected = await collect(adopted, adopted.item, runtime) or adopted
+                settled.append(Settled(collected, f"task {task_id}: {row_of(collected).status}"))
+        rows = [row_of(s.record) for s in settled if s.record.task_id is not None]
+        if rows:
+            await anyio.to_thread.run_sync(update_report, workspace.store, rows)
+    return settled
+
+
+UNSETTLED = (
+    "its task id is needed: --task ITEM/TEMPLATE=TASK_ID (HiDream's console lists the "
+    "account's tasks); or rerun with --resubmit-unknown (pays twice if the task exists)"
+)

@@ -45,6 +45,7 @@ from modelset.report import (
     ManifestRow,
     Status,
     input_thumbnail_key,
+    not_collected_notice,
     read_manifest,
     update_report,
 )
@@ -124,6 +125,7 @@ class RunPlan:
     already_done: int = 0
     dry: bool = False  # planned only: nothing was to be submitted
     refused: str | None = None  # the plan was not confirmed: why
+    budget_left: str | None = None  # what the budget across runs has left, if one is set
     stopped: str | None = None  # submitting stopped mid-run: why
     account_error: str | None = None
 
@@ -181,6 +183,12 @@ class RunSummary:
         return f"{alike} near-duplicate{'' if alike == 1 else 's'} skipped"
 
     def message(self) -> str:
+        lost = not_collected_notice(self.rows, self.out)
+        message = f"{lost}; {self._outcomes()}" if lost else self._outcomes()
+        left = self.plan.budget_left
+        return f"{message}; budget: {left}" if left else message
+
+    def _outcomes(self) -> str:
         failing = self.not_succeeded
         if not failing:
             alike = len(self.near_duplicates)
@@ -768,6 +776,9 @@ async def _generate(
             later.append((photo, template_id, record, key))
     looks = _LookChecks(runtime)
     jobs = await _without_near_duplicates(jobs, looks, plan)
+    if runtime.budget is not None:
+        left = await anyio.to_thread.run_sync(runtime.budget.left)
+        plan.budget_left = left.describe()
     plan.tasks = sum(1 for job in jobs if job.sending)  # at most: see _when_prepared
     sizes = {t: budget.set_size(t) for t in {job.template_id for job in jobs if job.sending}}
     plan.images = sum(sizes[job.template_id] for job in jobs if job.sending)
@@ -1144,7 +1155,9 @@ async def _submit_and_collect(
                 template_id,
                 unsearched(runtime),
                 absent=job.fresh and job.paid_as is None,
+                images=reserved,
             )
+            sent = await _after_send(job, sent, runtime, reserved)
         except AccountError as exc:
             plan.stopped = plan.account_error = exc.message
             return _row(
@@ -1167,6 +1180,31 @@ async def _submit_and_collect(
             await collect(record, record.item or photo.item, runtime, just_sent=just_sent) or record
         )
     return _paid_row(photo, template_id, record, job.key)
+
+
+async def _after_send(
+    job: _SetJob, record: LedgerRecord, runtime: BatchRuntime, images: int
+) -> LedgerRecord:
+    """A request the service accepted proves (or disproves) the request_id lookup, once;
+    a send whose answer was lost (this run's, or a dead run's found at its claim) is
+    resolved by it where it is proven."""
+    lookup = runtime.lookup
+    if lookup is None or record.key != job.key:
+        return record
+    if record.state is SubmissionState.SUBMITTED:
+        if record.claimed_by_run == runtime.rules.run_id:
+            await lookup.accepted(record)
+    elif record.state is SubmissionState.UNKNOWN and await lookup.proven_for(runtime.ledger):
+        assert job.photo.prepared is not None
+        record = await submit_photo(
+            job.key,
+            job.photo.prepared,
+            job.photo.item,
+            job.template_id,
+            unsearched(runtime),
+            images=images,
+        )
+    return record
 
 
 SHARD_DEPLOYMENT = "generate-model-sets/manual"

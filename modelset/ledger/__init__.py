@@ -26,6 +26,7 @@ unchanged since a run saw them.
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -338,6 +339,36 @@ class Ledger:
         except (NotFound, ValueError):
             return None
 
+    def find_by_request_id(self, request_id: str) -> LedgerRecord | None:
+        """The record whose current attempt was sent with ``request_id`` (which names its
+        key's first half: ``request_id_for``), for a callback of a send whose answer was
+        lost; None if no record was sent with it."""
+        try:
+            prefix = uuid.UUID(request_id[:36]).hex
+        except ValueError:
+            return None
+        # Stores list by whole path segments: the ledger's, then the names that match.
+        for name in self.store.list(LEDGER_PREFIX):
+            key = _record_key_of(name)
+            record = self.read(key) if key is not None and key.startswith(prefix) else None
+            if record is not None and record.request_id == request_id:
+                return record
+        return None
+
+    def unknown_sends(self) -> list[LedgerRecord]:
+        """Every record whose last send has an unknown outcome (one listing, then reads)."""
+        keys = [key for name in self.store.list(LEDGER_PREFIX) if (key := _record_key_of(name))]
+        found = read_many(self.store, [self.record_key(key) for key in keys])
+        unknown = []
+        for key in keys:
+            blob = found.get(self.record_key(key))
+            if blob is None:
+                continue
+            record = self._parsed(key, blob)
+            if record.state in (SubmissionState.UNKNOWN, SubmissionState.INTENT):
+                unknown.append(record)
+        return unknown
+
     def accepted(self) -> LedgerRecord | None:
         """Some record the service accepted (it holds a task_id), or None."""
         for name in self.store.list(_TASK_INDEX_PREFIX):
@@ -458,6 +489,14 @@ def _task_entry(name: str) -> _TaskEntry | None:
         return _TaskEntry(task, key, int(template_id), int(version.removeprefix("v")), parsed)
     except ValueError:
         return None
+
+
+def _record_key_of(name: str) -> str | None:
+    """The key of a record's object name (``.modelset/ledger/<key>.json``), else None."""
+    key = name.removeprefix(f"{LEDGER_PREFIX}/").removesuffix(".json")
+    if len(key) == 64 and name.endswith(".json") and all(c in "0123456789abcdef" for c in key):
+        return key
+    return None
 
 
 def open_ledger(store: Store, *, lease_s: float = DEFAULT_LEASE_S) -> Ledger:

@@ -29,6 +29,7 @@ from modelset.report import (
     ManifestRow,
     input_thumbnail_key,
     look_alike_thumbnail,
+    not_collected_notice,
     output_thumbnails,
     summarize,
 )
@@ -166,8 +167,10 @@ def summary_markdown(
     ``tabled``: how many rows the table artifact holds (all when None)."""
     shown = rows[:THUMBNAIL_ROWS]
     counts = ", ".join(f"{status}: {n}" for status, n in summarize(rows).items() if n)
+    notice = not_collected_notice(rows, out)
     lines = [
-        f"# modelset results\n\n{counts}\n\nOutput location: `{out}`; report: `{sheet}`\n",
+        f"# modelset results\n\n{counts}\n\nOutput location: `{out}`; report: `{sheet}`\n"
+        + (f"\n**{notice}**\n" if notice else ""),
         "| input | generated set | item | template | status | reason |",
         "|---|---|---|---|---|---|",
     ]

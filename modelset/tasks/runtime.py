@@ -7,21 +7,26 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import cast
 
 import httpx
 from prefect.utilities.annotations import quote
 from pydantic import SecretStr
 
+from modelset.budget import BudgetLeft, PeriodBudget
 from modelset.credentials import client_from_settings
 from modelset.hidream import HiDreamClient
 from modelset.ledger import Ledger, LedgerRecord, Listing, open_ledger
+from modelset.ledger.proof import RequestIdLookup
 from modelset.memory import limit_malloc_arenas
 from modelset.settings import MissingTokenError, Settings
 from modelset.stages import PrepareOptions, SubmitPolicy, Workspace, collect_once
+from modelset.storage import Store
 from modelset.tasks.events import recording_final_states
 
 TASK_FINISHED_EVENT = "hidream.task.finished"
+BUDGET_EXHAUSTED_EVENT = "modelset.budget.exhausted"
 TASK_RESOURCE_PREFIX = "hidream.task."
 
 log = logging.getLogger("modelset.runtime")
@@ -46,6 +51,8 @@ class BatchRuntime:
     planned: dict[str, LedgerRecord | None] = field(default_factory=dict)
     listing: Listing | None = None
     listed: bool = False
+    lookup: RequestIdLookup | None = None  # whether lost answers may be looked up
+    budget: PeriodBudget | None = None  # HIDREAM_BUDGET_IMAGES, shared by every run
 
     async def ledger_listing(self, wanted: int) -> Listing | None:
         """The run's listing of the ledger, taken once, when first wanted."""
@@ -112,7 +119,13 @@ async def open_runtime(
             concurrency_limit=settings.concurrency_limit,
             notify_url=SecretStr(url) if (url := settings.notify_url(workspace.out)) else None,
             deadline_s=deadline_s,
+            lookup=RequestIdLookup(client, workspace.store, enabled=settings.lookup_by_request_id)
+            if client is not None
+            else None,
+            budget=period_budget(settings, workspace.store),
         )
+        if runtime.lookup is not None:
+            runtime.lookup.start()
         listener = (
             asyncio.create_task(_wake_on_callbacks(runtime))
             if runtime.notify_url and client is not None
@@ -121,6 +134,8 @@ async def open_runtime(
         try:
             yield runtime
         finally:
+            if runtime.lookup is not None:
+                runtime.lookup.stop()
             if listener is not None:
                 listener.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -176,4 +191,39 @@ async def collect(
         wakeups=runtime.wakeups,
         wait_for_others=wait_for_others,
         just_sent=just_sent,
+        budget=runtime.budget,
+    )
+
+
+def period_budget(settings: Settings, store: Store) -> PeriodBudget | None:
+    """The budget across runs the settings ask for, kept in the output location; its
+    first refusal in a period emits ``modelset.budget.exhausted``."""
+    if settings.budget_images is None:
+        return None
+    budget = PeriodBudget(
+        store,
+        limit=settings.budget_images,
+        kind=settings.budget_period,
+        zone=settings.budget_timezone,
+    )
+    budget.exhausted = partial(announce_exhausted, store.url)
+    return budget
+
+
+async def announce_exhausted(out: str, left: BudgetLeft) -> None:
+    """Tell automations that the period's budget is spent, once per period."""
+    from prefect.events import emit_event
+
+    emit_event(
+        event=BUDGET_EXHAUSTED_EVENT,
+        resource={
+            "prefect.resource.id": f"modelset.budget.{left.period.name}",
+            "modelset.out": out,
+        },
+        payload={
+            "out": out,
+            "limit": left.limit,
+            "period": left.period.kind,
+            "resets": left.period.resets.isoformat(),
+        },
     )

@@ -47,9 +47,11 @@ async def submit_photo(
     template_id: int,
     runtime: BatchRuntime,
     absent: bool = False,
+    images: int = 0,
 ) -> LedgerRecord:
     """Submit one photo for one template exactly once (the ledger decides); ``absent``:
-    planning found no record for the key (see ``Ledger.claim``)."""
+    planning found no record for the key (see ``Ledger.claim``); ``images``: what the set
+    may cost, reserved from the period budget before it is sent."""
     assert runtime.client is not None
     upload = None
     if not prepared.passes_url(runtime.prepare):  # a URL that passes needs no upload here
@@ -72,6 +74,8 @@ async def submit_photo(
             upload=upload,
             notify_url=runtime.notify_url.get_secret_value() if runtime.notify_url else None,
             absent=absent,
+            budget=runtime.budget,
+            images=images,
         )
 
 
