@@ -344,6 +344,15 @@ def _write_thumbnail(upload: Path, target: Path) -> None:
         write_bytes(target, thumbnail_jpeg(upload, THUMBNAIL_SIZE))
 
 
+def stored_preview(store: Store, source_sha256: str) -> Image.Image | None:
+    """A prepared photo's preview (its input thumbnail) as stored, or None if it is gone."""
+    blob = read_or_none(store, input_thumbnail_key(source_sha256))
+    if blob is None:
+        return None
+    with Image.open(io.BytesIO(blob.data)) as preview:
+        return preview.convert("RGB")
+
+
 def small_image(image_file: Path | io.BytesIO, size: tuple[int, int]) -> Image.Image:
     """An image shrunk to fit ``size``, decoded at a reduced scale where the format allows
     (a JPEG at 1/8: the decode is most of the cost)."""

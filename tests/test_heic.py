@@ -177,3 +177,17 @@ def test_the_bomb_limit_holds_for_heic(tmp_path: Path, portrait: Image.Image) ->
         inspect_image(source, max_pixels=500_000)
     with pytest.raises(ImageRejected, match=r"^decompression bomb: 768x1024"):
         prepare_image(source, tmp_path / "out.jpg", max_pixels=500_000)
+
+
+@pytest.mark.parametrize(("name", "image_format"), [("DSC0001.HIF", "HEIF"), ("look.avif", "AVIF")])
+def test_a_camera_heif_and_an_avif_are_prepared_like_a_heic(
+    tmp_path: Path, portrait: Image.Image, name: str, image_format: str
+) -> None:
+    heif_formats()  # pillow-heif's encoder writes the .hif; Pillow's own the AVIF
+    source = tmp_path / name
+    portrait.save(source, image_format, quality=90)
+    prepared = prepare_image(source, tmp_path / "upload.jpg")
+    assert prepared.check.format == image_format
+    assert (prepared.width, prepared.height) == portrait.size
+    with Image.open(prepared.path) as upload:
+        assert _difference(upload.convert("RGB"), portrait) < 4

@@ -9,10 +9,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from modelset.images.likeness import LookIndex, NearDuplicates, perceptual_hash
-from modelset.images.looks import MAX_COLOUR_DIFFERENCE, MAX_SHAPE_DISTANCE, Look
+from modelset.images.looks import MAX_COLOUR_DIFFERENCE, MAX_SHAPE_DISTANCE, Look, look_of
 from modelset.images.rules import heif_formats
 from modelset.report import read_manifest
 from modelset.sandbox import SandboxServer
@@ -222,3 +222,50 @@ def test_a_copy_in_the_same_batch_is_skipped_in_favour_of_the_first(
         assert copy["status"] == "skipped"
         assert copy["reason"].startswith("near-duplicate of a-original"), copy
     assert json.loads((out / "manifest.jsonl").read_text().splitlines()[0])
+
+
+def with_logo(source: Path) -> bytes:
+    """The same shot of another product: a logo printed on the jacket's chest."""
+    with Image.open(source) as image:
+        product = image.convert("RGB")
+    width, height = product.size
+    chest = (int(width * 0.45), int(height * 0.5), int(width * 0.55), int(height * 0.56))
+    ImageDraw.Draw(product).rectangle(chest, (235, 235, 230))
+    buffer = io.BytesIO()
+    product.save(buffer, "JPEG", quality=92)
+    return buffer.getvalue()
+
+
+def test_another_product_shot_alike_is_paid_in_the_same_batch_and_in_a_later_run(
+    env: dict[str, str], sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    jacket = DEMO / "denim-jacket.jpg"
+    variant = with_logo(jacket)
+    with Image.open(jacket) as plain, Image.open(io.BytesIO(variant)) as other:
+        # The case the look alone gets wrong: the two share it.
+        looks = [look_of(picture.resize((240, 320))) for picture in (plain, other)]
+    assert looks[0].distance(looks[1]) is not None
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(jacket, folder / "a-plain.jpg")
+    (folder / "b-logo.jpg").write_bytes(variant)
+    out = tmp_path / "out"
+    assert run([str(folder)], [20], out=str(out)).is_completed()
+    later = tmp_path / "later"
+    later.mkdir()
+    (later / "c-logo-again.webp").write_bytes(as_webp(variant))
+    (later / "d-plain-copy.webp").write_bytes(as_webp(jacket.read_bytes()))
+    assert run([str(later)], [20], out=str(out)).is_completed()
+    assert len(sandbox.submissions()) == 2
+    rows = {row["item"]: row for row in manifest(out)}
+    assert rows["a-plain"]["status"] == rows["b-logo"]["status"] == "succeeded"
+    assert rows["c-logo-again"]["reason"].startswith("near-duplicate of b-logo")
+    assert rows["d-plain-copy"]["reason"].startswith("near-duplicate of a-plain")
+
+
+def as_webp(data: bytes) -> bytes:
+    """A storefront's re-encoded copy."""
+    buffer = io.BytesIO()
+    with Image.open(io.BytesIO(data)) as image:
+        image.save(buffer, "WEBP", quality=80)
+    return buffer.getvalue()

@@ -280,7 +280,24 @@ def test_image_suffixes() -> None:
         ".mpo",
         ".heic",
         ".heif",
+        ".hif",
+        ".avif",
+        ".jpe",
+        ".jfif",
     } == set(IMAGE_SUFFIXES)
+
+
+def test_camera_heif_avif_and_old_jpeg_names_are_found_in_a_folder_and_a_bucket(
+    tmp_path: Path, bucket: str
+) -> None:
+    names = ["a.avif", "b.HIF", "c.jfif", "d.jpe", "e.dng", "f.txt"]
+    for name in names:
+        write_image(tmp_path / name)
+    found = [Path(item.source).name for item in discover([str(tmp_path)])]
+    assert found == ["a.avif", "b.HIF", "c.jfif", "d.jpe"]
+    put_objects(bucket, {f"shoot/{name}": JPEG for name in names})
+    keys = [item.source.rpartition("/")[2] for item in discover([f"{bucket}/shoot"])]
+    assert keys == found
 
 
 def test_folder_recursion_is_sorted_and_skips_hidden(tmp_path: Path) -> None:

@@ -68,6 +68,7 @@ from modelset.stages import (
     needs_submit,
     open_workspace,
     row_for,
+    stored_preview,
     upload_key_for,
     upload_key_of,
 )
@@ -88,6 +89,8 @@ from modelset.tasks.runtime import BatchRuntime, collect, open_runtime, unsearch
 from modelset.tasks.submission import submit_photo
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from modelset.images import likeness
 
 PREPARE_CHUNK = 16
@@ -918,6 +921,7 @@ class _LookChecks:
         ]
         # numpy, only once a photo is to be checked: a rerun with nothing to do never is.
         from modelset.images.likeness import LookIndex, NearDuplicates
+        from modelset.images.sameness import same_picture
 
         ledger = self.runtime.ledger
         near = self._by_template.get(template_id)
@@ -927,9 +931,42 @@ class _LookChecks:
             recorded = self._paid.get(template_id, [])
             index = await anyio.to_thread.run_sync(LookIndex[str | Photo], recorded)
             near = self._by_template[template_id] = NearDuplicates(index)
+        keys = {id(photo): key for _, photo, key, _ in looked}
+        records: dict[str, LedgerRecord | None] = {}
+        previews: dict[str, Image.Image | None] = {}
+        store = self.runtime.workspace.store
+
+        def preview(source_sha256: str | None) -> Image.Image | None:
+            if source_sha256 is None:
+                return None
+            if source_sha256 not in previews:
+                previews[source_sha256] = stored_preview(store, source_sha256)
+            return previews[source_sha256]
+
+        def confirm(photo: str | Photo, ref: str | Photo) -> bool:
+            """Whether a candidate the look found is the same picture, region by region (a
+            preview gone cannot confirm it: paying for a copy is the lesser harm)."""
+            assert isinstance(photo, Photo) and photo.prepared is not None
+            if isinstance(ref, Photo):
+                assert ref.prepared is not None
+                other = ref.prepared.source_sha256
+            else:
+                # Its own key, paid meanwhile by another run, is no near-duplicate: the
+                # claim finds that record and collects the set.
+                if ref == keys[id(photo)]:
+                    return False
+                if ref not in records:
+                    records[ref] = ledger.read(ref)
+                record = records[ref]
+                if record is None:
+                    return False
+                other = record.source_sha256
+            mine, theirs = preview(photo.prepared.source_sha256), preview(other)
+            return mine is not None and theirs is not None and same_picture(mine, theirs)
+
         entries = [(look, photo) for _, photo, _, look in looked]
-        matches = await anyio.to_thread.run_sync(near.check, entries)
-        for (position, photo, key, look), match in zip(looked, matches, strict=True):
+        matches = await anyio.to_thread.run_sync(near.check, entries, confirm)
+        for (position, _, _, _), match in zip(looked, matches, strict=True):
             if match is None:
                 continue
             if isinstance(match.ref, Photo):
@@ -937,12 +974,8 @@ class _LookChecks:
                 sha256 = match.ref.prepared.source_sha256
                 found[position] = _Likeness(match.ref.item, sha256, match.distance)
                 continue
-            # Its own key, paid meanwhile by another run, is no near-duplicate: the claim
-            # finds that record and collects the set.
-            record = None if match.ref == key else await ledger.run(ledger.read, match.ref)
-            if record is None:
-                near.plan(look, photo)
-                continue
+            record = records[match.ref]
+            assert record is not None
             found[position] = _Likeness(record.item, record.source_sha256, match.distance)
         return found
 

@@ -11,7 +11,7 @@ once).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
 
@@ -86,15 +86,15 @@ class LookIndex(Generic[R]):
         counts = np.bincount(values, minlength=1 << _BAND_BITS).astype(np.int32)
         return order, counts, np.cumsum(counts, dtype=np.int32) - counts
 
-    def nearest(self, looks: Sequence[Look]) -> list[Match[R] | None]:
-        """For each look, the closest entry that is the same picture (of equals, the
-        first added), or None."""
-        best: dict[int, tuple[int, int]] = {}
+    def matches(self, looks: Sequence[Look]) -> list[list[Match[R]]]:
+        """For each look, every entry of the same picture, closest first (of equals, the
+        first added)."""
+        found: list[list[tuple[int, int]]] = [[] for _ in looks]
         for query, entry, distance in self.pairs(looks):
-            best[query] = min(best.get(query, (distance, entry)), (distance, entry))
+            found[query].append((distance, entry))
         return [
-            None if (found := best.get(query)) is None else Match(self.refs[found[1]], found[0])
-            for query in range(len(looks))
+            [Match(self.refs[entry], distance) for distance, entry in sorted(entries)]
+            for entries in found
         ]
 
     def pairs(self, looks: Sequence[Look]) -> list[tuple[int, int, int]]:
@@ -168,31 +168,38 @@ class NearDuplicates(Generic[R]):
         self._shapes = np.empty(64, dtype=np.uint64)
         self._colours = np.empty((64, COLOUR_BYTES), dtype=np.uint8)
 
-    def check(self, entries: Sequence[tuple[Look, R]]) -> list[Match[R] | None]:
+    def check(
+        self,
+        entries: Sequence[tuple[Look, R]],
+        confirm: Callable[[R, R], bool] | None = None,
+    ) -> list[Match[R] | None]:
         """In order, for each (look, ref): the recorded or planned picture it repeats, or
-        None, and then it is planned (``ref`` is what a later repeat names)."""
-        paid = self.recorded.nearest([look for look, _ in entries])
+        None, and then it is planned (``ref`` is what a later repeat names).
+
+        A look's matches, recorded first and each by distance, are only candidates when
+        ``confirm`` is given: the first that ``confirm(ref, its ref)`` accepts is the one
+        repeated (two products shot alike share a look)."""
+        recorded = self.recorded.matches([look for look, _ in entries])
         result: list[Match[R] | None] = []
-        for (look, ref), match in zip(entries, paid, strict=True):
-            match = match or self._planned_match(look)
+        for (look, ref), paid in zip(entries, recorded, strict=True):
+            candidates = itertools.chain(paid, self._planned_matches(look))
+            match = next((m for m in candidates if confirm is None or confirm(ref, m.ref)), None)
             if match is None:
                 self.plan(look, ref)
             result.append(match)
         return result
 
-    def _planned_match(self, look: Look) -> Match[R] | None:
+    def _planned_matches(self, look: Look) -> list[Match[R]]:
         # A scan of this run's own planned photos: they are few next to what is recorded.
         count = len(self._planned)
         bits = np.bitwise_count(self._shapes[:count] ^ np.uint64(look.shape)).astype(np.int64)
         close = np.flatnonzero(bits <= MAX_SHAPE_DISTANCE)
         if not len(close):
-            return None
+            return []
         colours = np.frombuffer(look.colours, np.uint8)[None, :]
         same = close[_alike_colours(self._colours[close], colours)]
-        if not len(same):
-            return None
-        first = same[np.argmin(bits[same])]
-        return Match(self._planned[first], int(bits[first]))
+        ordered = same[np.argsort(bits[same], kind="stable")]
+        return [Match(self._planned[i], int(bits[i])) for i in ordered.tolist()]
 
     def plan(self, look: Look, ref: R) -> None:
         """Count ``look`` as planned in this run: a later look like it repeats ``ref``."""

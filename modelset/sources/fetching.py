@@ -63,6 +63,7 @@ _CONTENT_TYPE_SUFFIXES = {
     "image/mpo": ".mpo",
     "image/heic": ".heic",
     "image/heif": ".heif",
+    "image/avif": ".avif",
 }
 
 

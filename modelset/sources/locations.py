@@ -13,7 +13,9 @@ from modelset.storage import BucketStore, StorageError
 from modelset.storage.objects import BUCKET_SCHEMES
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp", ".mpo", ".heic", ".heif"}
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp", ".mpo"}
+    # ".hif" is the HEIF that Canon, Sony and Fujifilm cameras write.
+    | {".heic", ".heif", ".hif", ".avif"}
 )
 HTTP_SCHEMES: frozenset[str] = frozenset({"http", "https"})
 
