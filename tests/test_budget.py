@@ -164,10 +164,10 @@ async def exhausted_events(out: str, within: float = 20) -> int:
     deadline = asyncio.get_running_loop().time() + within
     async with get_client() as client:
         while True:
-            page = await client.read_events(filter=wanted)
+            page = await client.read_events(filter=wanted, limit=50)
             if page.events or asyncio.get_running_loop().time() > deadline:
                 await asyncio.sleep(2)  # a second one, if any, lands meanwhile
-                return len((await client.read_events(filter=wanted)).events)
+                return len((await client.read_events(filter=wanted, limit=50)).events)
             await asyncio.sleep(0.5)
 
 

@@ -112,18 +112,27 @@ def test_a_callback_brings_the_set_of_a_run_that_died_after_submitting(
 
 
 def test_a_set_whose_answer_was_lost_is_collected_by_its_callback(
-    callback_world: Callable[..., World], tmp_path: Path
+    callback_world: Callable[..., World], tmp_path: Path, out_location: str
 ) -> None:
     """The service creates the task and bills it, and a proxy loses its answer (502); it
     finds tasks by task_id only. The run reports the set paid, not collected; the task's
     callback names the send (its notify_url carries the request_id), and the collector
-    downloads the set into the report. Paid once."""
-    out = tmp_path / "out"
-    env, logs = callback_world(out, faults={"lost_answer": 1.0})
+    downloads the set into the report. Paid once, on a folder and on a bucket."""
+    env, logs = callback_world(
+        tmp_path / "default-out",
+        faults={"lost_answer": 1.0},
+        # A bucket's collecting hold is a lease: the run's, left at exit, must not wait long.
+        HIDREAM_LEDGER_LEASE="15",
+        HIDREAM_CONNECT_TIMEOUT="2",
+        HIDREAM_READ_TIMEOUT="5",
+        HIDREAM_SUBMIT_TIMEOUT="5",
+        HIDREAM_MAX_ATTEMPTS="2",
+    )
+    store = open_store(out_location)
     photo = make_photo(tmp_path / "in" / "unanswered.jpg", colour=(200, 60, 60))
     batch = subprocess.run(
-        [sys.executable, "-m", "modelset", "run", str(photo), "-t", "20", "--out", str(out)],
-        cwd=REPO,
+        [sys.executable, "-m", "modelset", "run", str(photo), "-t", "20", "--out", out_location],
+        cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,
@@ -132,14 +141,14 @@ def test_a_set_whose_answer_was_lost_is_collected_by_its_callback(
     )
     assert batch.returncode == 1, batch.stdout + batch.stderr
     assert "1 set paid, not collected" in batch.stderr
-    assert f"modelset settle {out}" in batch.stderr
+    assert f"modelset settle {out_location}" in batch.stderr
 
-    folder = out / "unanswered" / "20"
     deadline = time.monotonic() + 90
-    while row_status(out, "unanswered", within=0) != "succeeded":
+    while row_status(store, "unanswered", within=0) != "succeeded":
         assert time.monotonic() < deadline, logs[1].read_text()[-3000:]
         time.sleep(0.5)
-    assert len(list(folder.glob("*.jpg"))) == 4
+    images = [key for key in store.list("unanswered/20") if key.endswith(".jpg")]
+    assert len(images) == 4
     assert len(submissions(env)) == 1
     for log in logs:
         assert SECRET not in log.read_text()

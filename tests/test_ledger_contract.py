@@ -403,15 +403,17 @@ async def test_a_failed_renewal_marks_the_hold_lost(bucket: str) -> None:
     assert json.loads(store.read(lease_key()).data)["owner"] == "ghost:1"
 
 
+@pytest.mark.parametrize("proven", [True, False], ids=["lookup-proven", "documented"])
 async def test_a_lost_lease_stops_the_send_and_a_rerun_finds_it(
-    bucket: str, sandbox_factory: SandboxFactory, tmp_path: Path
+    bucket: str, sandbox_factory: SandboxFactory, tmp_path: Path, proven: bool
 ) -> None:
     """The holder stops sending when its lease goes; the next claimer resolves the intent
-    by request_id and never sends it again."""
-    sandbox: SandboxServer = sandbox_factory(latency_ms=1500)
+    by a request_id lookup proven to work, and never sends it again; without the proof
+    it leaves it unknown, sent once."""
+    sandbox: SandboxServer = sandbox_factory(latency_ms=1500, lookup_by_request_id=proven)
     photo = make_photo(tmp_path / "look.jpg")
     store, ledger = leased(bucket, duration_s=0.9)
-    client = HiDreamClient(TOKEN, base_url=sandbox.base_url)
+    client = HiDreamClient(TOKEN, base_url=sandbox.base_url, request_id_lookup_proven=proven)
 
     async def steal_lease() -> None:
         await asyncio.sleep(0.45)  # after the intent is written, while the send is slow
@@ -425,6 +427,11 @@ async def test_a_lost_lease_stops_the_send_and_a_rerun_finds_it(
         assert on_record is not None and on_record.state is SubmissionState.INTENT
         await asyncio.sleep(2.5)  # the sandbox finishes the request the holder abandoned
         second = await send_look(client, ledger, photo, "run-2")
+    if not proven:
+        assert second.state is SubmissionState.UNKNOWN
+        assert (second.reason or "").startswith("paid, not collected")
+        assert len(sandbox.submissions()) <= 1
+        return
     assert second.state is SubmissionState.SUBMITTED
     # Whether or not the abandoned request reached the service, it is paid for once: found
     # by its request_id, or (never created) sent by the second run.

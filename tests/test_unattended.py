@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import DeploymentUpdate
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+from prefect.client.schemas.objects import FlowRun
 
 from modelset.deployments.uploads import emit_upload
 from modelset.sandbox import SandboxServer
-from tests.conftest import hidream_env, make_photo
+from tests.conftest import SandboxFactory, hidream_env, make_photo
 from tests.test_deployments import start_serve, stop, wait_for_run
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -48,3 +50,58 @@ async def remove_the_cap(name: str) -> None:
         deployment = await client.read_deployment_by_name(name)
         parameters = {**deployment.parameters, "options": {}}
         await client.update_deployment(deployment.id, DeploymentUpdate(parameters=parameters))
+
+
+BURST = 50
+BUDGET = 40
+
+
+def test_a_burst_of_uploads_pays_exactly_the_budget_across_their_runs(
+    sandbox_factory: SandboxFactory, tmp_path: Path, prefect_server: str
+) -> None:
+    """A supplier drops 50 photos at once: 50 upload events, 50 runs of on-upload, each
+    within its own cap of 40 images. The budget across runs (40 images a day) lets ten
+    sets of four be paid, in all; the other runs say why they sent nothing."""
+    sandbox = sandbox_factory(generation_s=0.2, images_per_set=4)
+    out = tmp_path / "out"
+    env = hidream_env(sandbox, out, HIDREAM_BUDGET_IMAGES=str(BUDGET))
+    photos = [
+        make_photo(tmp_path / "drop" / f"u{n:02d}.jpg", colour=(n * 5, 255 - n * 4, n * 3 % 256))
+        for n in range(BURST)
+    ]
+    process = start_serve({**env, "PREFECT_API_URL": prefect_server}, tmp_path / "serve.log")
+    try:
+        started = time.time()
+        for photo in photos:
+            emit_upload(str(photo), [20], photo.stem)
+        runs = asyncio.run(finished_runs("generate-model-sets/on-upload", started, BURST))
+    finally:
+        stop(process)
+    assert len(runs) == BURST
+    assert len(sandbox.submissions()) * 4 == BUDGET, "the budget was not spent exactly"
+    refused = [run.state for run in runs if run.state is not None and run.state.is_failed()]
+    assert len(refused) == BURST - BUDGET // 4
+    for state in refused:
+        assert "budget of 40 images per day spent; resets" in (state.message or "")
+
+
+async def finished_runs(name: str, after: float, count: int, within: float = 400) -> list[FlowRun]:
+    """The runs of deployment ``name`` created after ``after``, once ``count`` are final."""
+    deployment = name.split("/")[1]
+    deadline = time.monotonic() + within
+    async with get_client() as client:
+        while True:
+            runs = [
+                run
+                for run in await client.read_flow_runs(
+                    deployment_filter=DeploymentFilter(
+                        name=DeploymentFilterName(any_=[deployment])
+                    ),
+                    limit=200,
+                )
+                if run.created is not None and run.created.timestamp() >= after
+            ]
+            final = [run for run in runs if run.state is not None and run.state.is_final()]
+            if len(final) >= count or time.monotonic() > deadline:
+                return final
+            await asyncio.sleep(2)
