@@ -30,6 +30,7 @@ from modelset.hidream import (
     DeadlineExceeded,
     HiDreamClient,
     HiDreamError,
+    OutcomeUnknown,
     RequestRejected,
     TaskResult,
     TaskStatus,
@@ -74,11 +75,14 @@ T = TypeVar("T")
 TASK_MARKER = ".task_id"
 UPLOADS_PREFIX = f"{STATE_DIR}/uploads"
 OUTPUT_THUMBNAIL = (96, 128)
-NOT_COLLECTED = (
-    "paid, not collected: its answer was lost and the service is not known to find a task "
-    "by its request_id (`modelset settle` collects it; `--resubmit-unknown` sends it again "
-    "and may pay twice)"
-)
+
+
+def not_collected(cause: str) -> str:
+    """The reason of a send whose answer was lost: it may have been paid for."""
+    return (
+        f"paid, not collected: its answer was lost ({cause}); `modelset settle` collects "
+        "it, `--resubmit-unknown` sends it again (may pay twice)"
+    )
 
 
 class Workspace:
@@ -544,7 +548,7 @@ async def submit_once(
                 return intent.model_copy(
                     update={
                         "state": SubmissionState.UNKNOWN,
-                        "reason": f"the ledger lease was lost mid-send; {NOT_COLLECTED}",
+                        "reason": not_collected("the ledger lease was lost mid-send"),
                     }
                 )
             except (AccountError, ConnectFailed, Throttled) as exc:
@@ -574,19 +578,13 @@ async def submit_once(
             except HiDreamError as exc:
                 # It may have reached the service and been paid for: never sent again
                 # blindly (see _resolve_unknown).
-                reason = f"{NOT_COLLECTED} ({exc.message})"
+                reason = not_collected(
+                    exc.cause if isinstance(exc, OutcomeUnknown) else exc.message
+                )
                 return await claim.write(
                     intent.model_copy(update={"state": SubmissionState.UNKNOWN, "reason": reason})
                 )
-            return await claim.write(
-                intent.model_copy(
-                    update={
-                        "state": SubmissionState.SUBMITTED,
-                        "task_id": receipt.task_id,
-                        "sub_task_ids": receipt.sub_task_ids,
-                    }
-                )
-            )
+            return await claim.write(submitted(intent, receipt.task_id, receipt.sub_task_ids))
 
         try:
             return await held()
@@ -594,6 +592,18 @@ async def submit_once(
             # Planned as absent, written meanwhile by another run; nothing was written or
             # sent here: decide again from the record as it is.
             return await held()
+
+
+def submitted(record: LedgerRecord, task_id: str, sub_task_ids: list[str]) -> LedgerRecord:
+    """The record of a send the service is known to have made a task of."""
+    return record.model_copy(
+        update={
+            "state": SubmissionState.SUBMITTED,
+            "task_id": task_id,
+            "sub_task_ids": sub_task_ids,
+            "reason": None,
+        }
+    )
 
 
 async def _settle_reservation(
@@ -667,20 +677,18 @@ async def _resolve_unknown(
         else:
             if receipt is None:
                 return None
-            return await claim.write(
-                record.model_copy(
-                    update={
-                        "state": SubmissionState.SUBMITTED,
-                        "task_id": receipt.task_id,
-                        "sub_task_ids": receipt.sub_task_ids,
-                        "reason": None,
-                    }
-                )
-            )
+            return await claim.write(submitted(record, receipt.task_id, receipt.sub_task_ids))
     if rules.resubmit_unknown and record.claimed_by_run != rules.run_id:
         return None  # asked for, of an earlier run's send: it may be paid twice
     return await claim.write(
-        record.model_copy(update={"state": SubmissionState.UNKNOWN, "reason": NOT_COLLECTED})
+        record.model_copy(
+            update={
+                "state": SubmissionState.UNKNOWN,
+                "reason": record.reason
+                if record.state is SubmissionState.UNKNOWN and record.reason
+                else not_collected("its run stopped mid-send"),
+            }
+        )
     )
 
 
@@ -701,16 +709,8 @@ async def adopt_task(
         ):
             return current or record
         log.info("send %s created task %s (told by its callback)", record.request_id, task_id)
-        return await claim.write(
-            current.model_copy(
-                update={
-                    "state": SubmissionState.SUBMITTED,
-                    "task_id": task_id,
-                    "sub_task_ids": [sub.sub_task_id for sub in result.sub_task_results],
-                    "reason": None,
-                }
-            )
-        )
+        sub_task_ids = [sub.sub_task_id for sub in result.sub_task_results]
+        return await claim.write(submitted(current, task_id, sub_task_ids))
 
 
 # -- collect ---------------------------------------------------------------------------

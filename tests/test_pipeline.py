@@ -26,7 +26,13 @@ from prefect.client.schemas.objects import State
 
 from modelset.flows.generate import generate_model_sets
 from modelset.options import RunOptions
-from modelset.report import MANIFEST_FIELDS, ManifestRow, Status
+from modelset.report import (
+    MANIFEST_FIELDS,
+    ManifestRow,
+    Status,
+    contact_sheet,
+    not_collected_notice,
+)
 from modelset.sandbox import SandboxServer
 from modelset.stages import download_image, jpeg_bytes, open_workspace
 from modelset.tasks.artifacts import (
@@ -457,3 +463,20 @@ def test_photos_with_the_same_name_never_share_an_output_folder(
     assert {row["source"]: row["item"] for row in manifest(out)} == {
         row["source"]: row["item"] for row in rows
     }, "a rerun keeps every photo's folder"
+
+
+def test_the_summary_says_which_sets_are_paid_not_collected_and_how_to_settle_them() -> None:
+    rows = succeeded_rows(3)
+    rows[1] = rows[1].model_copy(
+        update={
+            "status": Status.OUTCOME_UNKNOWN,
+            "reason": "paid, not collected: ...",
+            "outputs": [],
+        }
+    )
+    markdown = summary_markdown(rows, {}, out="s3://shop/sets", sheet="s3://shop/sets/index.html")
+    sheet = contact_sheet(rows, title="t", notice=not_collected_notice(rows, "s3://shop/sets"))
+    expected = "1 set paid, not collected"
+    assert expected in markdown and "modelset settle s3://shop/sets" in markdown
+    assert expected in sheet and "modelset settle s3://shop/sets" in sheet
+    assert not_collected_notice(succeeded_rows(3), "s3://shop/sets") is None

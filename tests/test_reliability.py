@@ -39,6 +39,7 @@ import pytest
 from PIL import Image
 from prefect.client.schemas.objects import State
 
+from modelset.flows.collect import settle_unknown
 from modelset.flows.generate import generate_model_sets
 from modelset.ledger.proof import read_proof
 from modelset.options import RunOptions
@@ -349,6 +350,20 @@ def test_lost_answers_against_the_documented_contract_are_never_paid_twice(
 
     assert len(sandbox.submissions()) == 12, "a rerun resent a lost answer"
     assert [row["status"] for row in manifest(out_location)].count("outcome_unknown") == lost
+
+    # Someone reads the task id of one lost set off HiDream's console and settles it.
+    row = unknown[0]
+    [task_id] = [
+        s["task_id"] for s in sandbox.submissions() if s["request_id"] == row["request_id"]
+    ]
+    settled = asyncio.run(settle_unknown(out_location, {(row["item"], TEMPLATE): task_id}))
+    assert sorted(s.record.item for s in settled) == sorted(r["item"] for r in unknown)
+    after = {r["item"]: r for r in manifest(out_location)}
+    assert after[row["item"]]["status"] == "succeeded"
+    assert after[row["item"]]["task_id"] == task_id
+    assert len(after[row["item"]]["outputs"]) == 2
+    assert [r["status"] for r in after.values()].count("outcome_unknown") == lost - 1
+    assert len(sandbox.submissions()) == 12
     harness.assert_no_secrets(out_location)
 
 

@@ -9,6 +9,7 @@ then finds the set either collected by the live batch or still to collect.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -26,11 +27,12 @@ from modelset.stages import (
     PreparedPhoto,
     PrepareOptions,
     SubmitPolicy,
+    Workspace,
     adopt_task,
     open_workspace,
     row_for,
 )
-from modelset.tasks.runtime import collect, open_runtime
+from modelset.tasks.runtime import BatchRuntime, collect, open_runtime
 
 
 @flow(name="collect-model-set", persist_result=False, log_prints=False)
@@ -50,12 +52,7 @@ async def collect_model_set(
     log = get_run_logger()
     location = output_location(out or settings.output_dir, setting="out")
     with open_workspace(location) as workspace:
-        async with open_runtime(
-            settings,
-            workspace,
-            prepare=PrepareOptions(),
-            rules=SubmitPolicy(run_id=str(uuid.uuid4())),
-        ) as runtime:
+        async with collecting_runtime(settings, workspace) as runtime:
             ledger = runtime.ledger
             record = await ledger.run(ledger.find_by_task, task_id)
             if record is None and request_id:
@@ -82,6 +79,15 @@ async def collect_model_set(
             message=f"task {task_id}: {len(row.outputs)} images downloaded; report: {sheet}"
         )
     return Failed(message=f"task {task_id}: {row.status.value} ({row.reason})")
+
+
+def collecting_runtime(
+    settings: Settings, workspace: Workspace
+) -> contextlib.AbstractAsyncContextManager[BatchRuntime]:
+    """A runtime that sends nothing: it collects sets already paid for."""
+    return open_runtime(
+        settings, workspace, prepare=PrepareOptions(), rules=SubmitPolicy(run_id=str(uuid.uuid4()))
+    )
 
 
 def row_of(record: LedgerRecord) -> ManifestRow:
@@ -113,14 +119,8 @@ async def settle_unknown(out: str, tasks: dict[tuple[str, int], str]) -> list[Se
     for one (``(item, template_id)`` -> task_id, as HiDream's console shows it), or find
     it by a request_id lookup proven to work, and collect its set; the others are listed.
     The report is rewritten with every set collected."""
-    settings = Settings()
     with open_workspace(out) as workspace:
-        async with open_runtime(
-            settings,
-            workspace,
-            prepare=PrepareOptions(),
-            rules=SubmitPolicy(run_id=str(uuid.uuid4())),
-        ) as runtime:
+        async with collecting_runtime(Settings(), workspace) as runtime:
             assert runtime.client is not None and runtime.lookup is not None
             ledger = runtime.ledger
             unknown = await ledger.run(ledger.unknown_sends)

@@ -810,6 +810,9 @@ async def _generate(
             )
         checks = _UploadChecks(base_url, first_by_upload, duplicates, looks)
         await _run_jobs(jobs, runtime, plan, budget, concurrency, listener, checks)
+        if runtime.budget is not None and plan.tasks:  # what is left after this run's sets
+            left = await anyio.to_thread.run_sync(runtime.budget.left)
+            plan.budget_left = left.describe()
     await _prepared(photos)
     for photo, template_id, record, key in later:
         plan.rows[(photo.source, template_id)] = _paid_row(photo, template_id, record, key)

@@ -82,9 +82,11 @@ class ConnectFailed(HiDreamError):
 class OutcomeUnknown(HiDreamError):
     """A submit may have reached the service, and whether it created a task is unknown."""
 
-    def __init__(self, message: str, *, request_id: str | None):
+    def __init__(self, message: str, *, request_id: str | None, cause: str = ""):
         super().__init__(message)
         self.request_id = request_id
+        self.cause = cause or message
+        """What lost the answer, in a few words (``the service failed with HTTP 502``)."""
 
 
 class DeadlineExceeded(HiDreamError):

@@ -217,6 +217,7 @@ class HiDreamClient:
                         f"({exc.message}); the service is not known to find it by its "
                         "request_id, so it is not resent",
                         request_id=request_id,
+                        cause=exc.message,
                     ) from exc
                 # A short pause first, so a request still being processed has landed.
                 await asyncio.sleep(_backoff(attempt + 1))
@@ -356,12 +357,14 @@ class HiDreamClient:
                 f"the submit may have reached the service ({cause}) and looking "
                 f"its request_id up failed ({exc.message}); not resent",
                 request_id=request_id,
+                cause=f"{cause}; its lookup failed: {exc.message}",
             ) from exc
         if result.task_id is None:
             raise OutcomeUnknown(
                 f"the submit may have reached the service ({cause}) and the "
                 "service's lookup does not name a task; not resent",
                 request_id=request_id,
+                cause=f"{cause}; its lookup names no task",
             )
         log.info("submit %s was created as task %s (found by lookup)", request_id, result.task_id)
         return Receipt(
@@ -517,6 +520,7 @@ def _receipt(envelope: Envelope, request_id: str | None) -> Receipt:
         raise OutcomeUnknown(
             f"the submit was accepted but its answer is malformed ({_first_error(exc)})",
             request_id=request_id,
+            cause="an unreadable answer",
         ) from None
     if receipt.request_id is None:
         receipt.request_id = request_id or envelope.request_id or None
