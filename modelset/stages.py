@@ -169,10 +169,19 @@ class PreparedPhoto(BaseModel):
     reason: str | None = None
     sendable_as_is: bool = False  # the source itself meets every rule of the API
     look: str | None = None  # what the prepared pixels look like (modelset.images.looks)
+    # Of copies of one picture, which is the best source: see ``source_rank``.
+    upload_pixels: int = 0
+    source_bytes_per_pixel: float = 0.0
 
     @property
     def ready(self) -> bool:
         return self.upload_sha256 is not None and self.reason is None
+
+    @property
+    def source_rank(self) -> tuple[int, float]:
+        """Higher for a better source of the same picture: more pixels after preparation,
+        then fewer of its pixels lost to compression (more bytes a pixel, in any format)."""
+        return (self.upload_pixels, self.source_bytes_per_pixel)
 
     def passes_url(self, options: PrepareOptions) -> bool:
         """Whether the submit sends the source's URL instead of an upload (--pass-urls)."""
@@ -277,6 +286,7 @@ def prepare_validated(
     preview = workspace.file_for(preview_key)
     try:
         source = _source_file(photo, workspace, options)
+        source_bytes = source.stat().st_size  # before a fetched copy is deleted
         prepared = prepare_image(
             source,
             upload,
@@ -304,6 +314,8 @@ def prepare_validated(
             "thumbnail": preview_key,
             "sendable_as_is": prepared.check.sendable_as_is,
             "look": prepared.look,
+            "upload_pixels": prepared.width * prepared.height,
+            "source_bytes_per_pixel": source_bytes / (prepared.check.width * prepared.check.height),
         }
     )
 

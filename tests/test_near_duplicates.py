@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import csv
 import io
-import json
 import random
 import shutil
 from pathlib import Path
@@ -200,28 +200,67 @@ def test_re_exported_copies_are_planned_as_near_duplicates_and_cost_nothing(
     assert len(sandbox.submissions()) == 5
 
 
+def copies_of_the_jacket(folder: Path) -> Path:
+    """The jacket three ways, the best source last in the batch's order: half its size
+    (fewer pixels), re-encoded at quality 40 (as many pixels, more lost to compression),
+    and the original."""
+    folder.mkdir(parents=True)
+    jacket = DEMO / "denim-jacket.jpg"
+    with Image.open(jacket) as image:
+        picture = image.convert("RGB")
+    picture.resize((picture.width // 2, picture.height // 2)).save(folder / "a-small.jpg")
+    picture.save(folder / "b-web.jpg", quality=40)
+    shutil.copy(jacket, folder / "c-original.jpg")
+    return folder
+
+
 @pytest.mark.usefixtures("prefect_server")
-def test_a_copy_in_the_same_batch_is_skipped_in_favour_of_the_first(
-    env: dict[str, str], sandbox: SandboxServer, tmp_path: Path
+def test_of_copies_in_one_batch_the_best_source_is_paid_and_the_others_carry_its_set(
+    env: dict[str, str], sandbox: SandboxServer, tmp_path: Path, out_location: str
 ) -> None:
-    folder = tmp_path / "in"
-    folder.mkdir()
-    shutil.copy(DEMO / "denim-jacket.jpg", folder / "a-original.jpg")
-    with Image.open(DEMO / "denim-jacket.jpg") as image:
-        buffer = io.BytesIO()
-        image.save(buffer, "WEBP", quality=80)
-    (folder / "b-copy.webp").write_bytes(buffer.getvalue())
-    out = tmp_path / "out"
-    state = run([str(folder)], [20, 21], out=str(out))
+    out = out_location
+    folder = copies_of_the_jacket(tmp_path / "in")
+    wide = {**env, "COLUMNS": "200"}
+    dry = cli("run", str(folder), "-t", "20", "--out", out, "--dry-run", env=wide)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert "plan: 1 tasks to submit" in dry.stdout and "2 near-duplicates skipped" in dry.stdout
+    assert dry.stdout.count("near-duplicate of c-original") == 2, dry.stdout
+
+    state = run([str(folder)], [20, 21], out=out)
     assert state.is_completed(), state.message
     assert sorted(s["template_id"] for s in sandbox.submissions()) == [20, 21]
-    rows = {(row["item"], row["template_id"]): row for row in manifest(out)}
+    rows = {(row.item, row.template_id): row for row in read_manifest(out)}
     for template_id in (20, 21):
-        assert rows[("a-original", template_id)]["status"] == "succeeded"
-        copy = rows[("b-copy", template_id)]
-        assert copy["status"] == "skipped"
-        assert copy["reason"].startswith("near-duplicate of a-original"), copy
-    assert json.loads((out / "manifest.jsonl").read_text().splitlines()[0])
+        paid = rows[("c-original", template_id)]
+        assert paid.status == "succeeded" and len(paid.outputs) == 4, paid
+        for copy in ("a-small", "b-web"):
+            row = rows[(copy, template_id)]
+            assert row.status == "skipped", row
+            assert row.reason and row.reason.startswith("near-duplicate of c-original"), row
+            assert row.near_duplicate_of == paid.source_sha256
+            assert row.outputs == paid.outputs  # a catalogue import gets images for it too
+    csv_rows = list(csv.DictReader(io.StringIO(open_store(out).read("manifest.csv").data.decode())))
+    small = next(r for r in csv_rows if r["item"] == "a-small" and r["template_id"] == "20")
+    assert small["outputs"] == ";".join(rows[("c-original", 20)].outputs)
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_photo_paid_in_an_earlier_run_stays_paid_when_a_better_copy_comes(
+    env: dict[str, str], sandbox: SandboxServer, tmp_path: Path, out_location: str
+) -> None:
+    out = out_location
+    folder = copies_of_the_jacket(tmp_path / "in")
+    assert run([str(folder / "a-small.jpg")], [20], out=out).is_completed()
+    assert run([str(folder / "c-original.jpg")], [20], out=out).is_completed()
+    assert len(sandbox.submissions()) == 1, "a better copy was paid for again"
+    rows = {row.item: row for row in read_manifest(out)}
+    original = rows["c-original"]
+    assert original.reason and original.reason.startswith("near-duplicate of a-small")
+    assert original.outputs == rows["a-small"].outputs and len(original.outputs) == 4
+
+    paying = run([str(folder / "c-original.jpg")], [20], out=out, allow_near_duplicates=True)
+    assert paying.is_completed(), paying.message
+    assert len(sandbox.submissions()) == 2
 
 
 def with_logo(source: Path) -> bytes:

@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import re
+import threading
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -698,6 +699,10 @@ class _SetJob:
     # upload checks of planning are made once it is (``_when_prepared``).
     unprepared: bool = False
     fresh: bool = False  # its key had no record when planned
+    # A better copy of its picture planned later in this run takes its place while its
+    # send has not begun (``_LookChecks``): the photo it gave way to, and how far apart.
+    gave_way_to: tuple[Photo, int] | None = None
+    sending_begun: bool = False
 
 
 async def _generate(
@@ -808,7 +813,7 @@ async def _generate(
                 sorted({job.template_id for job in jobs if job.sending}),
                 results_in=runtime.workspace.out,
             )
-        checks = _UploadChecks(base_url, first_by_upload, duplicates, looks)
+        checks = _UploadChecks(base_url, first_by_upload, duplicates, looks, _ChunkGate(jobs))
         await _run_jobs(jobs, runtime, plan, budget, concurrency, listener, checks)
         if runtime.budget is not None and plan.tasks:  # what is left after this run's sets
             left = await anyio.to_thread.run_sync(runtime.budget.left)
@@ -829,7 +834,31 @@ async def _generate(
                 "reason": f"{note}; {model.reason}" if model.reason else note,
             }
         )
+    _with_paid_sets(plan.rows)
     return plan
+
+
+def _with_paid_sets(rows: dict[tuple[str, int], ManifestRow]) -> None:
+    """Give each near-duplicate's row the images of the set paid for its picture in this
+    run (a catalogue that reads rows gets them for both items), following a photo that
+    gave way to a better copy to that copy."""
+    by_photo = {(row.source_sha256, row.template_id): row for row in rows.values()}
+    for key, row in rows.items():
+        paid, hops = by_photo.get((row.near_duplicate_of, row.template_id)), 0
+        while paid is not None and paid.near_duplicate_of is not None and hops < len(rows):
+            paid, hops = by_photo.get((paid.near_duplicate_of, row.template_id)), hops + 1
+        if row.near_duplicate_of is None or paid is None or paid.near_duplicate_of is not None:
+            continue  # paid in an earlier run: its images came with the match
+        reason = row.reason
+        if hops:
+            reason = f"near-duplicate of {paid.item} (through a copy it gave way to)"
+        rows[key] = row.model_copy(
+            update={
+                "near_duplicate_of": paid.source_sha256,
+                "outputs": paid.outputs,
+                "reason": reason,
+            }
+        )
 
 
 @dataclass
@@ -840,6 +869,31 @@ class _UploadChecks:
     first_by_upload: dict[tuple[str, int], Photo]
     duplicates: list[tuple[Photo, int, Photo]]
     looks: _LookChecks
+    gate: _ChunkGate
+
+
+class _ChunkGate:
+    """Sets planned before their photos were prepared are sent once every set of their
+    chunk is checked: of two copies prepared together, the better is then the one sent."""
+
+    def __init__(self, jobs: list[_SetJob]) -> None:
+        self._unchecked: dict[int, int] = {}
+        self._checked: dict[int, asyncio.Event] = {}
+        for job in jobs:
+            if job.unprepared:
+                chunk = id(job.photo.preparing)
+                self._unchecked[chunk] = self._unchecked.get(chunk, 0) + 1
+                self._checked.setdefault(chunk, asyncio.Event())
+
+    def checked(self, job: _SetJob) -> None:
+        chunk = id(job.photo.preparing)
+        self._unchecked[chunk] -= 1
+        if not self._unchecked[chunk]:
+            self._checked[chunk].set()
+
+    async def wait(self, job: _SetJob) -> None:
+        """Until every set of the job's chunk is checked."""
+        await self._checked[id(job.photo.preparing)].wait()
 
 
 _GO_ON = "go on"
@@ -893,22 +947,63 @@ async def _when_prepared(
 
 @dataclass(frozen=True)
 class _Likeness:
-    """The paid (or planned) photo a photo looks like."""
+    """The paid (or planned) photo a photo looks like, and its set's images if paid."""
 
     item: str
     source_sha256: str | None
     distance: int
+    outputs: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, photo: Photo, distance: int) -> _Likeness:
+        assert photo.prepared is not None
+        return cls(photo.item, photo.prepared.source_sha256, distance)
 
 
 class _LookChecks:
     """Planning's near-duplicate check: a photo about to be paid for that looks like one
-    paid for with the same template, or planned earlier in this run, is skipped."""
+    paid for with the same template is skipped. Of photos of this run that are the same
+    picture, the best source is sent (``PreparedPhoto.source_rank``, then the batch's
+    order): a better copy planned later takes the place of one whose send has not begun."""
 
     def __init__(self, runtime: BatchRuntime) -> None:
         self.runtime = runtime
         self._by_template: dict[int, likeness.NearDuplicates[str | Photo]] = {}
         self.turn = asyncio.Lock()  # held by a photo checked as it is prepared
         self._paid: dict[int, list[tuple[Look, str]]] | None = None  # listed once, if needed
+        self._planned: dict[tuple[int, int], _SetJob] = {}  # by id(photo), template
+        # Taking a place (in a worker thread) and beginning a send (in the event loop)
+        # exclude each other: a copy never takes the place of a set being sent.
+        self._places = threading.Lock()
+
+    def begin_sending(self, job: _SetJob) -> _Likeness | None:
+        """The better copy the job's photo gave way to, if one did; else the job's send
+        begins, and no copy takes its place any more."""
+        with self._places:
+            if job.gave_way_to is not None:
+                return _Likeness.of(*job.gave_way_to)
+            job.sending_begun = True
+            return None
+
+    def _takes_over(
+        self, template_id: int, photo: str | Photo, match: likeness.Match[str | Photo]
+    ) -> bool:
+        """Whether ``photo`` takes the place of the planned photo it repeats (``match``):
+        a better source, while that one's send has not begun."""
+        assert isinstance(photo, Photo) and isinstance(match.ref, Photo)
+        assert photo.prepared is not None and match.ref.prepared is not None
+        if photo.prepared.source_rank <= match.ref.prepared.source_rank:
+            return False
+        with self._places:
+            giving_way = self._planned[(id(match.ref), template_id)]
+            if giving_way.sending_begun:
+                return False
+            giving_way.gave_way_to = (photo, match.distance)
+            for (_, template), job in self._planned.items():
+                gave_way = job.gave_way_to
+                if template == template_id and gave_way is not None and gave_way[0] is match.ref:
+                    job.gave_way_to = (photo, gave_way[1])
+            return True
 
     async def repeats(self, template_id: int, jobs: list[_SetJob]) -> list[_Likeness | None]:
         """For each job's photo (in order), what it repeats; photos that repeat nothing are
@@ -935,6 +1030,7 @@ class _LookChecks:
             index = await anyio.to_thread.run_sync(LookIndex[str | Photo], recorded)
             near = self._by_template[template_id] = NearDuplicates(index)
         keys = {id(photo): key for _, photo, key, _ in looked}
+        self._planned.update({(id(job.photo), template_id): job for job in jobs})
         records: dict[str, LedgerRecord | None] = {}
         previews: dict[str, Image.Image | None] = {}
         store = self.runtime.workspace.store
@@ -968,18 +1064,19 @@ class _LookChecks:
             return mine is not None and theirs is not None and same_picture(mine, theirs)
 
         entries = [(look, photo) for _, photo, _, look in looked]
-        matches = await anyio.to_thread.run_sync(near.check, entries, confirm)
+        takes_over = partial(self._takes_over, template_id)
+        matches = await anyio.to_thread.run_sync(near.check, entries, confirm, takes_over)
         for (position, _, _, _), match in zip(looked, matches, strict=True):
             if match is None:
                 continue
             if isinstance(match.ref, Photo):
-                assert match.ref.prepared is not None
-                sha256 = match.ref.prepared.source_sha256
-                found[position] = _Likeness(match.ref.item, sha256, match.distance)
+                found[position] = _Likeness.of(match.ref, match.distance)
                 continue
             record = records[match.ref]
             assert record is not None
-            found[position] = _Likeness(record.item, record.source_sha256, match.distance)
+            found[position] = _Likeness(
+                record.item, record.source_sha256, match.distance, tuple(record.outputs)
+            )
         return found
 
 
@@ -1002,6 +1099,8 @@ async def _without_near_duplicates(
     for template_id, candidates in checked.items():
         likes = await looks.repeats(template_id, candidates)
         for job, like in zip(candidates, likes, strict=True):
+            if job.gave_way_to is not None:
+                like = _Likeness.of(*job.gave_way_to)
             if like is not None:
                 skipped.add(id(job))
                 row = _near_duplicate_row(job.photo, template_id, like)
@@ -1012,7 +1111,8 @@ async def _without_near_duplicates(
 def _near_duplicate_row(photo: Photo, template_id: int, like: _Likeness) -> ManifestRow:
     reason = f"near-duplicate of {like.item} (distance {like.distance})"
     row = _row(photo, template_id, None, status="skipped", reason=reason)
-    return row.model_copy(update={"near_duplicate_of": like.source_sha256})
+    update = {"near_duplicate_of": like.source_sha256, "outputs": list(like.outputs)}
+    return row.model_copy(update=update)
 
 
 def _sameness(photo: Photo, original: Photo) -> str:
@@ -1131,17 +1231,29 @@ async def _one_set(
     """
     early: ManifestRow | str = _GO_ON
     if job.unprepared and checks is not None:
-        early = await _when_prepared(job, runtime, plan, checks)
+        try:
+            early = await _when_prepared(job, runtime, plan, checks)
+        finally:
+            checks.gate.checked(job)
+        if early == _GO_ON:
+            await checks.gate.wait(job)
     if isinstance(early, ManifestRow):
         row = early
     elif early == _DUPLICATE:
         row = _row(job.photo, job.template_id, None, status="skipped", reason=_DUPLICATE)
     else:
         async with slots:
-            try:
-                row = await _submit_and_collect(job, runtime, plan, budget)
-            except Exception as exc:
-                row = _failed_row(job, runtime, exc)
+            gave_way = (
+                checks.looks.begin_sending(job) if job.sending and checks is not None else None
+            )
+            if gave_way is not None:
+                plan.tasks -= 1
+                row = _near_duplicate_row(job.photo, job.template_id, gave_way)
+            else:
+                try:
+                    row = await _submit_and_collect(job, runtime, plan, budget)
+                except Exception as exc:
+                    row = _failed_row(job, runtime, exc)
     try:
         await progress.advance(row)
     except Exception as exc:  # the progress artifact is a nicety, never a reason to fail

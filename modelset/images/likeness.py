@@ -172,18 +172,30 @@ class NearDuplicates(Generic[R]):
         self,
         entries: Sequence[tuple[Look, R]],
         confirm: Callable[[R, R], bool] | None = None,
+        takes_over: Callable[[R, Match[R]], bool] | None = None,
     ) -> list[Match[R] | None]:
         """In order, for each (look, ref): the recorded or planned picture it repeats, or
         None, and then it is planned (``ref`` is what a later repeat names).
 
         A look's matches, recorded first and each by distance, are only candidates when
         ``confirm`` is given: the first that ``confirm(ref, its ref)`` accepts is the one
-        repeated (two products shot alike share a look)."""
+        repeated (two products shot alike share a look). A planned picture repeated is
+        replaced by ``ref`` where ``takes_over(ref, match)`` says so (a better copy of it):
+        ``ref`` is then planned in its place and its entry is None."""
         recorded = self.recorded.matches([look for look, _ in entries])
         result: list[Match[R] | None] = []
         for (look, ref), paid in zip(entries, recorded, strict=True):
-            candidates = itertools.chain(paid, self._planned_matches(look))
+            planned = self._planned_matches(look)
+            candidates = itertools.chain(paid, planned)
             match = next((m for m in candidates if confirm is None or confirm(ref, m.ref)), None)
+            if (
+                match is not None
+                and takes_over is not None
+                and any(match is other for other in planned)
+                and takes_over(ref, match)
+            ):
+                self._planned = [ref if other is match.ref else other for other in self._planned]
+                match = None
             if match is None:
                 self.plan(look, ref)
             result.append(match)

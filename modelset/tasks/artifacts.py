@@ -277,8 +277,9 @@ def picture_cells(
         if row.thumbnail:
             inputs.append(row.thumbnail)
         if alike := look_alike_thumbnail(row):
-            inputs.append(alike)
-        outputs.extend(row.outputs)
+            inputs.append(alike)  # its cell shows that photo, not the set it carries
+        else:
+            outputs.extend(row.outputs)
     listed = "\n".join([f"{CELLS_VERSION} {size}", *(row.model_dump_json() for row in rows)])
     digest = hashlib.sha256(listed.encode()).hexdigest()
     if (cached := _cached_cells(store, digest)) is not None:

@@ -42,7 +42,7 @@ from modelset.tasks.runtime import BatchRuntime
 
 _CPU_LIMITER = anyio.CapacityLimiter(max(1, os.cpu_count() or 1))
 STAGE_NAMESPACE = "modelset-stage"
-STAGE_VERSION = 2  # 2: HEIC is read; a prepared photo carries its look
+STAGE_VERSION = 3  # 2: HEIC is read; a prepared photo carries its look; 3: and its rank
 
 
 class FetchItem(BaseModel):
