@@ -9,7 +9,7 @@ UV := $(BIN)/uv
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 
-.PHONY: setup demo test lint typecheck pytest bench bench-quick lock clean
+.PHONY: setup demo test test-slow lint typecheck pytest bench bench-quick lock clean
 
 setup: $(STAMP)
 
@@ -63,6 +63,11 @@ typecheck: setup
 pytest: setup
 	$(BIN)/python -m compileall -q modelset tests
 	$(BIN)/pytest -n 3 --dist load --maxschedchunk 1
+
+# The tests marked slow (a burst of fifty deployment runs against the budget, about four
+# minutes of both cores): CI runs them after `make test`, which stays within ten minutes.
+test-slow: setup
+	$(BIN)/pytest -m slow
 
 bench: setup
 	$(BIN)/python -m bench

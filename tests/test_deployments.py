@@ -123,6 +123,7 @@ def test_prefect_yaml_names_its_flows_by_module_path() -> None:
     assert callback["parameters"] == {
         "task_id": "{{ event.payload.task_id }}",
         "out": "{{ event.payload.out }}",
+        "request_id": "{{ event.payload.request_id }}",
     }
 
 

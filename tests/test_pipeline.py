@@ -175,21 +175,29 @@ def test_identical_photos_are_processed_once(
     assert "same photo as" in rows[("copy-of-a", 20)]["reason"]
 
 
-def test_lost_submit_answer_is_resolved_without_paying_twice(
+def test_a_lost_submit_answer_is_never_sent_again_without_a_proven_lookup(
     env: dict[str, str],
     sandbox_factory: SandboxFactory,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    stalling = sandbox_factory(faults={"stall": 1.0})
+    """Every answer is lost, so no accepted request can prove a request_id lookup: the
+    photo is paid, not collected, and neither the run nor a rerun sends it again, even
+    from a sandbox that would find it by request_id."""
+    stalling = sandbox_factory(faults={"stall": 1.0}, lookup_by_request_id=True)
     monkeypatch.setenv("HIDREAM_BASE_URL", stalling.base_url)
     monkeypatch.setenv("HIDREAM_READ_TIMEOUT", "1")
     monkeypatch.setenv("HIDREAM_SUBMIT_TIMEOUT", "1")
     out = tmp_path / "out"
-    state = run([str(make_photo(tmp_path / "in" / "p.jpg"))], [20], out=str(out))
-    assert state.is_completed(), state.message
-    assert len(stalling.submissions()) == 1
-    assert manifest(out)[0]["status"] == "succeeded"
+    photo = str(make_photo(tmp_path / "in" / "p.jpg"))
+    for _ in range(2):
+        state = run([photo], [20], out=str(out))
+        assert state.is_failed()
+        assert len(stalling.submissions()) == 1
+        [row] = manifest(out)
+        assert row["status"] == "outcome_unknown"
+        assert row["reason"].startswith("paid, not collected"), row["reason"]
+    assert not (out / ".modelset" / "lookup-proofs").exists(), "nothing accepted, no proof"
 
 
 def test_two_concurrent_runs_submit_each_photo_once(
