@@ -80,9 +80,17 @@ class PassedOver(BaseModel):
             entries.append((reason, count, ", ".join(shown) + more))
         return entries
 
+    def heading(self) -> str:
+        """``passed over: 3 files``."""
+        return f"passed over: {self.total} file{'' if self.total == 1 else 's'}"
+
+    def lines(self) -> list[str]:
+        """A line per reason: ``not an image: 2 (a.txt, b.pdf)``."""
+        return [f"{reason}: {count} ({names})" for reason, count, names in self.entries()]
+
     def text(self) -> str:
         """One line: ``not an image: 2 (a.txt, b.pdf); hidden: 1 (.DS_Store)``."""
-        return "; ".join(f"{reason}: {count} ({names})" for reason, count, names in self.entries())
+        return "; ".join(self.lines())
 
 
 def _reason_order(entry: tuple[str, int]) -> int:
