@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
     from modelset.flows.generate import RunSummary
     from modelset.report import ManifestRow
+    from modelset.sources import PassedOver
 
 EXIT_OK = 0
 EXIT_ITEMS_FAILED = 1
@@ -581,6 +582,7 @@ def print_summary(summary: RunSummary) -> None:
         if count:
             counts.add_row(status, str(count))
     console.print(counts)
+    print_passed_over(summary.plan.passed_over)
     print_rows("not succeeded", summary.not_succeeded)
     print_rows("near-duplicates: not paid", summary.near_duplicates)
     plan = summary.plan
@@ -606,6 +608,17 @@ def print_summary(summary: RunSummary) -> None:
     if summary.link:
         console.print(
             f"report link (valid 7 days): {summary.link}", highlight=False, soft_wrap=True
+        )
+
+
+def print_passed_over(passed_over: PassedOver) -> None:
+    """What the scan did not take, a line per reason (never wrapped: names stay whole)."""
+    if not passed_over.total:
+        return
+    console.print(passed_over.heading(), highlight=False)
+    for reason, count, names in passed_over.entries():
+        console.print(
+            f"  {reason}: {count} ({names})", markup=False, highlight=False, soft_wrap=True
         )
 
 

@@ -17,8 +17,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
+from modelset.sources import PassedOver
 from modelset.storage import (
     Store,
     locate,
@@ -38,6 +39,8 @@ THUMBS_PREFIX = f"{STATE_DIR}/thumbs"
 SET_THUMBNAILS = "thumbnails.json"
 VIEWS_WRITTEN_FROM = f"{STATE_DIR}/report-views.sha256"
 """The sha256 of the manifest bytes that manifest.csv and index.html were written from."""
+PASSED_OVER = f"{STATE_DIR}/passed-over.json"
+"""What the last run's folder or bucket scan did not take, shown on index.html."""
 MANIFEST_FIELDS = (
     "source",
     "item",
@@ -162,6 +165,26 @@ def update_report(store: Store, rows: list[ManifestRow], *, copies: Path | None 
     return locate(store, INDEX_HTML)
 
 
+def remember_passed_over(store: Store, passed_over: PassedOver) -> None:
+    """Keep what this run's scan passed over for every later writing of ``index.html``
+    (the views are written again when it changed, even if the manifest did not)."""
+    data = passed_over.model_dump_json().encode()
+    kept = read_or_none(store, PASSED_OVER)
+    if kept is not None and kept.data == data:
+        return
+    store.write(PASSED_OVER, data)
+    store.delete(VIEWS_WRITTEN_FROM)
+
+
+def passed_over_of(store: Store) -> PassedOver:
+    """What the last run's scan into this location passed over (nothing, if unknown)."""
+    kept = read_or_none(store, PASSED_OVER)
+    try:
+        return PassedOver() if kept is None else PassedOver.model_validate_json(kept.data)
+    except ValidationError:
+        return PassedOver()  # damaged: the next run writes it again
+
+
 def _digest(data: bytes) -> bytes:
     return hashlib.sha256(data).hexdigest().encode()
 
@@ -193,11 +216,9 @@ def _write_views(
     _write_csv(store, rows)
     title = f"modelset: {store.url}"
     notice = not_collected_notice(rows, store.url)
-    if store.is_local:
-        page = contact_sheet(rows, title=title, notice=notice)
-    else:
-        images = _embedded_images(store, rows, copies)
-        page = contact_sheet(rows, title=title, images=images, notice=notice)
+    passed_over = passed_over_of(store)
+    images = None if store.is_local else _embedded_images(store, rows, copies)
+    page = contact_sheet(rows, title=title, images=images, notice=notice, passed_over=passed_over)
     store.write(INDEX_HTML, page.encode("utf-8"))
 
 
@@ -338,9 +359,10 @@ def contact_sheet(
     title: str,
     images: dict[str, str] | None = None,
     notice: str | None = None,
+    passed_over: PassedOver | None = None,
 ) -> str:
     """A self-contained page: each input beside its generated set, status and reason,
-    under a ``notice`` that asks for action, if any.
+    under a ``notice`` that asks for action, if any, and what the scan passed over.
 
     ``images`` maps a thumbnail's or an output's key to what the page shows for it (a
     ``data:`` URI); without it, images load from their keys, relative to the page.
@@ -367,8 +389,21 @@ def contact_sheet(
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
         f"<h1>{html.escape(title)}</h1><p class='summary'>{summary}</p>"
         + (f"<p class='notice'>{html.escape(notice)}</p>" if notice else "")
+        + _passed_over_section(passed_over)
         + "<table><thead><tr><th>input</th><th>item</th><th>template</th><th>status</th>"
         f"<th>generated set</th></tr></thead><tbody>{body}</tbody></table></body></html>\n"
+    )
+
+
+def _passed_over_section(passed_over: PassedOver | None) -> str:
+    if passed_over is None or not passed_over.total:
+        return ""
+    items = "".join(
+        f"<li>{html.escape(reason)}: <b>{count}</b> <small>{html.escape(names)}</small></li>"
+        for reason, count, names in passed_over.entries()
+    )
+    return (
+        f"<div class='passed'><b>passed over: {passed_over.total} files</b><ul>{items}</ul></div>"
     )
 
 

@@ -30,10 +30,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
+from modelset.images.rules import heif_formats
 from modelset.sources import (
     IMAGE_SUFFIXES,
     FetchedFile,
     FetchError,
+    PassedOver,
     SourceError,
     SourceItem,
     UnsafeURLError,
@@ -287,17 +289,79 @@ def test_image_suffixes() -> None:
     } == set(IMAGE_SUFFIXES)
 
 
-def test_camera_heif_avif_and_old_jpeg_names_are_found_in_a_folder_and_a_bucket(
+MIXED_SHOOT = {
+    "a.avif": JPEG,  # a suffix is enough: what the file holds is checked when it is read
+    "b.HIF": JPEG,
+    "c.jfif": JPEG,
+    "d.jpe": JPEG,
+    "e.dng": b"II*\x00" + bytes(60),  # a RAW file starts like a TIFF
+    "f.txt": b"call the studio",
+    "g": JPEG,  # an image by its bytes, whatever its name
+    "h.dat": PNG,
+    "clip.mp4": b"\x00\x00\x00\x18ftypisom" + bytes(40),
+    "sub/.DS_Store": b"\x00\x00\x00\x01Bud1",
+    ".thumbs/a.jpg": JPEG,  # a hidden folder is one entry
+    ".thumbs/b.jpg": JPEG,
+    ".modelset/ledger/k.json": b"{}",  # an output location's state: not worth a word
+}
+
+
+def test_a_folder_and_a_bucket_take_images_by_suffix_or_bytes_and_count_what_they_pass_over(
     tmp_path: Path, bucket: str
 ) -> None:
-    names = ["a.avif", "b.HIF", "c.jfif", "d.jpe", "e.dng", "f.txt"]
-    for name in names:
-        write_image(tmp_path / name)
-    found = [Path(item.source).name for item in discover([str(tmp_path)])]
-    assert found == ["a.avif", "b.HIF", "c.jfif", "d.jpe"]
-    put_objects(bucket, {f"shoot/{name}": JPEG for name in names})
-    keys = [item.source.rpartition("/")[2] for item in discover([f"{bucket}/shoot"])]
-    assert keys == found
+    for name, data in MIXED_SHOOT.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(data)
+    put_objects(bucket, {f"shoot/{name}": data for name, data in MIXED_SHOOT.items()})
+    expected_entries = [
+        ("not an image", 2, "clip.mp4, f.txt"),
+        ("RAW camera file (.dng, .cr2, .nef, .arw...): export a JPEG or HEIC", 1, "e.dng"),
+        ("hidden", 2, ".thumbs/, sub/.DS_Store"),
+    ]
+    for spec, root in [(str(tmp_path), f"{tmp_path}/"), (f"{bucket}/shoot", f"{bucket}/shoot/")]:
+        passed = PassedOver()
+        found = [item.source.removeprefix(root) for item in discover([spec], passed_over=passed)]
+        assert found == ["a.avif", "b.HIF", "c.jfif", "d.jpe", "g", "h.dat"], spec
+        assert passed.entries() == expected_entries, spec
+
+
+@pytest.mark.parametrize(
+    "image_format", ["JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP", "HEIF", "AVIF"]
+)
+def test_every_format_read_is_taken_without_a_suffix(tmp_path: Path, image_format: str) -> None:
+    heif_formats()  # pillow-heif's encoder writes the HEIF
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(tmp_path / "look", image_format)
+    passed = PassedOver()
+    assert sources(discover([str(tmp_path)], passed_over=passed)) == [str(tmp_path / "look")]
+    assert passed.total == 0
+    assert sources(discover([str(tmp_path / "look")])) == [str(tmp_path / "look")]
+
+
+def test_a_raw_file_named_alone_says_what_to_do(tmp_path: Path, bucket: str) -> None:
+    (tmp_path / "IMG_0001.CR2").write_bytes(b"II*\x00" + bytes(60))
+    put_objects(bucket, {"IMG_0002.nef": b"MM\x00*" + bytes(60)})
+    for spec in [str(tmp_path / "IMG_0001.CR2"), f"{bucket}/IMG_0002.nef"]:
+        with pytest.raises(SourceError, match=r"is a RAW camera file .*: export a JPEG or HEIC$"):
+            discover([spec])
+
+
+def test_no_images_found_names_what_was_passed_over(tmp_path: Path, bucket: str) -> None:
+    notes = {f"notes{n:02d}.txt": b"call the studio" for n in range(12)}
+    for name, data in {**notes, "a.arw": b"II*\x00"}.items():
+        (tmp_path / name).write_bytes(data)
+    put_objects(bucket, {f"docs/{name}": data for name, data in notes.items()})
+    shown = ", ".join(list(notes)[:10]) + ", ..."
+    with pytest.raises(SourceError) as in_folder:
+        discover([str(tmp_path)])
+    assert str(in_folder.value) == (
+        f"no images found in {tmp_path}; passed over: not an image: 12 ({shown}); "
+        "RAW camera file (.dng, .cr2, .nef, .arw...): export a JPEG or HEIC: 1 (a.arw)"
+    )
+    with pytest.raises(SourceError) as in_bucket:
+        discover([f"{bucket}/docs"])
+    assert str(in_bucket.value) == (
+        f"no images found in {bucket}/docs; passed over: not an image: 12 ({shown})"
+    )
 
 
 def test_folder_recursion_is_sorted_and_skips_hidden(tmp_path: Path) -> None:
@@ -551,8 +615,9 @@ def test_file_url_with_remote_host_is_refused(tmp_path: Path) -> None:
 
 
 def test_bucket_prefix_object_and_glob(bucket: str) -> None:
-    keys = ["shoot/b.jpg", "shoot/a/c.png", "shoot/.thumbs/x.jpg", "shoot/notes.txt"]
+    keys = ["shoot/b.jpg", "shoot/a/c.png", "shoot/.thumbs/x.jpg"]
     put_objects(bucket, dict.fromkeys([*keys, "shootout/z.jpg", "top.png"], JPEG))
+    put_objects(bucket, {"shoot/notes.txt": b"call the studio"})
     prefix = f"{bucket}/shoot"
 
     items = discover([prefix])
@@ -594,7 +659,7 @@ def test_bucket_errors(bucket: str) -> None:
         discover([f"{bucket}/docs"])
     with pytest.raises(SourceError, match="no images found in"):
         discover([f"{bucket}/docs/*.jpg"])
-    with pytest.raises(SourceError, match="is not an image"):
+    with pytest.raises(SourceError, match="is neither an image"):
         discover([f"{bucket}/docs/readme.txt"])
     with pytest.raises(SourceError, match="not a valid object key"):
         discover([f"{bucket}/docs/../secrets"])

@@ -58,6 +58,8 @@ def test_reading_a_missing_key_raises_not_found(store: Store) -> None:
         store.head("nothing/here.json")
     with pytest.raises(NotFound):
         store.read_chunks("nothing/here.json")
+    with pytest.raises(NotFound):
+        store.read_start("nothing/here.json", 16)
 
 
 def test_a_prefix_is_not_an_object(store: Store) -> None:
@@ -99,6 +101,17 @@ def test_write_file_streams_a_file_and_read_chunks_streams_it_back(
         chunks = list(stream)
     assert b"".join(chunks) == data
     assert len(chunks) > 1  # streamed, not read whole
+
+
+def test_read_start_reads_the_first_bytes_of_long_short_and_empty_objects(
+    store: Store,
+) -> None:
+    store.write("long.bin", b"0123456789" * 1000)
+    store.write("short.bin", b"abc")
+    store.write("empty.bin", b"")
+    assert store.read_start("long.bin", 16) == b"0123456789012345"
+    assert store.read_start("short.bin", 16) == b"abc"
+    assert store.read_start("empty.bin", 16) == b""
 
 
 def test_create_twice_raises_already_exists_and_keeps_the_first(store: Store) -> None:

@@ -48,6 +48,7 @@ from modelset.report import (
     input_thumbnail_key,
     not_collected_notice,
     read_manifest,
+    remember_passed_over,
     update_report,
 )
 from modelset.review import (
@@ -58,7 +59,7 @@ from modelset.review import (
     pending_among,
 )
 from modelset.settings import Settings
-from modelset.sources import SourceItem, discover, remote_identity
+from modelset.sources import PassedOver, SourceItem, discover, remote_identity
 from modelset.stages import (
     PreparedPhoto,
     PrepareOptions,
@@ -132,6 +133,7 @@ class RunPlan:
     budget_left: str | None = None  # what the budget across runs has left, if one is set
     stopped: str | None = None  # submitting stopped mid-run: why
     account_error: str | None = None
+    passed_over: PassedOver = field(default_factory=PassedOver)  # files the scan did not take
 
 
 @dataclass
@@ -370,15 +372,16 @@ async def _run_batch_in(
     item: str | None,
 ) -> RunSummary:
     log = get_run_logger()
+    passed_over = PassedOver()
     photos = _photos(
-        discover(sources, allow_file_urls=settings.allow_file_urls),
+        discover(sources, allow_file_urls=settings.allow_file_urls, passed_over=passed_over),
         template_ids,
         item,
         known={row.source: row.item for row in read_manifest(workspace.store)},
     )
     if options.shard_size and len(photos) > options.shard_size:
         await probe
-        return await run_shards(photos, options, workspace, listener)
+        return await run_shards(photos, options, workspace, listener, passed_over)
     shown = [f"{p.item}/{t}" for p in photos for t in p.template_ids][:THUMBNAIL_ROWS]
     workspace.pictures.want(shown)  # the summary's sets, pictured as they arrive
     rules = SubmitPolicy(
@@ -426,6 +429,9 @@ async def _run_batch_in(
             listener=listener,
         )
         await _remember_records(runtime)
+    plan.passed_over = passed_over
+    if not options.shard_of:  # a shard's manifest passes nothing over: its parent's scan did
+        await anyio.to_thread.run_sync(remember_passed_over, workspace.store, passed_over)
     if plan.account_error and options.shard_of:
         # The parent learns it from here: it exits 3 as an unsharded run would.
         workspace.store.write(
@@ -444,7 +450,7 @@ async def _run_batch_in(
     sheet = await anyio.to_thread.run_sync(
         partial(update_report, workspace.store, rows, copies=workspace.kept)
     )
-    await publish_results(rows, workspace, sheet=sheet)
+    await publish_results(rows, workspace, sheet=sheet, passed_over=passed_over)
     log.info("report written: %s", sheet)
     return RunSummary.written(workspace, rows, sheet, plan, pending)
 
@@ -1359,7 +1365,11 @@ SHARD_DEPLOYMENT = "generate-model-sets/manual"
 
 
 async def run_shards(
-    photos: list[Photo], options: RunOptions, workspace: Workspace, listener: RunListener
+    photos: list[Photo],
+    options: RunOptions,
+    workspace: Workspace,
+    listener: RunListener,
+    passed_over: PassedOver,
 ) -> RunSummary:
     """Split the batch into child runs of the manual deployment, for workers to share.
 
@@ -1369,7 +1379,9 @@ async def run_shards(
     from prefect.deployments.flow_runs import arun_deployment
 
     assert options.shard_size
-    planned = RunPlan(tasks=sum(len(photo.template_ids) for photo in photos))
+    planned = RunPlan(
+        tasks=sum(len(photo.template_ids) for photo in photos), passed_over=passed_over
+    )
     planned.images = planned.tasks * Settings().images_per_set  # at most; done ones are free
     if not listener.on_plan(planned):
         rows = [
@@ -1386,6 +1398,7 @@ async def run_shards(
         return RunSummary(
             out=workspace.out, rows=rows, sheet=locate(workspace.store, INDEX_HTML), plan=planned
         )
+    await anyio.to_thread.run_sync(remember_passed_over, workspace.store, passed_over)
     run_id = str(flow_run.get_id() or uuid.uuid4())
     child_options = options.model_copy(
         update={"shard_size": None, "out": workspace.out, "shard_of": run_id}
@@ -1424,7 +1437,7 @@ async def run_shards(
                     reason="its shard run ended without a report; a rerun resolves it",
                 )
             rows.append(row)
-    plan = RunPlan(tasks=len(children))
+    plan = RunPlan(tasks=len(children), passed_over=passed_over)
     account = read_or_none(workspace.store, f"{shard_prefix(run_id)}/{ACCOUNT_ERROR}")
     if account is not None:
         plan.account_error = account.data.decode("utf-8")
@@ -1433,7 +1446,7 @@ async def run_shards(
         log = get_run_logger()
         log.warning("%d of %d shard runs did not complete", len(failed), len(children))
     sheet = locate(workspace.store, INDEX_HTML)
-    await publish_results(rows, workspace, sheet=sheet)
+    await publish_results(rows, workspace, sheet=sheet, passed_over=passed_over)
     pending = (
         await anyio.to_thread.run_sync(
             pending_among, workspace.store, [row.task_id for row in rows if row.task_id]

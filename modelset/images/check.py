@@ -12,6 +12,8 @@ from typing import IO, Any, Final, NamedTuple
 from PIL import Image, ImageFile, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict
 
+from modelset.signatures import is_heif
+
 from .errors import ImageRejected
 from .frames import count_frames, gif_frames
 from .geometry import is_three_by_four
@@ -20,7 +22,6 @@ from .reasons import (
     bomb,
     decode_failure,
     describe_unidentified,
-    is_heif,
     pillow_bomb,
     sniff_format,
 )

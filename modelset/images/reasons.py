@@ -5,16 +5,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-# Image formats we read: a file with one of these signatures that Pillow still
-# cannot identify is a damaged image, not a foreign file.
-_IMAGE_MAGIC: Final[tuple[tuple[bytes, str], ...]] = (
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"GIF87a", "GIF"),
-    (b"GIF89a", "GIF"),
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
-)
+from modelset.signatures import AVIF_BRANDS, IMAGE_SIGNATURES, image_format, is_heif
 
 _FOREIGN_MAGIC: Final[tuple[tuple[bytes, str], ...]] = (
     (b"%PDF", "a PDF document"),
@@ -31,15 +22,12 @@ _FOREIGN_MAGIC: Final[tuple[tuple[bytes, str], ...]] = (
     (b"MZ", "an executable"),
 )
 
-_HEIF_BRANDS: Final = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"mif1", b"msf1", b"heim"})
-_AVIF_BRANDS: Final = frozenset({b"avif", b"avis"})
-
 _MAX_DETAIL: Final = 120
 
 
 def describe_unidentified(head: bytes) -> str:
     """Reason for a non-empty file that no accepted image plugin recognised."""
-    for magic, name in _IMAGE_MAGIC:
+    for magic, name in IMAGE_SIGNATURES:
         if head.startswith(magic):
             return f"corrupt image: {name} signature but the header is unreadable"
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
@@ -48,7 +36,7 @@ def describe_unidentified(head: bytes) -> str:
         brand = head[8:12]
         if is_heif(head):
             return "corrupt image: HEIF signature but the header is unreadable"
-        if brand in _AVIF_BRANDS:
+        if brand in AVIF_BRANDS:
             return "corrupt image: AVIF signature but the header is unreadable"
         return "not an image: unrecognised format (looks like a video/MP4 file)"
     for magic, name in _FOREIGN_MAGIC:
@@ -128,16 +116,4 @@ def pillow_bomb(exc: BaseException, max_pixels: int, pillow_limit: int | None) -
 
 def sniff_format(head: bytes) -> str:
     """Best guess of the format from the signature, for messages only."""
-    for magic, name in _IMAGE_MAGIC:
-        if head.startswith(magic):
-            return name
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "WebP"
-    if is_heif(head):
-        return "HEIF"
-    return "image"
-
-
-def is_heif(head: bytes) -> bool:
-    """Whether the file's first bytes are an ISO box of a HEIC/HEIF brand."""
-    return head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS
+    return image_format(head) or "image"

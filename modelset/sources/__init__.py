@@ -13,7 +13,7 @@ from modelset.sources.errors import (
 )
 from modelset.sources.fetching import fetch, remote_identity
 from modelset.sources.locations import IMAGE_SUFFIXES
-from modelset.sources.models import FetchedFile, SourceItem
+from modelset.sources.models import FetchedFile, PassedOver, SourceItem
 from modelset.sources.netguard import ALLOW_PRIVATE_ENV, check_url
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "FetchError",
     "FetchedFile",
     "NoImagesFound",
+    "PassedOver",
     "SourceError",
     "SourceItem",
     "UnsafeURLError",

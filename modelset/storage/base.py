@@ -82,6 +82,11 @@ class Store(Protocol):
         stopping early."""
         ...
 
+    def read_start(self, key: str, size: int) -> bytes:
+        """The object's first ``size`` bytes (all of them when it is shorter), without
+        reading the rest; raises :class:`NotFound`."""
+        ...
+
     def write(self, key: str, data: bytes) -> str:
         """Replace (or create) the object, whole or not at all; returns its ETag."""
         ...

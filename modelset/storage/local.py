@@ -67,6 +67,13 @@ class FolderStore:
             raise NotFound(f"{self.url}: no {key}") from None
         return _chunks(handle, chunk_size)
 
+    def read_start(self, key: str, size: int) -> bytes:
+        try:
+            with self._path(key).open("rb") as handle:
+                return handle.read(size)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise NotFound(f"{self.url}: no {key}") from None
+
     def write(self, key: str, data: bytes) -> str:
         path = self._path(key)
         write_bytes(path, data)

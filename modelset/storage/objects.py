@@ -212,6 +212,20 @@ class BucketStore:
         result = self._retrying(key, lambda: obstore.get(self._store, path))
         return self._chunks(key, result.stream(min_chunk_size=chunk_size))
 
+    def read_start(self, key: str, size: int) -> bytes:
+        path = check_key(key)
+
+        def get() -> bytes:
+            return bytes(obstore.get(self._store, path, options={"range": (0, size)}).bytes())
+
+        try:
+            return self._retrying(key, get)
+        except StoreUnavailable as exc:
+            # S3 answers a range of an empty object with 416 Range Not Satisfiable.
+            if not exc.transient and self.head(key).size == 0:
+                return b""
+            raise
+
     def _chunks(self, key: str, stream: Iterator[bytes]) -> Chunks:
         with self._errors(key):
             for chunk in stream:

@@ -33,6 +33,7 @@ from modelset.report import (
     output_thumbnails,
     summarize,
 )
+from modelset.sources import PassedOver
 from modelset.stages import (
     Workspace,
     jpeg_bytes,
@@ -103,10 +104,12 @@ TABLE_COLUMNS = (
 )
 
 
-async def publish_results(rows: list[ManifestRow], workspace: Workspace, *, sheet: str) -> None:
+async def publish_results(
+    rows: list[ManifestRow], workspace: Workspace, *, sheet: str, passed_over: PassedOver
+) -> None:
     """A table of the rows (status first, ids and hashes last; as many as an event
     carries) and a markdown summary with small thumbnails of each input beside its
-    generated set."""
+    generated set, under what the scan passed over."""
     if not rows:
         return
     table = results_table(rows)
@@ -129,7 +132,14 @@ async def publish_results(rows: list[ManifestRow], workspace: Workspace, *, shee
     )
     await create_markdown_artifact(  # type: ignore[misc]
         key="modelset-summary",
-        markdown=summary_markdown(rows, cells, out=workspace.out, sheet=sheet, tabled=len(table)),
+        markdown=summary_markdown(
+            rows,
+            cells,
+            out=workspace.out,
+            sheet=sheet,
+            tabled=len(table),
+            passed_over=passed_over,
+        ),
         description="Results with thumbnails",
     )
 
@@ -161,16 +171,19 @@ def summary_markdown(
     out: str,
     sheet: str,
     tabled: int | None = None,
+    passed_over: PassedOver | None = None,
 ) -> str:
     """The summary: the first rows with their pictures while the text stays within
     :data:`ARTIFACT_MAX_BYTES`, the rest of the first :data:`THUMBNAIL_ROWS` without.
-    ``tabled``: how many rows the table artifact holds (all when None)."""
+    ``tabled``: how many rows the table artifact holds (all when None); ``passed_over``:
+    the files the scan did not take."""
     shown = rows[:THUMBNAIL_ROWS]
     counts = ", ".join(f"{status}: {n}" for status, n in summarize(rows).items() if n)
     notice = not_collected_notice(rows, out)
     lines = [
         f"# modelset results\n\n{counts}\n\nOutput location: `{out}`; report: `{sheet}`\n"
-        + (f"\n**{notice}**\n" if notice else ""),
+        + (f"\n**{notice}**\n" if notice else "")
+        + _passed_over_markdown(passed_over),
         "| input | generated set | item | template | status | reason |",
         "|---|---|---|---|---|---|",
     ]
@@ -201,6 +214,15 @@ def summary_markdown(
             f"`{out}/manifest.csv` and in the report `{sheet}`."
         )
     return "\n".join(lines)
+
+
+def _passed_over_markdown(passed_over: PassedOver | None) -> str:
+    if passed_over is None or not passed_over.total:
+        return ""
+    reasons = "".join(
+        f"- {reason}: {count} (`{names}`)\n" for reason, count, names in passed_over.entries()
+    )
+    return f"\n**{passed_over.heading()}**\n\n{reasons}"
 
 
 def _summary_row(row: ManifestRow, cells: Mapping[str, bytes]) -> str:
