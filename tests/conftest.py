@@ -57,6 +57,7 @@ DEAREST_FIRST = (
     "test_review_deployments.py",
     "test_callback_flow.py",
     "test_reliability.py",
+    "test_budget.py",
     "test_plan.py",
     "test_crash_recovery.py",
     "test_bucket_runs.py",

@@ -28,6 +28,15 @@ from tests.test_deployments import start_serve, stop
 pytestmark = pytest.mark.usefixtures("prefect_server")
 SECRET = "callback-secret-for-tests-7d1e"
 World = tuple[dict[str, str], list[Path]]
+# A batch's hold on a set is a lease on a bucket, which a run that ended or died leaves
+# to expire: short ones here (a lease must outlast a whole send: 2 x (2 + 5) s).
+SHORT_LEASES = {
+    "HIDREAM_LEDGER_LEASE": "15",
+    "HIDREAM_CONNECT_TIMEOUT": "2",
+    "HIDREAM_READ_TIMEOUT": "5",
+    "HIDREAM_SUBMIT_TIMEOUT": "5",
+    "HIDREAM_MAX_ATTEMPTS": "2",
+}
 
 
 @pytest.fixture
@@ -121,12 +130,7 @@ def test_a_set_whose_answer_was_lost_is_collected_by_its_callback(
     env, logs = callback_world(
         tmp_path / "default-out",
         faults={"lost_answer": 1.0},
-        # A bucket's collecting hold is a lease: the run's, left at exit, must not wait long.
-        HIDREAM_LEDGER_LEASE="15",
-        HIDREAM_CONNECT_TIMEOUT="2",
-        HIDREAM_READ_TIMEOUT="5",
-        HIDREAM_SUBMIT_TIMEOUT="5",
-        HIDREAM_MAX_ATTEMPTS="2",
+        **SHORT_LEASES,
     )
     store = open_store(out_location)
     photo = make_photo(tmp_path / "in" / "unanswered.jpg", colour=(200, 60, 60))
@@ -172,12 +176,7 @@ def test_a_callback_brings_the_set_of_a_dead_run_into_its_bucket(
     elsewhere = tmp_path / "default-out"
     env, logs = callback_world(
         elsewhere,
-        # A dead batch's hold on the set is a lease on a bucket: keep it short.
-        HIDREAM_LEDGER_LEASE="15",
-        HIDREAM_CONNECT_TIMEOUT="2",
-        HIDREAM_READ_TIMEOUT="5",
-        HIDREAM_SUBMIT_TIMEOUT="5",
-        HIDREAM_MAX_ATTEMPTS="2",
+        **SHORT_LEASES,
     )
     store = open_store(bucket)
     photo = make_photo(tmp_path / "in" / "drifter.jpg", colour=(30, 160, 90))
