@@ -9,9 +9,11 @@ A *look* is two fingerprints of the prepared pixels (upright, 3:4, sRGB):
   computed from grey levels and a team wants the red dress and the blue dress of the
   same shoot generated separately.
 
-Two looks are the same picture when the shapes differ in at most ``MAX_SHAPE_DISTANCE``
-bits and no cell's channel differs by more than ``MAX_COLOUR_DIFFERENCE``. Both
-thresholds were picked from the measurements in ``docs/images.md``.
+Two looks match when the shapes differ in at most ``MAX_SHAPE_DISTANCE`` bits and no
+cell's channel differs by more than ``MAX_COLOUR_DIFFERENCE`` (thresholds picked from the
+measurements in ``docs/images.md``). A match is a candidate only: two products shot alike
+share a look, and ``sameness.py`` compares the previews region by region before a photo
+is taken for a copy.
 
 This module needs no numpy; the hash and the index are in ``likeness.py``, imported
 by the first photo that needs them.
@@ -54,7 +56,7 @@ class Look:
         return cls(int(text[:16], 16), bytes.fromhex(text[16:]))
 
     def distance(self, other: Look) -> int | None:
-        """Bits the shapes differ by, when the two are the same picture; else None."""
+        """Bits the shapes differ by, when the two looks match; else None."""
         bits = (self.shape ^ other.shape).bit_count()
         if bits > MAX_SHAPE_DISTANCE:
             return None

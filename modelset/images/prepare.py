@@ -54,7 +54,8 @@ class PreparedImage(BaseModel):
     check: ImageCheck
     """Inspection of the source."""
     look: str
-    """What the prepared pixels look like (``looks.Look``): near-duplicates share it."""
+    """What the prepared pixels look like (``looks.Look``): copies share it, and so may
+    other photos shot alike (a candidate, confirmed by ``sameness.py``)."""
 
 
 def prepare_image(
