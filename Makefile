@@ -64,8 +64,9 @@ pytest: setup
 	$(BIN)/python -m compileall -q modelset tests
 	$(BIN)/pytest -n 3 --dist load --maxschedchunk 1
 
-# The tests marked slow (a burst of fifty deployment runs against the budget, about four
-# minutes of both cores): CI runs them after `make test`, which stays within ten minutes.
+# The tests marked slow (a burst of fifty deployment runs against the budget, and the
+# look-alike measurements over hundreds of pictures: about three minutes): CI runs them
+# after `make test`, which stays within ten minutes.
 test-slow: setup
 	$(BIN)/pytest -m slow
 

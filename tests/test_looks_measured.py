@@ -4,7 +4,7 @@ Every decodable photo of the corpus and the demo is re-saved the ways a catalogu
 copies are made (JPEG quality 60 and 95, half size, metadata stripped, PNG, WebP, 2 %
 cropped off each edge in turn): each copy must be found. Every pair of distinct pictures,
 and mirrored and recoloured versions a team wants generated separately, must not be.
-``pytest -s`` prints the figures that ``docs/images.md`` gives.
+``pytest -s -m slow`` prints the figures that ``docs/images.md`` gives.
 """
 
 from __future__ import annotations
@@ -40,7 +40,11 @@ ONE_PICTURE = frozenset(
     }
 )
 
-pytestmark = pytest.mark.skipif(not CORPUS.is_dir(), reason=f"corpus not found at {CORPUS}")
+# Measurements over hundreds of pictures (about 20 s of CPU): `make test-slow` runs them.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not CORPUS.is_dir(), reason=f"corpus not found at {CORPUS}"),
+]
 
 
 def upright(path: Path) -> Image.Image:

@@ -5,7 +5,7 @@ products' photos differ only on the garment. Each photo of a person (the demo's,
 corpus's Hopper portrait, and the astronaut of scikit-image's data, a NASA photo in the
 public domain, in ``tests/data``) gets product variants drawn onto its garment, and the
 copies a catalogue makes. Every copy must be the same picture (its look matches and the
-regions confirm it), and no variant may be. ``pytest -s`` prints the figures that
+regions confirm it), and no variant may be. ``pytest -s -m slow`` prints the figures that
 ``docs/images.md`` gives.
 """
 
@@ -42,7 +42,11 @@ GARMENTS: dict[Path, Box] = {
 LOGO_SIZES = (0.3, 0.2, 0.14, 0.1, 0.07, 0.05)
 """Sides of a square logo, as shares of the garment's width: the smallest told apart."""
 
-pytestmark = pytest.mark.skipif(not CORPUS.is_dir(), reason=f"corpus not found at {CORPUS}")
+# Measurements over hundreds of pictures (about 20 s of CPU): `make test-slow` runs them.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not CORPUS.is_dir(), reason=f"corpus not found at {CORPUS}"),
+]
 
 
 def garment_box(picture: Image.Image, shares: Box) -> tuple[int, int, int, int]:
