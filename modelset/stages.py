@@ -501,7 +501,9 @@ async def submit_once(
                 reservation = reserved
             try:
                 outcome = await record_intent_and_send(claim, record, attempt, reservation)
-            except AccountError:
+            except (AccountError, RecordAppeared):
+                # Nothing was created: the account was refused, or another run wrote the
+                # record first and nothing was written or sent here.
                 if budget is not None and reservation is not None:
                     await budget.release(reservation)
                 raise

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from modelset.budget import PeriodBudget
 from modelset.hidream import HiDreamClient
 from modelset.images.looks import Look
 from modelset.ledger import (
@@ -179,9 +180,16 @@ async def test_a_claim_planned_absent_finds_a_record_written_meanwhile(store: St
 
 
 async def send_look(
-    client: HiDreamClient, ledger: Ledger, photo: Path, run_id: str, *, absent: bool = False
+    client: HiDreamClient,
+    ledger: Ledger,
+    photo: Path,
+    run_id: str,
+    *,
+    absent: bool = False,
+    budget: PeriodBudget | None = None,
 ) -> LedgerRecord:
-    """``submit_once`` of the photo ``look`` under :data:`KEY`, for the run ``run_id``."""
+    """``submit_once`` of the photo ``look`` under :data:`KEY`, for the run ``run_id``
+    (reserving four images of ``budget``, if any)."""
     return await submit_once(
         client,
         ledger,
@@ -193,6 +201,8 @@ async def send_look(
         rules=SubmitPolicy(run_id=run_id),
         upload=photo,
         absent=absent,
+        budget=budget,
+        images=4,
     )
 
 
@@ -201,13 +211,19 @@ async def test_a_send_planned_absent_is_not_sent_again_when_another_run_sent_it(
 ) -> None:
     sandbox = sandbox_factory()
     photo = make_photo(tmp_path / "look.jpg")
+    budget = PeriodBudget(store, limit=8)
     async with HiDreamClient(TOKEN, base_url=sandbox.base_url) as client:
         # Both runs planned before either sent: each takes the key as absent.
-        first = await send_look(client, open_ledger(store), photo, "run-1", absent=True)
-        second = await send_look(client, open_ledger(store), photo, "run-2", absent=True)
+        first = await send_look(
+            client, open_ledger(store), photo, "run-1", absent=True, budget=budget
+        )
+        second = await send_look(
+            client, open_ledger(store), photo, "run-2", absent=True, budget=budget
+        )
     assert first.state is SubmissionState.SUBMITTED
     assert second.task_id == first.task_id
     assert len(sandbox.submissions()) == 1
+    assert budget.left().left == 4, "the second run's reservation came back: nothing sent"
 
 
 async def test_finishing_swaps_the_version_last_seen_and_never_a_newer_one(store: Store) -> None:
