@@ -108,6 +108,17 @@ def make_photo(
 
 SandboxFactory = Callable[..., SandboxServer]
 
+# A dead or finished run's hold on a bucket's ledger key lasts a lease: short ones, so a
+# rerun or a collector does not wait long. A lease must outlast a whole send:
+# (2 + 5) s x 2 attempts.
+SHORT_LEASES = {
+    "HIDREAM_LEDGER_LEASE": "15",
+    "HIDREAM_CONNECT_TIMEOUT": "2",
+    "HIDREAM_READ_TIMEOUT": "5",
+    "HIDREAM_SUBMIT_TIMEOUT": "5",
+    "HIDREAM_MAX_ATTEMPTS": "2",
+}
+
 
 @pytest.fixture
 def sandbox_factory() -> Iterator[SandboxFactory]:

@@ -17,6 +17,7 @@ from modelset.report import read_manifest
 from modelset.storage import Store, open_store
 from tests.conftest import (
     REPO,
+    SHORT_LEASES,
     SandboxFactory,
     free_port,
     hidream_env,
@@ -28,15 +29,6 @@ from tests.test_deployments import start_serve, stop
 pytestmark = pytest.mark.usefixtures("prefect_server")
 SECRET = "callback-secret-for-tests-7d1e"
 World = tuple[dict[str, str], list[Path]]
-# A batch's hold on a set is a lease on a bucket, which a run that ended or died leaves
-# to expire: short ones here (a lease must outlast a whole send: 2 x (2 + 5) s).
-SHORT_LEASES = {
-    "HIDREAM_LEDGER_LEASE": "15",
-    "HIDREAM_CONNECT_TIMEOUT": "2",
-    "HIDREAM_READ_TIMEOUT": "5",
-    "HIDREAM_SUBMIT_TIMEOUT": "5",
-    "HIDREAM_MAX_ATTEMPTS": "2",
-}
 
 
 @pytest.fixture

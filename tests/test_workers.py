@@ -46,20 +46,11 @@ from modelset.flows.generate import WORKING_DIRECTORY_SET
 from modelset.report import read_manifest
 from modelset.sandbox import SandboxServer
 from modelset.storage import open_store
-from tests.conftest import REPO, SandboxFactory, hidream_env, make_photo
+from tests.conftest import REPO, SHORT_LEASES, SandboxFactory, hidream_env, make_photo
 
 PREFECT = [sys.executable, "-m", "prefect"]
 POOL = "modelset-process"
 MANUAL = "generate-model-sets/manual"
-# A dead run's hold on a bucket's ledger key lasts a lease: short ones, so the rerun
-# does not wait long. A lease must outlast a whole send: (2 + 5) s x 2 attempts.
-SHORT_LEASES = {
-    "HIDREAM_LEDGER_LEASE": "15",
-    "HIDREAM_CONNECT_TIMEOUT": "2",
-    "HIDREAM_READ_TIMEOUT": "5",
-    "HIDREAM_SUBMIT_TIMEOUT": "5",
-    "HIDREAM_MAX_ATTEMPTS": "2",
-}
 
 
 # -- processes ------------------------------------------------------------------------------
