@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from functools import partial
 from typing import Literal, TypeVar
@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, Field
 
 from modelset.ledger import Ledger, LedgerRecord, SubmissionState
+from modelset.settings import Settings
 from modelset.storage import Store, off_loop, read_or_none, update
 
 T = TypeVar("T")
@@ -132,14 +133,14 @@ class Period:
 
     @classmethod
     def containing(cls, moment: datetime, kind: BudgetPeriod, zone: str) -> Period:
-        local = moment.astimezone(ZoneInfo(zone))
+        tz = ZoneInfo(zone)
+        local = moment.astimezone(tz)
         if kind == "day":
             first = local.date()
             following = first + timedelta(days=1)
         else:
             first = local.date().replace(day=1)
             following = (first + timedelta(days=32)).replace(day=1)
-        tz = ZoneInfo(zone)
         return cls(
             kind,
             datetime.combine(first, time(), tzinfo=tz),
@@ -172,9 +173,18 @@ class _Spending(BaseModel):
 
 @dataclass(frozen=True)
 class Reservation:
+    """Room held in a period's budget for one send, settled by its outcome."""
+
+    budget: PeriodBudget = field(repr=False, compare=False)
     period: str
     entry: str
     images: int
+
+    async def spend(self, images: int) -> None:
+        await self.budget.spend(self, images)
+
+    async def release(self) -> None:
+        await self.budget.release(self)
 
 
 @dataclass(frozen=True)
@@ -221,6 +231,18 @@ class PeriodBudget:
         self.zone = zone
         self._now = now
         self.exhausted: Callable[[BudgetLeft], Awaitable[None]] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, store: Store) -> PeriodBudget | None:
+        """The budget across runs ``HIDREAM_BUDGET_*`` ask for, if any."""
+        if settings.budget_images is None:
+            return None
+        return cls(
+            store,
+            limit=settings.budget_images,
+            kind=settings.budget_period,
+            zone=settings.budget_timezone,
+        )
 
     def period(self) -> Period:
         return Period.containing(self._now(), self.kind, self.zone)
@@ -274,7 +296,7 @@ class PeriodBudget:
             return True
 
         fits = await self._change(period.name, add)
-        return Reservation(period.name, entry, images) if fits else None
+        return Reservation(self, period.name, entry, images) if fits else None
 
     async def _give_back_abandoned(self, period: Period, ledger: Ledger, *, exclude: str) -> None:
         blob = await off_loop(self.store, read_or_none, self.store, self._key(period.name))
@@ -289,7 +311,7 @@ class PeriodBudget:
                     continue  # its sender holds the key: the reservation is live
                 record = await ledger.run(ledger.read, key)
                 sent = record is not None and record.claimed_by_run == run_id
-                paid = (record.images_paid or images) if sent and record is not None else 0
+                paid = (record.images_paid or images) if record is not None and sent else 0
                 await self._change(period.name, partial(_settle, entry, paid))
 
     async def _change(self, period: str, change: Callable[[_Spending], T]) -> T:

@@ -613,12 +613,8 @@ def check_budget(settings: Settings, store: Store | None) -> CheckResult:
         return CheckResult(name, True, "not checked: needs a usable output location", skipped=True)
     from modelset.budget import PeriodBudget
 
-    budget = PeriodBudget(
-        store,
-        limit=settings.budget_images,
-        kind=settings.budget_period,
-        zone=settings.budget_timezone,
-    )
+    budget = PeriodBudget.from_settings(settings, store)
+    assert budget is not None
     try:
         left = budget.left()
     except Exception as exc:

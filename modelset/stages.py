@@ -504,16 +504,16 @@ async def submit_once(
             except (AccountError, RecordAppeared):
                 # Nothing was created: the account was refused, or another run wrote the
                 # record first and nothing was written or sent here.
-                if budget is not None and reservation is not None:
-                    await budget.release(reservation)
+                if reservation is not None:
+                    await reservation.release()
                 raise
             except BaseException:
                 # Whether it was sent is not known here: it may have been paid for.
-                if budget is not None and reservation is not None:
-                    await budget.spend(reservation, reservation.images)
+                if reservation is not None:
+                    await reservation.spend(reservation.images)
                 raise
-            if budget is not None and reservation is not None:
-                await _settle_reservation(budget, reservation, outcome, key, rules.run_id)
+            if reservation is not None:
+                await _settle_reservation(reservation, outcome, key, rules.run_id)
             return outcome
 
         async def record_intent_and_send(
@@ -621,21 +621,17 @@ def submitted(record: LedgerRecord, task_id: str, sub_task_ids: list[str]) -> Le
 
 
 async def _settle_reservation(
-    budget: PeriodBudget,
-    reservation: Reservation,
-    outcome: LedgerRecord,
-    key: str,
-    run_id: str,
+    reservation: Reservation, outcome: LedgerRecord, key: str, run_id: str
 ) -> None:
     """Spend what a send may have cost (the set size the service declared, or the
     reservation where its answer was lost), or give it back when nothing was created."""
     sent_here = outcome.key == key and outcome.claimed_by_run == run_id
     if sent_here and outcome.state is SubmissionState.SUBMITTED:
-        await budget.spend(reservation, outcome.images_paid or reservation.images)
+        await reservation.spend(outcome.images_paid or reservation.images)
     elif sent_here and outcome.state in (SubmissionState.UNKNOWN, SubmissionState.INTENT):
-        await budget.spend(reservation, reservation.images)
+        await reservation.spend(reservation.images)
     else:  # not sent, refused, or paid under another key
-        await budget.release(reservation)
+        await reservation.release()
 
 
 async def _send_while_held(claim: LedgerClaim, send: Awaitable[T]) -> T:
@@ -685,7 +681,9 @@ async def _resolve_unknown(
     """
     if client.request_id_lookup_proven:
         try:
-            receipt = await client.find_submission(record.request_id, cause=record.reason or "")
+            receipt = await client.find_submission(
+                record.request_id, cause="an earlier send's answer was lost"
+            )
         except HiDreamError as exc:
             log.info("looking up %s failed: %s", record.request_id, exc.message)
         else:
@@ -722,7 +720,9 @@ async def adopt_task(
             or current.state not in (SubmissionState.UNKNOWN, SubmissionState.INTENT)
         ):
             return current or record
-        log.info("send %s created task %s (told by its callback)", record.request_id, task_id)
+        log.info(
+            "send %s created task %s (named by a callback or a person)", record.request_id, task_id
+        )
         sub_task_ids = [sub.sub_task_id for sub in result.sub_task_results]
         return await claim.write(submitted(current, task_id, sub_task_ids))
 
@@ -826,15 +826,16 @@ async def collect_set(
     if problems:
         update["reason"] = f"{reason}; a rerun downloads them again"
     finished = await ledger.finish(record.model_copy(update=update))
+    finished_here = True  # only the collector that finishes the set refunds its budget
     if finished is None:
         async with ledger.claim(record.key) as claim:
             if claim.record is not None and claim.record.task_id != record.task_id:
                 # A newer attempt (--refresh, --retry-failed) owns the key now.
                 return record.model_copy(update=update)
-            if claim.record is not None and claim.record.state is SubmissionState.FINISHED:
-                budget = None  # another collector finished it, and refunded what it had to
+            current = claim.record
+            finished_here = current is None or current.state is not SubmissionState.FINISHED
             finished = await claim.write(record.model_copy(update=update))
-    if budget is not None and record.budget_period and not problems:
+    if budget is not None and record.budget_period and not problems and finished_here:
         await budget.refund(record.budget_period, record.images_paid - len(result.image_urls))
     return finished
 

@@ -790,9 +790,7 @@ async def _generate(
             later.append((photo, template_id, record, key))
     looks = _LookChecks(runtime)
     jobs = await _without_near_duplicates(jobs, looks, plan)
-    if runtime.budget is not None:
-        left = await anyio.to_thread.run_sync(runtime.budget.left)
-        plan.budget_left = left.describe()
+    plan.budget_left = await _budget_left(runtime)
     plan.tasks = sum(1 for job in jobs if job.sending)  # at most: see _when_prepared
     sizes = {t: budget.set_size(t) for t in {job.template_id for job in jobs if job.sending}}
     plan.images = sum(sizes[job.template_id] for job in jobs if job.sending)
@@ -821,9 +819,8 @@ async def _generate(
             )
         checks = _UploadChecks(base_url, first_by_upload, duplicates, looks, _ChunkGate(jobs))
         await _run_jobs(jobs, runtime, plan, budget, concurrency, listener, checks)
-        if runtime.budget is not None and plan.tasks:  # what is left after this run's sets
-            left = await anyio.to_thread.run_sync(runtime.budget.left)
-            plan.budget_left = left.describe()
+        if plan.tasks:  # what is left after this run's sets
+            plan.budget_left = await _budget_left(runtime)
     await _prepared(photos)
     for photo, template_id, record, key in later:
         plan.rows[(photo.source, template_id)] = _paid_row(photo, template_id, record, key)
@@ -842,6 +839,14 @@ async def _generate(
         )
     _with_paid_sets(plan.rows)
     return plan
+
+
+async def _budget_left(runtime: BatchRuntime) -> str | None:
+    """What the budget across runs has left, where one is set."""
+    if runtime.budget is None:
+        return None
+    left = await anyio.to_thread.run_sync(runtime.budget.left)
+    return left.describe()
 
 
 def _with_paid_sets(rows: dict[tuple[str, int], ManifestRow]) -> None:

@@ -9,7 +9,7 @@ Retry rule:
   2004 may have created a task (and been billed): it is *outcome unknown*, and
   :class:`OutcomeUnknown` is raised. Only where the service has been shown to find a
   task by the ``request_id`` it was sent with (``request_id_lookup_proven``, set by the
-  caller from a proof it took: ``modelset.proofs``) is it looked up instead: found, that
+  caller from a proof it took: ``modelset.ledger.proof``) is it looked up instead: found, that
   task is the answer; not found twice, a pause apart, it is sent again. The public docs
   promise results by ``task_id`` only, and a service that answers "not found" for every
   request_id would have every resend paid twice.

@@ -347,17 +347,16 @@ class Ledger:
             prefix = uuid.UUID(request_id[:36]).hex
         except ValueError:
             return None
-        # Stores list by whole path segments: the ledger's, then the names that match.
-        for name in self.store.list(LEDGER_PREFIX):
-            key = _record_key_of(name)
-            record = self.read(key) if key is not None and key.startswith(prefix) else None
+        # Stores list by whole path segments: the ledger's, then the keys that match.
+        for key in self._record_keys():
+            record = self.read(key) if key.startswith(prefix) else None
             if record is not None and record.request_id == request_id:
                 return record
         return None
 
     def unknown_sends(self) -> list[LedgerRecord]:
         """Every record whose last send has an unknown outcome (one listing, then reads)."""
-        keys = [key for name in self.store.list(LEDGER_PREFIX) if (key := _record_key_of(name))]
+        keys = self._record_keys()
         found = read_many(self.store, [self.record_key(key) for key in keys])
         unknown = []
         for key in keys:
@@ -368,6 +367,10 @@ class Ledger:
             if record.state in (SubmissionState.UNKNOWN, SubmissionState.INTENT):
                 unknown.append(record)
         return unknown
+
+    def _record_keys(self) -> list[str]:
+        """The key of every record, from one listing of the ledger."""
+        return [key for name in self.store.list(LEDGER_PREFIX) if (key := _record_key_of(name))]
 
     def accepted(self) -> LedgerRecord | None:
         """Some record the service accepted (it holds a task_id), or None."""

@@ -198,15 +198,9 @@ async def collect(
 def period_budget(settings: Settings, store: Store) -> PeriodBudget | None:
     """The budget across runs the settings ask for, kept in the output location; its
     first refusal in a period emits ``modelset.budget.exhausted``."""
-    if settings.budget_images is None:
-        return None
-    budget = PeriodBudget(
-        store,
-        limit=settings.budget_images,
-        kind=settings.budget_period,
-        zone=settings.budget_timezone,
-    )
-    budget.exhausted = partial(announce_exhausted, store.url)
+    budget = PeriodBudget.from_settings(settings, store)
+    if budget is not None:
+        budget.exhausted = partial(announce_exhausted, store.url)
     return budget
 
 
