@@ -45,7 +45,7 @@ from modelset.storage import StorageError
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import State
 
-    from modelset.flows.generate import RunSummary
+    from modelset.batch import RunSummary
     from modelset.report import ManifestRow
     from modelset.sources import PassedOver
 
@@ -115,7 +115,7 @@ def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
 
 
 async def client_from_environment() -> HiDreamClient:
-    from modelset.credentials import client_from_settings
+    from modelset.tasks.credentials import client_from_settings
 
     return await client_from_settings(Settings())
 
@@ -499,12 +499,8 @@ def run_flow(
     warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from modelset.flows.generate import (
-        RunListener,
-        RunPlan,
-        generate_model_sets,
-        set_listener,
-    )
+    from modelset.batch import RunListener, RunPlan
+    from modelset.flows.generate import generate_model_sets, set_listener
 
     settings = Settings()
     capped = options.max_images is not None or settings.max_images is not None

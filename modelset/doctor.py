@@ -142,7 +142,7 @@ async def check_token(settings: Settings) -> tuple[CheckResult, ServiceProbe]:
     elif settings.api_token_block:
         source = f"the token in the Prefect Secret block {settings.api_token_block!r}"
         try:
-            from modelset.credentials import resolve_token
+            from modelset.tasks.credentials import resolve_token
 
             token = await resolve_token(settings)
         except Exception as exc:

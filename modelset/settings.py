@@ -149,13 +149,6 @@ class Settings(BaseSettings):
         default=None,
         description="Name of a Prefect global concurrency limit that API calls take a slot of.",
     )
-    task_run_events: Literal["final", "all"] = Field(
-        default="final",
-        description="Which state changes of modelset's task runs reach the Prefect server: "
-        "'final' (one event per task run; a task run shows once finished; no routine "
-        "'Finished in state Completed()' log line) or 'all' (Pending and Running too, "
-        "and that line; about 15 ms more server CPU per task run).",
-    )
 
     @field_validator("budget_timezone")
     @classmethod

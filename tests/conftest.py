@@ -557,3 +557,51 @@ async def wait_for_events(
         if len(events) >= at_least or time.monotonic() > deadline:
             return events
         await asyncio.sleep(0.5)
+
+
+# --- the engine, through each orchestrator -------------------------------------------------
+
+
+@dataclass
+class EngineRun:
+    """How a batch ended, the same whichever orchestrator ran it."""
+
+    completed: bool
+    message: str
+
+
+EngineRunner = Callable[..., EngineRun]
+
+
+@pytest.fixture(params=["in-process", "prefect"])
+def engine(request: pytest.FixtureRequest) -> EngineRunner:
+    """Runs a batch with the engine's in-process orchestrator (no Prefect server at all)
+    or as the ``generate-model-sets`` flow on the session's Prefect server:
+    ``engine(sources, template_ids, **options)``. The planning tests run on both."""
+    from modelset.options import RunOptions
+
+    if request.param == "in-process":
+        from modelset.batch import InProcess, run_batch
+
+        def in_process(sources: list[str], template_ids: list[int], **options: Any) -> EngineRun:
+            summary = asyncio.run(
+                run_batch(sources, template_ids, RunOptions(**options), InProcess())
+            )
+            failed = summary.failed or bool(summary.plan.account_error or summary.plan.refused)
+            return EngineRun(completed=not failed, message=summary.message())
+
+        return in_process
+
+    request.getfixturevalue("prefect_server")
+    from modelset.flows.generate import generate_model_sets
+
+    def as_flow(sources: list[str], template_ids: list[int], **options: Any) -> EngineRun:
+        async def go() -> Any:
+            return await generate_model_sets(
+                sources, template_ids, RunOptions(**options), return_state=True
+            )
+
+        state = asyncio.run(go())
+        return EngineRun(completed=state.is_completed(), message=state.message or "")
+
+    return as_flow

@@ -20,7 +20,7 @@ from modelset.options import RunOptions
 from modelset.sandbox import SandboxServer
 from modelset.settings import Settings
 from modelset.storage import open_store
-from tests.conftest import SandboxFactory, hidream_env, make_photo
+from tests.conftest import EngineRun, EngineRunner, SandboxFactory, hidream_env, make_photo
 
 RUNS = 8
 PHOTOS_PER_RUN = 5
@@ -171,32 +171,26 @@ async def exhausted_events(out: str, within: float = 20) -> int:
             await asyncio.sleep(0.5)
 
 
-@pytest.mark.usefixtures("prefect_server")
 def test_a_set_refused_today_is_paid_after_the_reset(
-    sandbox: SandboxServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sandbox: SandboxServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine: EngineRunner
 ) -> None:
     for key, value in hidream_env(sandbox, HIDREAM_BUDGET_IMAGES="4").items():
         monkeypatch.setenv(key, value)
     folder = batch_of(tmp_path / "in", 0)
     out = tmp_path / "out"
 
-    def run(**options: Any) -> State[Any]:
-        async def go() -> State[Any]:
-            return await generate_model_sets(
-                [str(folder)], [20], RunOptions(out=str(out), **options), return_state=True
-            )
-
-        return asyncio.run(go())
+    def run(**options: Any) -> EngineRun:
+        return engine([str(folder)], [20], out=str(out), **options)
 
     resets = Period.containing(datetime.now(UTC), "day", "UTC").resets_at()
     planned = run(dry_run=True)
     assert "4 of 4 images left this day" in (planned.message or ""), planned.message
-    assert run().is_failed()
+    assert not run().completed
     assert len(sandbox.submissions()) == 1
     # The next day: runs read the new day's object, and today's becomes yesterday's.
     today = next((out / ".modelset" / "budget").glob("day-*.json"))
     today.rename(today.with_name("day-2000-01-01.json"))
-    assert run().is_failed()
+    assert not run().completed
     assert len(sandbox.submissions()) == 2, "one more set, and nothing paid twice"
     line = check_budget(Settings(), open_store(out))
     assert (line.ok, line.detail) == (False, f"0 of 4 images left this day (resets {resets})")

@@ -18,7 +18,7 @@ from modelset.report import read_manifest
 from modelset.sandbox import SandboxServer
 from modelset.storage import open_store
 from modelset.tasks.artifacts import MARKDOWN_THUMBNAIL, picture_cells, set_cell
-from tests.conftest import CORPUS
+from tests.conftest import CORPUS, EngineRunner
 from tests.test_pipeline import manifest, run
 from tests.test_plan import cli
 
@@ -244,22 +244,25 @@ def test_of_copies_in_one_batch_the_best_source_is_paid_and_the_others_carry_its
     assert small["outputs"] == ";".join(rows[("c-original", 20)].outputs)
 
 
-@pytest.mark.usefixtures("prefect_server")
 def test_a_photo_paid_in_an_earlier_run_stays_paid_when_a_better_copy_comes(
-    env: dict[str, str], sandbox: SandboxServer, tmp_path: Path, out_location: str
+    env: dict[str, str],
+    sandbox: SandboxServer,
+    tmp_path: Path,
+    out_location: str,
+    engine: EngineRunner,
 ) -> None:
     out = out_location
     folder = copies_of_the_jacket(tmp_path / "in")
-    assert run([str(folder / "a-small.jpg")], [20], out=out).is_completed()
-    assert run([str(folder / "c-original.jpg")], [20], out=out).is_completed()
+    assert engine([str(folder / "a-small.jpg")], [20], out=out).completed
+    assert engine([str(folder / "c-original.jpg")], [20], out=out).completed
     assert len(sandbox.submissions()) == 1, "a better copy was paid for again"
     rows = {row.item: row for row in read_manifest(out)}
     original = rows["c-original"]
     assert original.reason and original.reason.startswith("near-duplicate of a-small")
     assert original.outputs == rows["a-small"].outputs and len(original.outputs) == 4
 
-    paying = run([str(folder / "c-original.jpg")], [20], out=out, allow_near_duplicates=True)
-    assert paying.is_completed(), paying.message
+    paying = engine([str(folder / "c-original.jpg")], [20], out=out, allow_near_duplicates=True)
+    assert paying.completed, paying.message
     assert len(sandbox.submissions()) == 2
 
 
@@ -276,7 +279,7 @@ def with_logo(source: Path) -> bytes:
 
 
 def test_another_product_shot_alike_is_paid_in_the_same_batch_and_in_a_later_run(
-    env: dict[str, str], sandbox: SandboxServer, tmp_path: Path
+    env: dict[str, str], sandbox: SandboxServer, tmp_path: Path, engine: EngineRunner
 ) -> None:
     jacket = DEMO / "denim-jacket.jpg"
     variant = with_logo(jacket)
@@ -289,12 +292,12 @@ def test_another_product_shot_alike_is_paid_in_the_same_batch_and_in_a_later_run
     shutil.copy(jacket, folder / "a-plain.jpg")
     (folder / "b-logo.jpg").write_bytes(variant)
     out = tmp_path / "out"
-    assert run([str(folder)], [20], out=str(out)).is_completed()
+    assert engine([str(folder)], [20], out=str(out)).completed
     later = tmp_path / "later"
     later.mkdir()
     (later / "c-logo-again.webp").write_bytes(as_webp(variant))
     (later / "d-plain-copy.webp").write_bytes(as_webp(jacket.read_bytes()))
-    assert run([str(later)], [20], out=str(out)).is_completed()
+    assert engine([str(later)], [20], out=str(out)).completed
     assert len(sandbox.submissions()) == 2
     rows = {row["item"]: row for row in manifest(out)}
     assert rows["a-plain"]["status"] == rows["b-logo"]["status"] == "succeeded"

@@ -24,6 +24,7 @@ import pytest
 from PIL import Image
 from prefect.client.schemas.objects import State
 
+from modelset.batch.summary import THUMBNAIL_ROWS
 from modelset.flows.generate import generate_model_sets
 from modelset.options import RunOptions
 from modelset.report import (
@@ -39,7 +40,6 @@ from modelset.tasks.artifacts import (
     ARTIFACT_MAX_BYTES,
     MARKDOWN_THUMBNAIL,
     SUMMARY_THUMBNAILS,
-    THUMBNAIL_ROWS,
     picture_cells,
     results_table,
     set_cell,

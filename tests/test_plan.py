@@ -16,10 +16,8 @@ from typing import Any
 import pytest
 
 from modelset.sandbox import SandboxServer
-from tests.conftest import SandboxFactory, hidream_env, make_photo
-from tests.test_pipeline import manifest, run
-
-pytestmark = pytest.mark.usefixtures("prefect_server")
+from tests.conftest import EngineRunner, SandboxFactory, hidream_env, make_photo
+from tests.test_pipeline import manifest
 
 
 def photo_folder(root: Path, count: int) -> Path:
@@ -40,6 +38,7 @@ def cli(*args: str, env: dict[str, str], timeout: float = 240) -> subprocess.Com
     )
 
 
+@pytest.mark.usefixtures("prefect_server")
 def test_dry_run_submits_nothing_and_counts_what_a_real_run_would(
     env: dict[str, str], sandbox: SandboxServer, tmp_path: Path
 ) -> None:
@@ -73,25 +72,47 @@ def test_dry_run_submits_nothing_and_counts_what_a_real_run_would(
     assert len(sandbox.submissions()) == 2
 
 
+def test_a_dry_run_plans_what_a_real_run_then_pays(
+    env: dict[str, str], sandbox: SandboxServer, tmp_path: Path, engine: EngineRunner
+) -> None:
+    folder = photo_folder(tmp_path / "in", 3)
+    (folder / "bad.jpg").write_bytes(b"")
+    out = str(tmp_path / "out")
+    dry = engine([str(folder)], [20, 21], out=out, dry_run=True)
+    assert not dry.completed, "bad.jpg cannot be planned"
+    assert sandbox.submissions() == []
+    rows = manifest(Path(out))
+    assert sorted(row["status"] for row in rows) == ["planned"] * 6 + ["rejected"] * 2
+    assert {row["reason"] for row in rows if row["status"] == "planned"} == {"would be submitted"}
+
+    assert not engine([str(folder)], [20, 21], out=out).completed  # bad.jpg, again
+    assert len(sandbox.submissions()) == 6
+    engine([str(folder)], [20, 21], out=out, dry_run=True)
+    rows = manifest(Path(out))
+    assert sorted(row["status"] for row in rows) == ["rejected"] * 2 + ["succeeded"] * 6
+    assert len(sandbox.submissions()) == 6
+
+
 def test_budget_cap_holds_under_concurrency_and_a_rerun_continues(
-    env: dict[str, str], sandbox: SandboxServer, tmp_path: Path
+    env: dict[str, str], sandbox: SandboxServer, tmp_path: Path, engine: EngineRunner
 ) -> None:
     folder = photo_folder(tmp_path / "in", 6)
     out = tmp_path / "out"
-    state = run([str(folder)], [20], out=str(out), max_images=8, concurrency=32)
-    assert state.is_failed()
+    state = engine([str(folder)], [20], out=str(out), max_images=8, concurrency=32)
+    assert not state.completed
     assert len(sandbox.submissions()) == 2
     rows = manifest(out)
     assert sorted(row["status"] for row in rows) == ["skipped"] * 4 + ["succeeded"] * 2
     assert all("budget" in row["reason"] for row in rows if row["status"] == "skipped")
 
-    state = run([str(folder)], [20], out=str(out), max_images=100, concurrency=32)
-    assert state.is_completed(), state.message
+    state = engine([str(folder)], [20], out=str(out), max_images=100, concurrency=32)
+    assert state.completed, state.message
     submitted = [(s["sha256"], s["template_id"]) for s in sandbox.submissions()]
     assert len(submitted) == 6
     assert len(set(submitted)) == 6
 
 
+@pytest.mark.usefixtures("prefect_server")
 def test_a_large_unattended_run_refuses_without_yes_or_a_cap(
     env: dict[str, str], sandbox: SandboxServer, tmp_path: Path
 ) -> None:
@@ -165,12 +186,13 @@ def test_a_set_larger_than_assumed_overshoots_the_cap_by_nothing(
     sandbox_factory: SandboxFactory,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    engine: EngineRunner,
 ) -> None:
     sixes = sandbox_factory(images_per_set=6)
     monkeypatch.setenv("HIDREAM_BASE_URL", sixes.base_url)
     folder = photo_folder(tmp_path / "in", 6)
-    state = run([str(folder)], [20], out=str(tmp_path / "out"), max_images=16, concurrency=32)
-    assert state.is_failed()
+    state = engine([str(folder)], [20], out=str(tmp_path / "out"), max_images=16, concurrency=32)
+    assert not state.completed
     assert len(sixes.submissions()) == 2, "6 + 6 fit in 16; a third set of 6 would not"
 
 
@@ -207,6 +229,7 @@ def answer_prompt(args: list[str], env: dict[str, str], answer: bytes) -> tuple[
     return process.wait(timeout=30), screen.decode(errors="replace")
 
 
+@pytest.mark.usefixtures("prefect_server")
 def test_a_large_interactive_run_asks_first(
     env: dict[str, str], sandbox: SandboxServer, tmp_path: Path
 ) -> None:

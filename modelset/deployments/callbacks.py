@@ -47,7 +47,6 @@ from starlette.routing import Route, request_response
 from starlette.types import Receive, Scope, Send
 
 from modelset.asgi import QuietH11
-from modelset.credentials import client_from_settings
 from modelset.errors import UsageError
 from modelset.hidream import (
     DeadlineExceeded,
@@ -65,6 +64,7 @@ from modelset.settings import (
     MissingTokenError,
     Settings,
 )
+from modelset.tasks.credentials import client_from_settings
 
 CALLBACK_ROUTE = CALLBACK_PATH + "{secret}"
 """The route as logged: never the path itself, which holds the secret."""

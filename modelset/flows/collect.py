@@ -19,6 +19,7 @@ from prefect import flow, get_run_logger
 from prefect.client.schemas.objects import State
 from prefect.states import Completed, Failed
 
+from modelset.batch import BatchRuntime, collect, open_runtime
 from modelset.flows.generate import output_location
 from modelset.ledger import LedgerRecord, SubmissionState
 from modelset.report import ManifestRow, Status, update_report
@@ -32,7 +33,7 @@ from modelset.stages import (
     open_workspace,
     row_for,
 )
-from modelset.tasks.runtime import BatchRuntime, collect, open_runtime
+from modelset.tasks.orchestration import PrefectOrchestration
 
 
 @flow(name="collect-model-set", persist_result=False, log_prints=False)
@@ -86,7 +87,11 @@ def collecting_runtime(
 ) -> contextlib.AbstractAsyncContextManager[BatchRuntime]:
     """A runtime that sends nothing: it collects sets already paid for."""
     return open_runtime(
-        settings, workspace, prepare=PrepareOptions(), rules=SubmitPolicy(run_id=str(uuid.uuid4()))
+        settings,
+        workspace,
+        PrefectOrchestration(),
+        prepare=PrepareOptions(),
+        rules=SubmitPolicy(run_id=str(uuid.uuid4())),
     )
 
 

@@ -24,6 +24,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
+from modelset.batch.summary import THUMBNAIL_ROWS
 from modelset.report import (
     STATE_DIR,
     ManifestRow,
@@ -43,7 +44,6 @@ from modelset.storage import Store, read_many, read_or_none
 
 log = logging.getLogger("modelset.artifacts")
 _PROGRESS_EVERY_S = 2.0
-THUMBNAIL_ROWS = 200
 MARKDOWN_THUMBNAIL = (72, 96)  # at most 96 px tall: the UI shows images at their size
 # An artifact's event carries its data, and Prefect's server refuses (and logs a warning
 # for) events over PREFECT_EVENTS_MAXIMUM_SIZE_BYTES, 1.5 MB by default: each artifact

@@ -8,7 +8,7 @@ from typing import Any
 from prefect import task
 from prefect.context import TaskRunContext
 
-from modelset.catalogue import check_known, recently_fetched
+from modelset.catalogue import recently_fetched
 from modelset.hidream import HiDreamClient
 from modelset.tasks.results import results_storage
 
@@ -28,17 +28,11 @@ async def template_catalogue(client: HiDreamClient) -> list[int]:
     return sorted(template.id for template in await client.list_templates())
 
 
-async def check_templates(
-    client: HiDreamClient, template_ids: list[int], *, results_in: str | None = None
-) -> None:
-    """Refuse template ids the catalogue does not list; the cached catalogue is kept in
-    the output location ``results_in`` when given (shared by every worker). A catalogue
-    this process fetched minutes ago (``modelset run`` checks before the flow) is used
-    as it is."""
+async def template_ids(client: HiDreamClient, *, results_in: str) -> list[int]:
+    """The template ids the service offers; the cached catalogue is kept in the output
+    location ``results_in`` (shared by every worker). A catalogue this process fetched
+    minutes ago (``modelset run`` checks before the flow) is used as it is."""
     if (known := recently_fetched(client.base_url)) is not None:
-        check_known(template_ids, known)
-        return
-    lookup = template_catalogue
-    if results_in is not None:
-        lookup = lookup.with_options(result_storage=await results_storage(results_in))
-    check_known(template_ids, await lookup(client))
+        return known
+    lookup = template_catalogue.with_options(result_storage=await results_storage(results_in))
+    return await lookup(client)
