@@ -9,6 +9,7 @@ importable from here.
 """
 
 from modelset.stages.collect import collect_once, collect_set
+from modelset.stages.decide import needs_submit
 from modelset.stages.download import TASK_MARKER, download_image
 from modelset.stages.fetch import fetch_photo, is_local_file
 from modelset.stages.keys import UPLOADS_PREFIX, key_for, upload_key_for, upload_key_of
@@ -24,7 +25,7 @@ from modelset.stages.pictures import (
 from modelset.stages.prepare import prepare_photo, prepare_validated, upload_file, upload_on_disk
 from modelset.stages.resolve import adopt_task, not_collected, submitted
 from modelset.stages.rows import row_for
-from modelset.stages.submit import needs_submit, submit_once
+from modelset.stages.submit import submit_once
 from modelset.stages.validate import validate_photo
 from modelset.stages.workspace import Workspace, open_workspace
 
