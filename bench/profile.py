@@ -55,7 +55,7 @@ FLOW_RULES: list[tuple[str, tuple[str, ...]]] = [
     ("stage: fetch + hash", ("fetch_photo", "hash_file")),
     ("stage: submit (upload, base64, POST)", ("submit_variation", "encode_image", "upload_file")),
     ("stage: poll", ("wait_for_result", "get_result")),
-    ("stage: download, verify, write", ("download_image", "_download_set", "_store_image")),
+    ("stage: download, verify, write", ("download_image", "download_set", "_store_image")),
     ("ledger (claims, records, fsync)", ("modelset/ledger/",)),
     ("task results persisted (stage tasks)", ("prefect/results.py", "OutputLocationResults")),
     ("task cache keys", ("cache_policies.py", "_fetch_key", "_validate_key", "_prepare_key")),

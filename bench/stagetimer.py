@@ -103,20 +103,26 @@ def install() -> None:
     # Any-typed on purpose: this rebinds names the modules do not export.
     flow: Any = importlib.import_module("modelset.flows.generate")
     client: Any = importlib.import_module("modelset.hidream.client")
-    stages: Any = importlib.import_module("modelset.stages")
+    # Each stage where it is defined, so that the calls between stages are timed too.
+    prepare: Any = importlib.import_module("modelset.stages.prepare")
+    submit: Any = importlib.import_module("modelset.stages.submit")
+    collect: Any = importlib.import_module("modelset.stages.collect")
+    download: Any = importlib.import_module("modelset.stages.download")
     photos: Any = importlib.import_module("modelset.tasks.photos")
     runtime: Any = importlib.import_module("modelset.tasks.runtime")
     submission: Any = importlib.import_module("modelset.tasks.submission")
 
-    for name in ("submit_once", "collect_once", "collect_set", "download_image"):
-        _timed_async(stages, name)
-    _timed_sync(stages, "prepare_validated")
+    _timed_async(submit, "submit_once")
+    for name in ("collect_once", "collect_set"):
+        _timed_async(collect, name)
+    _timed_async(download, "download_image")
+    _timed_sync(prepare, "prepare_validated")
     for name in ("submit_variation", "wait_for_result", "get_result"):
         _timed_async(client.HiDreamClient, name)
     # The task modules imported the stages by name: point them at the timed ones.
-    photos.prepare_validated = stages.prepare_validated
-    submission.submit_once = stages.submit_once
-    runtime.collect_once = stages.collect_once
+    photos.prepare_validated = prepare.prepare_validated
+    submission.submit_once = submit.submit_once
+    runtime.collect_once = collect.collect_once
 
     if os.environ.get("BENCH_NO_TASKS"):
         flow.submit_photo = submission.submit_photo.fn

@@ -32,6 +32,7 @@ from modelset.review import pending_among
 from modelset.settings import Settings
 from modelset.sources import NoImagesFound, SourceItem, discover
 from modelset.storage import (
+    Store,
     bucket_scheme,
     is_relative_location,
     locate,
@@ -95,6 +96,27 @@ async def scan_inbox(
         options.model_copy(update={"out": location}),
         return_state=True,
     )
+    new_rows = _remember_final(store, new, template_ids)
+    message = state.message or ""
+    if options.review and can_wait_for_review():
+        pending = pending_among(store, [row.task_id for row in new_rows if row.task_id])
+        if pending:
+            return await review_in_run(
+                store,
+                store.url,
+                pending,
+                batch_message=message,
+                batch_failed=not state.is_completed(),
+            )
+    # A new state, not the subflow's: returning that would become "1/1 states failed".
+    if state.is_completed():
+        return Completed(message=message)
+    return Failed(message=message)
+
+
+def _remember_final(store: Store, new: list[str], template_ids: list[int]) -> list[ManifestRow]:
+    """Remember the new photos whose outcome is final for every template, for later scans
+    to skip; returns the manifest's rows of the new photos."""
     ledger = open_ledger(store)
     outcomes: dict[str, dict[int, bool]] = {source: {} for source in new}
     new_rows = [row for row in read_manifest(store) if row.source in outcomes]
@@ -113,21 +135,7 @@ async def scan_inbox(
         return json.dumps(merged, indent=0).encode(), None
 
     update(store, SEEN_KEY, remember)
-    message = state.message or ""
-    if options.review and can_wait_for_review():
-        pending = pending_among(store, [row.task_id for row in new_rows if row.task_id])
-        if pending:
-            return await review_in_run(
-                store,
-                store.url,
-                pending,
-                batch_message=message,
-                batch_failed=not state.is_completed(),
-            )
-    # A new state, not the subflow's: returning that would become "1/1 states failed".
-    if state.is_completed():
-        return Completed(message=message)
-    return Failed(message=message)
+    return new_rows
 
 
 def _photos_in(inbox: str) -> list[SourceItem]:
