@@ -32,7 +32,7 @@ from modelset.stages import PreparedPhoto
 
 STAGE_NAMESPACE = "modelset-stage"
 # 2: HEIC is read; a prepared photo carries its look; 3: and its rank; 4: the stages'
-# code moved to modelset.batch and the chunks grew to 32.
+# PreparedPhoto moved to modelset.stages.models and the chunks grew to 32.
 STAGE_VERSION = 4
 
 
