@@ -76,6 +76,7 @@ def test_prefect_retries_a_submit_chunk_and_a_set_sent_is_not_sent_again() -> No
     from prefect import flow
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.objects import State
 
     from modelset.tasks.orchestration import PrefectOrchestration
 
@@ -86,7 +87,10 @@ def test_prefect_retries_a_submit_chunk_and_a_set_sent_is_not_sent_again() -> No
     async def batch() -> None:
         await PrefectOrchestration().submit(chunk, "1-3 of 3")
 
-    state = asyncio.run(batch(return_state=True))  # type: ignore[call-overload]
+    async def run() -> State[None]:
+        return await batch(return_state=True)
+
+    state = asyncio.run(run())
     assert state.is_completed(), state.message
     assert sends.sent == {"a": 1, "b": 2, "c": 1}
 

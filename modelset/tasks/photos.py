@@ -31,8 +31,8 @@ from modelset.images import PREPARATION_VERSION
 from modelset.stages import PreparedPhoto
 
 STAGE_NAMESPACE = "modelset-stage"
-# 2: HEIC is read; a prepared photo carries its look; 3: and its rank; 4: the stages'
-# PreparedPhoto moved to modelset.stages.models and the chunks grew to 32.
+# 2: HEIC is read; a prepared photo carries its look; 3: and its rank; 4: PreparedPhoto
+# moved to modelset.stages.models and the chunks grew to 32.
 STAGE_VERSION = 4
 
 
