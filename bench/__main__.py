@@ -4,10 +4,10 @@ Starts a Prefect server (own temporary PREFECT_HOME), for the bucket figures mot
 server behind a proxy that adds ``--s3-latency-ms`` (20) to every request, and per measured
 run a fresh sandbox (latency 200 ms, generation 2 s, 4 images per set), each in its own
 process on 127.0.0.1; generates the input photos once into ``bench/.cache/``; measures the
-figures (P1-P7; P1-CPU, P1-SLOPE and P1-FIRST from P1's runs and a pair at the other of
-N=200 and 1000; P1-S3, P4-S3 and S3-REQ: the same runs with ``--out`` on the S3 server) and
-prints them with their goals. Raw numbers go to ``bench/.cache/results/``. Method and
-history: docs/performance.md.
+figures (P1-P7; P1-CPU, P1-TASKS, P1-SLOPE and P1-FIRST from P1's runs and a pair at the
+other of N=200 and 1000; P1-S3, P4-S3 and S3-REQ: the same runs with ``--out`` on the S3
+server) and prints them with their goals. Raw numbers go to ``bench/.cache/results/``.
+Method and history: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ from bench.servers import PrefectServer, S3Server, migrate_home
 FIGURES = (
     "P1",
     "P1-CPU",
+    "P1-TASKS",
     "P1-SLOPE",
     "P1-FIRST",
     "P1-S3",
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         config, logs, ephemeral_home=CACHE / "prefect-ephemeral-home", with_s3=with_bucket
     )
     work, server, s3 = bench.work, bench.server, bench.s3
-    needs_server = config.wants("P1", "P3", "P4", "P5", "P6", "P7", "P1-S3", "P4-S3")
+    needs_server = config.wants("P1", "P1-TASKS", "P3", "P4", "P5", "P6", "P7", "P1-S3", "P4-S3")
     figures: dict[str, Figure] = {}
     try:
         # Start what takes a while side by side: the servers, the ephemeral home's one-time
@@ -219,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             small = p3_small_run(bench)
         bucket_first: PipelineRun | None = None
         bucket_runs: list[PipelineRun] = []
-        if config.wants("P1", "P3", "P4", "P1-S3", "P4-S3"):
+        if config.wants("P1", "P1-TASKS", "P3", "P4", "P1-S3", "P4-S3"):
             runs = ["baseline"] if config.wants("P1") else []
             runs += ["pipeline"] + (["pipeline into a bucket"] if with_bucket else [])
             note(f"P1: {', '.join(runs)} on N={config.n}")
@@ -229,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
                 figures["P1"] = p1.figure
                 if "P1-CPU" in bench.figures:
                     figures["P1-CPU"] = bench.figures["P1-CPU"]
+            if config.wants("P1-TASKS"):
+                figures["P1-TASKS"] = bench.figures["P1-TASKS"]
             if config.wants("P1-SLOPE", "P1-FIRST"):
                 note("P1-SLOPE, P1-FIRST: baseline and pipeline at the other of N=200, 1000")
                 figures["P1-SLOPE"], figures["P1-FIRST"] = p1_slope(bench, p1)
