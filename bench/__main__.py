@@ -8,6 +8,10 @@ figures (P1-P7; P1-CPU, P1-TASKS, P1-SLOPE and P1-FIRST from P1's runs and a pai
 other of N=200 and 1000; P1-S3, P4-S3 and S3-REQ: the same runs with ``--out`` on the S3
 server) and prints them with their goals. Raw numbers go to ``bench/.cache/results/``.
 Method and history: docs/performance.md.
+
+``--pipeline-src DIR`` measures the pipeline of another source tree (a checkout of an
+older commit) with this bench, its baseline, sandbox and servers, and this venv: P7 of
+two commits side by side on one machine (docs/performance.md, "Two commits side by side").
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ import argparse
 import json
 import shlex
 import shutil
+import subprocess
 import sys
 import threading
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -43,6 +49,7 @@ from bench.figures import (
     p5_fixed_cost,
     p6_slot_use,
     p7_scale,
+    pipeline_modelset,
     s3_requests,
 )
 from bench.measure import NOISY_SHARE, machine
@@ -105,6 +112,15 @@ def parse(argv: list[str] | None) -> Config:
         help="extra environment for every `modelset run` (to try a setting); repeatable",
     )
     parser.add_argument(
+        "--pipeline-src",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="run `modelset run` from the source tree DIR (e.g. `git worktree add` of an "
+        "older commit) instead of the one this venv imports; everything else is this "
+        "bench's (docs/performance.md: two commits side by side)",
+    )
+    parser.add_argument(
         "--wrap",
         default="",
         metavar="CMD",
@@ -121,6 +137,9 @@ def parse(argv: list[str] | None) -> Config:
     if unknown := only - set(FIGURES):
         parser.error(f"--only: unknown figure(s) {', '.join(sorted(unknown))}")
     n = args.n or (200 if args.quick else 1000)
+    source = args.pipeline_src.resolve() if args.pipeline_src else None
+    if source is not None and not (source / "modelset" / "__main__.py").is_file():
+        parser.error(f"--pipeline-src {args.pipeline_src}: no modelset/__main__.py in it")
     extra_env = {}
     for pair in args.pipeline_env:
         key, sep, value = pair.partition("=")
@@ -142,8 +161,23 @@ def parse(argv: list[str] | None) -> Config:
         only=only,
         pipeline_env=extra_env,
         wrap=shlex.split(args.wrap),
+        pipeline_src=source,
         s3_latency_ms=args.s3_latency_ms,
     )
+
+
+def source_commit(where: str) -> str:
+    """The commit of a source tree, ``-dirty`` when it has changes."""
+    try:
+        described = subprocess.run(
+            ["git", "-C", where, "describe", "--always", "--dirty", "--abbrev=12"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "not a git checkout"
+    return described
 
 
 def note(message: str) -> None:
@@ -160,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"pipeline environment: {config.pipeline_env}")
     if config.wrap:
         console.print(f"pipeline runs under: {shlex.join(config.wrap)}")
+    pipeline_tree = pipeline_modelset(config)
+    pipeline_commit = source_commit(pipeline_tree)
+    console.print(f"pipeline from: {pipeline_tree} ({pipeline_commit})")
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     logs = CACHE / "logs" / stamp
     logs.mkdir(parents=True)
@@ -282,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
             s3.stop()
     elapsed = time.perf_counter() - started
     report(figures, config, elapsed)
-    save(bench, figures, host.describe(), elapsed, stamp)
+    save(bench, figures, host.describe(), elapsed, stamp, pipeline_commit)
     shutil.rmtree(work, ignore_errors=True)
     return 0
 
@@ -329,7 +366,14 @@ def report(figures: dict[str, Figure], config: Config, elapsed: float) -> None:
     )
 
 
-def save(bench: Bench, figures: dict[str, Figure], host: str, elapsed: float, stamp: str) -> None:
+def save(
+    bench: Bench,
+    figures: dict[str, Figure],
+    host: str,
+    elapsed: float,
+    stamp: str,
+    pipeline_commit: str,
+) -> None:
     folder = CACHE / "results"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{stamp}-{'quick' if bench.config.quick else 'full'}.json"
@@ -337,6 +381,7 @@ def save(bench: Bench, figures: dict[str, Figure], host: str, elapsed: float, st
         "machine": host,
         "config": {**bench.config.__dict__, "only": sorted(bench.config.only)},
         "elapsed_s": elapsed,
+        "pipeline_commit": pipeline_commit,
         "figures": {key: figure.record() for key, figure in figures.items()},
         "raw": bench.raw,
     }

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 from collections import Counter
@@ -59,6 +61,9 @@ class Config:
     wrap: list[str] = field(default_factory=list)  # e.g. a profiler's command line
     wrap_baseline: list[str] = field(default_factory=list)  # the same for the baseline
     s3_latency_ms: float = 20.0  # added to every bucket request by the proxy
+    # `modelset run` from this source tree (another commit's checkout), else from wherever
+    # this venv's python finds modelset (PYTHONPATH, else the editable install)
+    pipeline_src: Path | None = None
 
     def wants(self, *keys: str) -> bool:
         return any(key in self.only for key in keys)
@@ -237,11 +242,10 @@ class Bench:
             env.update(self.s3.client_env())
         env.update(self.config.pipeline_env)
         env.update(extra_env or {})
-        if self.config.wrap:  # so that `--wrap "python -m bench.stagetimer"` finds bench/
-            env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+        env.update(pipeline_path(self.config))
         command = [
             *self.config.wrap,
-            str(BIN / "modelset"),
+            *pipeline_command(self.config),
             "run",
             *sources,
             "-t",
@@ -330,6 +334,43 @@ class Bench:
             )
         finally:
             sandbox.stop()
+
+
+def pipeline_path(config: Config) -> dict[str, str]:
+    """The PYTHONPATH of a pipeline process, where it must be set: ``--pipeline-src``'s
+    tree first, and this bench's when ``--wrap`` runs a module of it (bench.stagetimer)."""
+    paths = [str(config.pipeline_src)] if config.pipeline_src is not None else []
+    if config.wrap:
+        paths.append(str(Path(__file__).resolve().parents[1]))
+    return {"PYTHONPATH": os.pathsep.join(paths)} if paths else {}
+
+
+def pipeline_command(config: Config) -> list[str]:
+    """How a pipeline process starts: the venv's ``modelset`` script, or for another
+    source tree ``python -m modelset`` (the script's entry point moved between commits;
+    every commit has ``modelset/__main__.py``)."""
+    if config.pipeline_src is not None:
+        return [str(BIN / "python"), "-m", "modelset"]
+    return [str(BIN / "modelset")]
+
+
+def pipeline_modelset(config: Config) -> str:
+    """Where a pipeline process imports modelset from (with --pipeline-src, that tree)."""
+    env = clean_environment()
+    env.update(pipeline_path(config))
+    try:
+        found = subprocess.run(
+            [str(BIN / "python"), "-c", "import modelset; print(modelset.__file__)"],
+            env=env,
+            cwd=tempfile.gettempdir(),
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (modelset did not import)"
+    return str(Path(found).parent.parent)
 
 
 def manifest_counts(out: str) -> tuple[dict[str, int], int]:
@@ -1154,6 +1195,7 @@ def p5_fixed_cost(bench: Bench) -> Figure:
     fixed = _median(walls) - reference
     ephemeral_fixed = ephemeral.run.wall_s - reference
     env = clean_environment()
+    env.update(pipeline_path(config))
     imports = time_import("modelset.flows.generate", env, bench.work) if not config.quick else None
     details = [
         f"sandbox-bound time of one photo (catalogue + submit + polls + 4 downloads, "
