@@ -54,7 +54,7 @@ from bench.figures import (
 )
 from bench.measure import NOISY_SHARE, machine
 from bench.photos import CACHE, ensure_photos
-from bench.servers import PrefectServer, S3Server, migrate_home
+from bench.servers import BIN, PrefectServer, S3Server, migrate_home
 
 FIGURES = (
     "P1",
@@ -180,6 +180,18 @@ def source_commit(where: str) -> str:
     return described
 
 
+def compile_tree(source: Path) -> None:
+    """Compile a --pipeline-src tree's modules once, as `make setup` does for the venv's:
+    where PYTHONDONTWRITEBYTECODE is set, every pipeline process would otherwise compile
+    every module it imports, and that tree's runs would pay for it."""
+    note(f"compiling {source / 'modelset'}")
+    subprocess.run(
+        [str(BIN / "python"), "-m", "compileall", "-q", str(source / "modelset")],
+        check=False,
+        capture_output=True,
+    )
+
+
 def note(message: str) -> None:
     errors.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {message}")
 
@@ -194,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"pipeline environment: {config.pipeline_env}")
     if config.wrap:
         console.print(f"pipeline runs under: {shlex.join(config.wrap)}")
+    if config.pipeline_src is not None:
+        compile_tree(config.pipeline_src)
     pipeline_tree = pipeline_modelset(config)
     pipeline_commit = source_commit(pipeline_tree)
     console.print(f"pipeline from: {pipeline_tree} ({pipeline_commit})")
