@@ -4,10 +4,14 @@ Starts a Prefect server (own temporary PREFECT_HOME), for the bucket figures mot
 server behind a proxy that adds ``--s3-latency-ms`` (20) to every request, and per measured
 run a fresh sandbox (latency 200 ms, generation 2 s, 4 images per set), each in its own
 process on 127.0.0.1; generates the input photos once into ``bench/.cache/``; measures the
-figures (P1-P7; P1-CPU, P1-SLOPE and P1-FIRST from P1's runs and a pair at the other of
-N=200 and 1000; P1-S3, P4-S3 and S3-REQ: the same runs with ``--out`` on the S3 server) and
-prints them with their goals. Raw numbers go to ``bench/.cache/results/``. Method and
-history: docs/performance.md.
+figures (P1-P7; P1-CPU, P1-TASKS, P1-SLOPE and P1-FIRST from P1's runs and a pair at the
+other of N=200 and 1000; P1-S3, P4-S3 and S3-REQ: the same runs with ``--out`` on the S3
+server) and prints them with their goals. Raw numbers go to ``bench/.cache/results/``.
+Method and history: docs/performance.md.
+
+``--pipeline-src DIR`` measures the pipeline of another source tree (a checkout of an
+older commit) with this bench, its baseline, sandbox and servers, and this venv: P7 of
+two commits side by side on one machine (docs/performance.md, "Two commits side by side").
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ import argparse
 import json
 import shlex
 import shutil
+import subprocess
 import sys
 import threading
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -43,15 +49,17 @@ from bench.figures import (
     p5_fixed_cost,
     p6_slot_use,
     p7_scale,
+    pipeline_modelset,
     s3_requests,
 )
 from bench.measure import NOISY_SHARE, machine
 from bench.photos import CACHE, ensure_photos
-from bench.servers import PrefectServer, S3Server, migrate_home
+from bench.servers import BIN, PrefectServer, S3Server, migrate_home
 
 FIGURES = (
     "P1",
     "P1-CPU",
+    "P1-TASKS",
     "P1-SLOPE",
     "P1-FIRST",
     "P1-S3",
@@ -104,6 +112,15 @@ def parse(argv: list[str] | None) -> Config:
         help="extra environment for every `modelset run` (to try a setting); repeatable",
     )
     parser.add_argument(
+        "--pipeline-src",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="run `modelset run` from the source tree DIR (e.g. `git worktree add` of an "
+        "older commit) instead of the one this venv imports; everything else is this "
+        "bench's (docs/performance.md: two commits side by side)",
+    )
+    parser.add_argument(
         "--wrap",
         default="",
         metavar="CMD",
@@ -120,6 +137,9 @@ def parse(argv: list[str] | None) -> Config:
     if unknown := only - set(FIGURES):
         parser.error(f"--only: unknown figure(s) {', '.join(sorted(unknown))}")
     n = args.n or (200 if args.quick else 1000)
+    source = args.pipeline_src.resolve() if args.pipeline_src else None
+    if source is not None and not (source / "modelset" / "__main__.py").is_file():
+        parser.error(f"--pipeline-src {args.pipeline_src}: no modelset/__main__.py in it")
     extra_env = {}
     for pair in args.pipeline_env:
         key, sep, value = pair.partition("=")
@@ -141,7 +161,34 @@ def parse(argv: list[str] | None) -> Config:
         only=only,
         pipeline_env=extra_env,
         wrap=shlex.split(args.wrap),
+        pipeline_src=source,
         s3_latency_ms=args.s3_latency_ms,
+    )
+
+
+def source_commit(where: str) -> str:
+    """The commit of a source tree, ``-dirty`` when it has changes."""
+    try:
+        described = subprocess.run(
+            ["git", "-C", where, "describe", "--always", "--dirty", "--abbrev=12"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "not a git checkout"
+    return described
+
+
+def compile_tree(source: Path) -> None:
+    """Compile a --pipeline-src tree's modules once, as `make setup` does for the venv's:
+    where PYTHONDONTWRITEBYTECODE is set, every pipeline process would otherwise compile
+    every module it imports, and that tree's runs would pay for it."""
+    note(f"compiling {source / 'modelset'}")
+    subprocess.run(
+        [str(BIN / "python"), "-m", "compileall", "-q", str(source / "modelset")],
+        check=False,
+        capture_output=True,
     )
 
 
@@ -159,6 +206,11 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"pipeline environment: {config.pipeline_env}")
     if config.wrap:
         console.print(f"pipeline runs under: {shlex.join(config.wrap)}")
+    if config.pipeline_src is not None:
+        compile_tree(config.pipeline_src)
+    pipeline_tree = pipeline_modelset(config)
+    pipeline_commit = source_commit(pipeline_tree)
+    console.print(f"pipeline from: {pipeline_tree} ({pipeline_commit})")
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     logs = CACHE / "logs" / stamp
     logs.mkdir(parents=True)
@@ -167,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         config, logs, ephemeral_home=CACHE / "prefect-ephemeral-home", with_s3=with_bucket
     )
     work, server, s3 = bench.work, bench.server, bench.s3
-    needs_server = config.wants("P1", "P3", "P4", "P5", "P6", "P7", "P1-S3", "P4-S3")
+    needs_server = config.wants("P1", "P1-TASKS", "P3", "P4", "P5", "P6", "P7", "P1-S3", "P4-S3")
     figures: dict[str, Figure] = {}
     try:
         # Start what takes a while side by side: the servers, the ephemeral home's one-time
@@ -219,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             small = p3_small_run(bench)
         bucket_first: PipelineRun | None = None
         bucket_runs: list[PipelineRun] = []
-        if config.wants("P1", "P3", "P4", "P1-S3", "P4-S3"):
+        if config.wants("P1", "P1-TASKS", "P3", "P4", "P1-S3", "P4-S3"):
             runs = ["baseline"] if config.wants("P1") else []
             runs += ["pipeline"] + (["pipeline into a bucket"] if with_bucket else [])
             note(f"P1: {', '.join(runs)} on N={config.n}")
@@ -229,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
                 figures["P1"] = p1.figure
                 if "P1-CPU" in bench.figures:
                     figures["P1-CPU"] = bench.figures["P1-CPU"]
+            if config.wants("P1-TASKS"):
+                figures["P1-TASKS"] = bench.figures["P1-TASKS"]
             if config.wants("P1-SLOPE", "P1-FIRST"):
                 note("P1-SLOPE, P1-FIRST: baseline and pipeline at the other of N=200, 1000")
                 figures["P1-SLOPE"], figures["P1-FIRST"] = p1_slope(bench, p1)
@@ -279,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
             s3.stop()
     elapsed = time.perf_counter() - started
     report(figures, config, elapsed)
-    save(bench, figures, host.describe(), elapsed, stamp)
+    save(bench, figures, host.describe(), elapsed, stamp, pipeline_commit)
     shutil.rmtree(work, ignore_errors=True)
     return 0
 
@@ -326,7 +380,14 @@ def report(figures: dict[str, Figure], config: Config, elapsed: float) -> None:
     )
 
 
-def save(bench: Bench, figures: dict[str, Figure], host: str, elapsed: float, stamp: str) -> None:
+def save(
+    bench: Bench,
+    figures: dict[str, Figure],
+    host: str,
+    elapsed: float,
+    stamp: str,
+    pipeline_commit: str,
+) -> None:
     folder = CACHE / "results"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{stamp}-{'quick' if bench.config.quick else 'full'}.json"
@@ -334,6 +395,7 @@ def save(bench: Bench, figures: dict[str, Figure], host: str, elapsed: float, st
         "machine": host,
         "config": {**bench.config.__dict__, "only": sorted(bench.config.only)},
         "elapsed_s": elapsed,
+        "pipeline_commit": pipeline_commit,
         "figures": {key: figure.record() for key, figure in figures.items()},
         "raw": bench.raw,
     }

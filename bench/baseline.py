@@ -9,7 +9,7 @@ What it shares with ``modelset run``, so that the difference is the orchestratio
 
 - preparation: ``modelset.stages.prepare_photo`` (fetch + hash, header check, one decode,
   upright 3:4 <= 2048 px, JPEG, thumbnail), in a thread pool of one thread per core, like
-  the pipeline's ``prepare-photos`` task;
+  the pipeline's fetch, validate and prepare stages (``modelset.batch.chunks``);
 - the HTTP calls: ``modelset.hidream.HiDreamClient`` for the submit (same JSON body with a
   base64 image and a request_id) and for polling (same schedule: 1 s, growing by half up to
   15 s), then a plain ``httpx.AsyncClient`` GET of each image, verified with Pillow and
