@@ -1,7 +1,6 @@
 """The ``modelset`` command.
 
-Exit codes, for every command: 0 ok; 1 some items did not succeed; 2 usage or
-configuration error; 3 the service refused the account (token rejected, no credits).
+Exit codes, the same for every command: :mod:`modelset._exceptions`.
 Prefect is imported only by the commands that orchestrate, so the others start fast.
 """
 
@@ -28,7 +27,7 @@ from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from modelset.errors import UsageError
+from modelset._exceptions import ExitCode, UsageError
 from modelset.hidream import (
     AccountError,
     Gender,
@@ -49,11 +48,6 @@ if TYPE_CHECKING:
     from modelset.report import ManifestRow
     from modelset.sources import PassedOver
 
-EXIT_OK = 0
-EXIT_ITEMS_FAILED = 1
-EXIT_USAGE = 2
-EXIT_ACCOUNT = 3
-
 app = typer.Typer(
     name="modelset",
     help="Turn model photos into HiDream model image sets, exactly once, with Prefect.",
@@ -66,7 +60,7 @@ errors = Console(stderr=True)
 T = TypeVar("T")
 
 
-def fail(message: str, code: int) -> NoReturn:
+def fail(message: str, code: ExitCode) -> NoReturn:
     errors.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(code)
 
@@ -77,25 +71,25 @@ def reported_errors() -> Iterator[None]:
     try:
         yield
     except UsageError as exc:
-        fail(str(exc), EXIT_USAGE)
+        fail(str(exc), ExitCode.USAGE)
     except AccountError as exc:
-        fail(exc.message, EXIT_ACCOUNT)
+        fail(exc.message, ExitCode.ACCOUNT)
     except HiDreamError as exc:
-        fail(exc.message, EXIT_ITEMS_FAILED)
+        fail(exc.message, ExitCode.ITEMS_FAILED)
     except StorageError as exc:
         fail(
             f"the output location failed: {exc}. Nothing paid for is lost: every set sent "
             "is in the ledger, or found again by its request_id. Run the same command again "
             "to finish; sets this run still held are taken over at once from this machine, "
             "from another one once their lease (HIDREAM_LEDGER_LEASE) runs out",
-            EXIT_ITEMS_FAILED,
+            ExitCode.ITEMS_FAILED,
         )
     except httpx.TransportError as exc:  # the HiDream client raises its own errors
-        fail(prefect_unreachable(f"{type(exc).__name__}: {exc}"), EXIT_ITEMS_FAILED)
+        fail(prefect_unreachable(f"{type(exc).__name__}: {exc}"), ExitCode.ITEMS_FAILED)
     except RuntimeError as exc:
         if not str(exc).startswith(PREFECT_UNREACHABLE):
             raise
-        fail(prefect_unreachable(str(exc)), EXIT_ITEMS_FAILED)
+        fail(prefect_unreachable(str(exc)), ExitCode.ITEMS_FAILED)
 
 
 PREFECT_UNREACHABLE = "Failed to reach API"  # how Prefect's client says it
@@ -173,7 +167,7 @@ def settle(
         set_key, equals, task_id = entry.partition("=")
         item, slash, template = set_key.rpartition("/")
         if not (equals and slash and item and template.isdigit() and task_id):
-            fail(f"--task {entry!r}: expected ITEM/TEMPLATE=TASK_ID", EXIT_USAGE)
+            fail(f"--task {entry!r}: expected ITEM/TEMPLATE=TASK_ID", ExitCode.USAGE)
         named[(item, int(template))] = task_id
     settled = run_async(settle_unknown(out, named))
     if not settled:
@@ -185,7 +179,7 @@ def settle(
         table.add_row(record.item, str(record.template_id), record.request_id, one.outcome)
     console.print(table)
     if any(one.record.task_id is None for one in settled):
-        raise typer.Exit(EXIT_ITEMS_FAILED)
+        raise typer.Exit(ExitCode.ITEMS_FAILED)
 
 
 @app.command()
@@ -208,7 +202,7 @@ def status(task_id: Annotated[str, typer.Argument(help="The task_id a submit ret
     console.print(table)
     failed = [s for s in result.sub_task_results if s.task_status.is_final and not s.succeeded]
     if failed:
-        raise typer.Exit(EXIT_ITEMS_FAILED)
+        raise typer.Exit(ExitCode.ITEMS_FAILED)
     if not result.finished:
         console.print("still running", style="yellow")
 
@@ -249,7 +243,7 @@ def sandbox(
     try:
         parsed = parse_faults(faults)
     except ValueError as exc:
-        fail(f"--faults: {exc}", EXIT_USAGE)
+        fail(f"--faults: {exc}", ExitCode.USAGE)
     serve(
         SandboxConfig(
             host=host,
@@ -382,7 +376,7 @@ def checked(model: type[M], **values: Any) -> M:
         error = exc.errors()[0]
         field = str(error["loc"][0]) if error["loc"] else ""
         option = f"--{field.replace('_', '-')}: " if field else ""
-        fail(f"{option}{error['msg']}", EXIT_USAGE)
+        fail(f"{option}{error['msg']}", ExitCode.USAGE)
 
 
 def settings_or_exit() -> Settings:
@@ -391,7 +385,7 @@ def settings_or_exit() -> Settings:
     except ValidationError as exc:
         error = exc.errors()[0]
         name = f"HIDREAM_{str(error['loc'][0]).upper()}: " if error["loc"] else ""
-        fail(f"{name}{error['msg']}", EXIT_USAGE)
+        fail(f"{name}{error['msg']}", ExitCode.USAGE)
 
 
 def preflight(
@@ -566,11 +560,11 @@ def run_flow(
             if not summaries:
                 state.result()  # re-raises what stopped the flow before it summarised
     if not summaries:
-        fail(state.message or "the run stopped before writing its report", EXIT_USAGE)
+        fail(state.message or "the run stopped before writing its report", ExitCode.USAGE)
     summary = summaries[0]
     print_summary(summary)
     if summary.plan.refused:
-        fail(summary.plan.refused, EXIT_USAGE)
+        fail(summary.plan.refused, ExitCode.USAGE)
     return summary
 
 
@@ -634,12 +628,12 @@ def print_rows(title: str, rows: list[ManifestRow]) -> None:
     console.print(table)
 
 
-def exit_code(summary: RunSummary) -> int:
+def exit_code(summary: RunSummary) -> ExitCode:
     if summary.plan.account_error:
-        return EXIT_ACCOUNT
+        return ExitCode.ACCOUNT
     if summary.failed:
-        return EXIT_ITEMS_FAILED
-    return EXIT_OK
+        return ExitCode.ITEMS_FAILED
+    return ExitCode.OK
 
 
 @app.command("review")
@@ -724,14 +718,14 @@ def review_command(
         )
     for key, why in done.decided.problems.items():
         errors.print(f"[bold red]not decided:[/] {key}: {why}", highlight=False, soft_wrap=True)
-    raise typer.Exit(EXIT_USAGE if done.decided.problems else EXIT_OK)
+    raise typer.Exit(ExitCode.USAGE if done.decided.problems else ExitCode.OK)
 
 
 @app.command()
 def serve() -> None:
     """Serve every deployment of prefect.yaml from this process (no work pool needed)."""
     if not os.environ.get("PREFECT_API_URL"):
-        fail("modelset serve needs a Prefect server: set PREFECT_API_URL", EXIT_USAGE)
+        fail("modelset serve needs a Prefect server: set PREFECT_API_URL", ExitCode.USAGE)
     from modelset.deployments.serve import serve_all
 
     with reported_errors():
@@ -746,7 +740,7 @@ def callbacks(
     """Run the HiDream callback receiver (POST /hidream/callback/{secret})."""
     settings = Settings()
     if settings.callback_secret is None or not settings.callback_secret.get_secret_value():
-        fail("the receiver needs HIDREAM_CALLBACK_SECRET", EXIT_USAGE)
+        fail("the receiver needs HIDREAM_CALLBACK_SECRET", ExitCode.USAGE)
     from modelset.deployments.callbacks import serve_receiver
 
     serve_receiver(host, port, settings)
@@ -762,13 +756,13 @@ def notify_upload(
 ) -> None:
     """Announce an uploaded photo: emits modelset.photo.uploaded for the on-upload deployment."""
     if not os.environ.get("PREFECT_API_URL"):
-        fail("notify-upload needs a Prefect server: set PREFECT_API_URL", EXIT_USAGE)
+        fail("notify-upload needs a Prefect server: set PREFECT_API_URL", ExitCode.USAGE)
     from modelset.deployments.uploads import emit_upload
 
     try:
         event_id = emit_upload(source, template, item)
     except FileNotFoundError as exc:
-        fail(str(exc), EXIT_USAGE)
+        fail(str(exc), ExitCode.USAGE)
     console.print(f"emitted modelset.photo.uploaded ({event_id})")
 
 
@@ -805,7 +799,7 @@ def doctor(
     try:
         settings = Settings()
     except ValidationError as exc:
-        fail(f"the HIDREAM_* settings are invalid: {exc}", EXIT_USAGE)
+        fail(f"the HIDREAM_* settings are invalid: {exc}", ExitCode.USAGE)
     results = asyncio.run(
         run_checks(settings, out=out, template_ids=template or [], prefect_yaml=prefect_yaml)
     )

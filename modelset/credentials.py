@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pydantic import SecretStr
 
+from modelset._exceptions import MissingTokenError
 from modelset.hidream import HiDreamClient
-from modelset.settings import MissingTokenError, Settings
+from modelset.settings import Settings
 
 
 async def resolve_token(settings: Settings) -> SecretStr:

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 from pydantic import SecretStr
 
+from modelset._exceptions import ExitCode, MissingTokenError
 from modelset.hidream import (
     AccountError,
     HiDreamClient,
@@ -31,12 +32,8 @@ from modelset.hidream import (
     Template,
     TokenRejected,
 )
-from modelset.settings import MissingTokenError, Settings
+from modelset.settings import Settings
 from modelset.storage import Store, is_relative_location, open_store, probe_conditional_writes
-
-EXIT_OK = 0
-EXIT_FAILED = 2
-EXIT_ACCOUNT = 3
 
 HTTP_TIMEOUT_S = 10.0
 """Cap on one GET of the Prefect API or the callback receiver."""
@@ -77,13 +74,13 @@ class ServiceProbe:
     why_not: str = "the token check did not run"
 
 
-def exit_code(results: Sequence[CheckResult]) -> int:
+def exit_code(results: Sequence[CheckResult]) -> ExitCode:
     """3 if the account was refused; else 2 if a needed check failed; else 0."""
     if any(result.refused for result in results):
-        return EXIT_ACCOUNT
+        return ExitCode.ACCOUNT
     if any(result.needed and not result.ok for result in results):
-        return EXIT_FAILED
-    return EXIT_OK
+        return ExitCode.USAGE
+    return ExitCode.OK
 
 
 async def run_checks(

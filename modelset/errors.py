@@ -1,9 +1,8 @@
-"""Errors that mean "the command was asked something it cannot do": exit code 2.
+"""The usage error's old address, kept while ``modelset.flows.generate`` imports it here.
 
-Each layer's own usage errors subclass :class:`UsageError` (a missing token, a source
-that does not exist, an unknown template id), so entry points catch one type.
+It lives in :mod:`modelset._exceptions` (``from modelset import UsageError``).
 """
 
+from modelset._exceptions import UsageError
 
-class UsageError(Exception):
-    """A usage or configuration error; nothing was paid for."""
+__all__ = ["UsageError"]
