@@ -49,6 +49,7 @@ from starlette.types import Receive, Scope, Send
 from modelset._exceptions import MissingTokenError, UsageError
 from modelset.asgi import QuietH11
 from modelset.credentials import client_from_settings
+from modelset.deployments._exceptions import EmitFailed
 from modelset.hidream import (
     DeadlineExceeded,
     HiDreamClient,
@@ -144,10 +145,6 @@ class TaskFinished:
 
 Emit = Callable[[TaskFinished], Awaitable[None]]
 ClientFactory = Callable[[Settings], Awaitable[HiDreamClient]]
-
-
-class EmitFailed(RuntimeError):
-    """Prefect did not take the event (no usable events client)."""
 
 
 async def emit_to_prefect(event: TaskFinished) -> None:
