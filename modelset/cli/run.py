@@ -21,7 +21,7 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class _Finished:
-    code: int | None = None  # set once a run's flow has returned and its summary shown
+    code: ExitCode | None = None  # set once a run's flow has returned and its summary shown
 
 
 finished = _Finished()
