@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from modelset.errors import UsageError
+from modelset._exceptions import UnknownTemplates
 
 # The catalogue this process fetched last, per upstream: `modelset run` checks its
 # template ids before Prefect is imported, and the flow it then runs does not ask again.
@@ -22,18 +22,6 @@ def recently_fetched(base_url: str) -> list[int] | None:
     if fetched is None or time.monotonic() - fetched[0] > _FRESH_S:
         return None
     return fetched[1]
-
-
-class UnknownTemplates(UsageError):
-    """Template ids the catalogue does not list: a usage error, nothing is paid."""
-
-    def __init__(self, unknown: list[int], known: list[int]) -> None:
-        super().__init__(
-            f"unknown template id(s) {', '.join(map(str, unknown))}; the catalogue has "
-            f"{', '.join(map(str, known[:30]))}{' ...' if len(known) > 30 else ''} "
-            "(modelset templates lists them)"
-        )
-        self.unknown = unknown
 
 
 def check_known(template_ids: list[int], known: list[int]) -> None:

@@ -15,22 +15,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from modelset.errors import UsageError
+# Re-exported: modelset.tasks.runtime imports it from here.
+from modelset._exceptions import MissingTokenError
 
 PUBLIC_BASE_URL = "https://www.hidreamai.com"
 CALLBACK_PATH = "/hidream/callback/"
 OUT_PARAMETER = "out"  # the notify_url's query parameter naming the output location
 REQUEST_ID_PARAMETER = "request_id"  # ... and the one naming the send it is the callback of
-
-
-class MissingTokenError(UsageError):
-    """No API token is configured for a host that needs one."""
-
-    def __init__(self) -> None:
-        super().__init__(
-            "no HiDream API token: set HIDREAM_API_TOKEN (or HIDREAM_API_TOKEN_BLOCK, "
-            "the name of a Prefect Secret block holding it)"
-        )
 
 
 class Settings(BaseSettings):

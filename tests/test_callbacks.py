@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from starlette.applications import Starlette
 
+from modelset import MissingTokenError, UsageError
 from modelset.deployments.callbacks import (
     EVENT_NAME,
     MAX_BODY_BYTES,
@@ -35,13 +36,11 @@ from modelset.deployments.callbacks import (
     create_receiver_app,
     serve_receiver,
 )
-from modelset.errors import UsageError
 from modelset.hidream import HiDreamClient, TaskResult
 from modelset.sandbox import SandboxServer
 from modelset.settings import (
     CALLBACK_PATH,
     OUT_PARAMETER,
-    MissingTokenError,
     Settings,
     naming_request,
 )

@@ -21,10 +21,10 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.deployments.flow_runs import arun_deployment
 from prefect.flows import Flow, load_flow_from_entrypoint
 
+from modelset import UsageError
 from modelset.deployments.serve import PREFECT_YAML, load_deployments
 from modelset.deployments.steps import set_working_directory
 from modelset.deployments.uploads import emit_upload
-from modelset.errors import UsageError
 from modelset.flows.generate import WORKING_DIRECTORY_SET
 from modelset.sandbox import SandboxConfig, SandboxServer
 from tests.conftest import TOKEN, hidream_env, make_photo

@@ -207,7 +207,7 @@ def test_every_hostile_case_and_the_corpus_in_one_batch(env: SandboxServer, tmp_
 def test_file_url_in_a_manifest_is_refused_unless_allowed(
     env: SandboxServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from modelset.errors import UsageError
+    from modelset import UsageError
 
     photo = make_photo(tmp_path / "in" / "local.jpg", size=(96, 128))
     listing = tmp_path / "in" / "manifest.csv"

@@ -152,7 +152,7 @@ def test_refresh_pays_again_and_retry_failed_only_the_failed(
 def test_unknown_template_is_a_usage_error_and_nothing_is_paid(
     env: dict[str, str], sandbox: SandboxServer, photos: Path, tmp_path: Path
 ) -> None:
-    from modelset.errors import UsageError
+    from modelset import UsageError
 
     state = run([str(photos)], [20, 999], out=str(tmp_path / "out"))
     assert state.is_failed()

@@ -253,8 +253,8 @@ def test_a_finished_run_exits_with_its_code_and_its_last_lines_reach_the_server(
     env: dict[str, str], sandbox: SandboxServer, tmp_path: Path
 ) -> None:
     """``modelset run`` ends without tearing Prefect's modules down
-    (``cli._end_without_teardown``): its exit code is still the run's, and what the flow
-    run logged last is on the Prefect server."""
+    (``modelset.cli.run.end_without_teardown``): its exit code is still the run's, and
+    what the flow run logged last is on the Prefect server."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.sorting import FlowRunSort
 

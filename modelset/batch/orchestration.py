@@ -33,9 +33,9 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import SecretStr
 
+from modelset._exceptions import MissingTokenError, UsageError
 from modelset.catalogue import recently_fetched, remember
-from modelset.errors import UsageError
-from modelset.settings import MissingTokenError, Settings
+from modelset.settings import Settings
 
 if TYPE_CHECKING:
     from modelset.batch.chunks import FetchItem

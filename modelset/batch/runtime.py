@@ -10,13 +10,14 @@ from dataclasses import dataclass, field
 import httpx
 from pydantic import SecretStr
 
+from modelset._exceptions import MissingTokenError
 from modelset.batch.orchestration import Orchestrator, resolve_token
 from modelset.budget import BudgetLeft, PeriodBudget
 from modelset.hidream import HiDreamClient
 from modelset.ledger import Ledger, LedgerRecord, Listing, open_ledger
 from modelset.ledger.proof import RequestIdLookup
 from modelset.memory import limit_malloc_arenas
-from modelset.settings import MissingTokenError, Settings
+from modelset.settings import Settings
 from modelset.stages import PrepareOptions, SubmitPolicy, Workspace, collect_once
 
 TASK_FINISHED_EVENT = "hidream.task.finished"

@@ -46,8 +46,9 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, request_response
 from starlette.types import Receive, Scope, Send
 
+from modelset._exceptions import MissingTokenError, UsageError
 from modelset.asgi import QuietH11
-from modelset.errors import UsageError
+from modelset.deployments._exceptions import EmitFailed
 from modelset.hidream import (
     DeadlineExceeded,
     HiDreamClient,
@@ -61,7 +62,6 @@ from modelset.settings import (
     CALLBACK_PATH,
     OUT_PARAMETER,
     REQUEST_ID_PARAMETER,
-    MissingTokenError,
     Settings,
 )
 from modelset.tasks.credentials import client_from_settings
@@ -145,10 +145,6 @@ class TaskFinished:
 
 Emit = Callable[[TaskFinished], Awaitable[None]]
 ClientFactory = Callable[[Settings], Awaitable[HiDreamClient]]
-
-
-class EmitFailed(RuntimeError):
-    """Prefect did not take the event (no usable events client)."""
 
 
 async def emit_to_prefect(event: TaskFinished) -> None:
@@ -442,7 +438,7 @@ def create_receiver_app(
 def serve_receiver(host: str, port: int, settings: Settings) -> None:
     """Serve the receiver in the foreground until SIGTERM or Ctrl-C (``modelset callbacks``).
 
-    Raises :class:`~modelset.errors.UsageError` when no secret or no token is configured.
+    Raises :class:`~modelset.UsageError` when no secret or no token is configured.
     """
     secret = _secret_of(settings)
     if secret is None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from modelset.errors import UsageError
+from modelset._exceptions import UsageError
 from modelset.flows.generate import WORKING_DIRECTORY_SET
 
 

@@ -17,8 +17,8 @@ from prefect.client.schemas.objects import State
 from prefect.context import FlowRunContext
 from prefect.states import Completed, Failed
 
+from modelset._exceptions import UsageError
 from modelset.batch import RunListener, RunPlan, RunSummary, run_batch
-from modelset.errors import UsageError
 from modelset.flows.review import (
     can_wait_for_review,
     pending_message,

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 from modelset.signatures import is_heif
 
-from .errors import ImageRejected
+from ._exceptions import ImageRejected
 from .frames import count_frames, gif_frames
 from .geometry import is_three_by_four
 from .headers import declared_size

@@ -10,7 +10,7 @@ from typing import Final
 
 from PIL import Image, ImageCms
 
-from .errors import ImageRejected
+from ._exceptions import ImageRejected
 
 WHITE: Final = (255, 255, 255)
 

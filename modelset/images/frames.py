@@ -7,7 +7,7 @@ from typing import IO
 
 from PIL import Image
 
-from .errors import ImageRejected
+from ._exceptions import ImageRejected
 from .reasons import bomb
 
 

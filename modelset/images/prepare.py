@@ -11,9 +11,9 @@ from pydantic import BaseModel, ConfigDict
 
 from modelset.atomic import copy_stream, write_bytes
 
+from ._exceptions import ImageRejected
 from .check import ImageCheck, OpenedImage, decoder_applied_orientation, open_image, reading
 from .colour import WHITE, resamplable, to_srgb
-from .errors import ImageRejected
 from .geometry import TRANSPOSE, Box, Size, draft_request, plan, stored_box, stored_size
 from .looks import look_of
 from .options import Fit, Policy

@@ -35,6 +35,7 @@ from typing import NamedTuple, TypeVar, TypeVarTuple
 from pydantic import ValidationError
 
 from modelset.images.looks import LOOK_VERSION, Look
+from modelset.ledger._exceptions import ClaimLost, RecordAppeared
 from modelset.ledger.digest import DIGEST_KEY, Entries, decode, encode
 from modelset.ledger.locks import DEFAULT_LEASE_S, FlockLocks, Hold, LeaseLocks, Locks, owner_name
 from modelset.ledger.records import (
@@ -84,15 +85,6 @@ _TASK_INDEX_PREFIX = f"{LEDGER_PREFIX}/{_TASK_INDEX}"
 # absent ones included. A run lists when that is the cheaper way to learn what exists.
 _LIST_FROM = 8
 _KEYS_PER_RECORD_READ = 250
-
-
-class ClaimLost(Exception):
-    """The claim's hold was lost (a lease not renewed) or its record changed under it."""
-
-
-class RecordAppeared(ClaimLost):
-    """A claim taken as absent (planned from a listing) found the record written
-    meanwhile; the claim now carries it, and nothing was written: decide again."""
 
 
 @dataclass(frozen=True)

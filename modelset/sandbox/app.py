@@ -23,9 +23,10 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from modelset.sandbox._exceptions import ApiError, PhotoError
 from modelset.sandbox.callbacks import CallbackRecord, deliver, masked_urls, strip_query
 from modelset.sandbox.config import SandboxConfig
-from modelset.sandbox.imagery import PhotoError, check_photo, render_template_preview
+from modelset.sandbox.imagery import check_photo, render_template_preview
 from modelset.sandbox.protocol import (
     MAX_IMAGE_BYTES,
     NO_CREDITS,
@@ -33,7 +34,6 @@ from modelset.sandbox.protocol import (
     RATE_LIMITED,
     TASK_NOT_FOUND,
     TOKEN_INVALID,
-    ApiError,
     SubmitForm,
     int_param,
     invalid,

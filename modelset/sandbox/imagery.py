@@ -13,16 +13,14 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
 
+from modelset.sandbox._exceptions import PhotoError
+
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
 MAX_LONG_SIDE = 2048
 ASPECT = 3 / 4
 ASPECT_TOLERANCE = 0.01
 POSE_SIZE = (768, 1024)
 PREVIEW_SIZE = (384, 512)
-
-
-class PhotoError(ValueError):
-    """The photo breaks an upload rule; the message says which."""
 
 
 def check_photo(data: bytes) -> None:

@@ -8,6 +8,8 @@ import json
 from collections.abc import Container
 from dataclasses import dataclass
 
+from modelset.sandbox._exceptions import ApiError
+
 OK = 0
 INVALID_PARAMETER = 1001
 TOKEN_INVALID = 1002
@@ -17,15 +19,6 @@ NO_CREDITS = 2007
 
 MAX_IMAGE_BYTES = 30 * 1024 * 1024
 _WHITESPACE = b" \t\n\r\v\f"  # base64 wrapped in lines (MIME style) is accepted
-
-
-class ApiError(Exception):
-    """Answered as an HTTP 200 envelope with a non-zero code."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 def invalid(what: str) -> ApiError:

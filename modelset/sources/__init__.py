@@ -3,18 +3,13 @@
 Core layer: plain Python, no Prefect.
 """
 
+from modelset.sources._exceptions import FetchError, NoImagesFound, SourceError, UnsafeURLError
 from modelset.sources.discovery import discover
-from modelset.sources.errors import (
-    FetchError,
-    NoImagesFound,
-    SourceError,
-    UnsafeURLError,
-    redact_url,
-)
 from modelset.sources.fetching import fetch, remote_identity
 from modelset.sources.locations import IMAGE_SUFFIXES
 from modelset.sources.models import FetchedFile, PassedOver, SourceItem
 from modelset.sources.netguard import ALLOW_PRIVATE_ENV, check_url
+from modelset.sources.urls import redact_url
 
 __all__ = [
     "ALLOW_PRIVATE_ENV",

@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 import httpx
 
 from modelset.signatures import SIGNATURE_BYTES, image_format
-from modelset.sources.errors import NoImagesFound, SourceError, redact_url, url_scheme
+from modelset.sources._exceptions import NoImagesFound, SourceError
 from modelset.sources.locations import (
     HTTP_SCHEMES,
     IMAGE_SUFFIXES,
@@ -36,6 +36,7 @@ from modelset.sources.models import (
     PassedOver,
     SourceItem,
 )
+from modelset.sources.urls import redact_url, url_scheme
 from modelset.storage import BucketStore, NotFound, StorageError
 
 _GLOB_CHARS = frozenset("*?[")

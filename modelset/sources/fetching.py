@@ -21,13 +21,7 @@ from typing import BinaryIO
 
 import httpx
 
-from modelset.sources.errors import (
-    FetchError,
-    SourceError,
-    UnsafeURLError,
-    redact_url,
-    url_scheme,
-)
+from modelset.sources._exceptions import FetchError, SourceError, UnsafeURLError
 from modelset.sources.locations import (
     HTTP_SCHEMES,
     IMAGE_SUFFIXES,
@@ -39,6 +33,7 @@ from modelset.sources.locations import (
 )
 from modelset.sources.models import FetchedFile
 from modelset.sources.netguard import check_url, guarded_transport
+from modelset.sources.urls import redact_url, url_scheme
 from modelset.storage import BucketStore, NotFound, StorageError
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
-from modelset.sources.errors import SourceError, redact_url, url_scheme
+from modelset.sources._exceptions import SourceError
+from modelset.sources.urls import redact_url, url_scheme
 from modelset.storage import BucketStore, StorageError
 from modelset.storage.objects import BUCKET_SCHEMES
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from modelset.sources.errors import SourceError, redact_url, url_scheme
+from modelset.sources._exceptions import SourceError
 from modelset.sources.locations import (
     HTTP_SCHEMES,
     file_url_path,
@@ -21,6 +21,7 @@ from modelset.sources.locations import (
     unsupported_scheme,
 )
 from modelset.sources.models import SourceItem
+from modelset.sources.urls import redact_url, url_scheme
 
 MANIFEST_SUFFIXES: frozenset[str] = frozenset({".csv", ".jsonl"})
 

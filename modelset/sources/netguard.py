@@ -29,7 +29,7 @@ from collections.abc import Iterable
 import httpcore
 import httpx
 
-from modelset.sources.errors import FetchError, UnsafeURLError
+from modelset.sources._exceptions import FetchError, UnsafeURLError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

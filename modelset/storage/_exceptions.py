@@ -17,7 +17,7 @@ trimmed to their first line, which carries no signed query.
 
 from __future__ import annotations
 
-from modelset.errors import UsageError
+from modelset._exceptions import UsageError
 
 
 class StorageError(Exception):

@@ -1,42 +1,11 @@
-"""Errors raised while discovering and fetching input photos, and URL redaction."""
+"""What a source's URL may show: its scheme, and the URL without its credentials."""
 
 from __future__ import annotations
 
 import re
 from urllib.parse import urlsplit
 
-from modelset.errors import UsageError
-
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
-
-
-class SourceError(UsageError):
-    """A usage problem with what the user pointed at; the whole run should stop."""
-
-
-class NoImagesFound(SourceError):
-    """A folder, glob or prefix that exists but holds no image (an empty inbox)."""
-
-
-class FetchError(Exception):
-    """One source could not be fetched; only that photo fails.
-
-    ``source`` is the redacted source (no userinfo, no query string) and ``reason`` a short
-    human-readable cause such as ``"HTTP 404 Not Found"``.
-    """
-
-    def __init__(self, source: str, reason: str) -> None:
-        self.source = redact_url(source)
-        self.reason = reason
-        super().__init__(f"{self.source}: {reason}")
-
-    def __reduce__(self) -> tuple[type[FetchError], tuple[str, str]]:
-        # Keep the two-argument constructor working through pickle (worker threads/processes).
-        return (type(self), (self.source, self.reason))
-
-
-class UnsafeURLError(FetchError):
-    """The URL (or a redirect hop) points at an address we refuse to contact."""
 
 
 def url_scheme(spec: str) -> str | None:

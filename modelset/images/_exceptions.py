@@ -1,4 +1,9 @@
-"""The one exception the image layer raises for a photo that cannot be used."""
+"""The errors of the image layer: one, for a photo that cannot be used.
+
+```
+ImageRejected               the file's content cannot become an upload: only that photo fails
+```
+"""
 
 from __future__ import annotations
 
