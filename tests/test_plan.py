@@ -262,13 +262,16 @@ def test_a_finished_run_exits_with_its_code_and_its_last_lines_reach_the_server(
 
     folder = photo_folder(tmp_path / "in", 1)
     (folder / "bad.jpg").write_bytes(b"")
-    done = cli("run", str(folder), "-t", "20", "--out", str(tmp_path / "out"), env=env)
+    out = str(tmp_path / "out")
+    done = cli("run", str(folder), "-t", "20", "--out", out, env=env)
     assert done.returncode == 1, done.stdout + done.stderr  # bad.jpg failed; the rest ran
     assert "rejected" in done.stdout and len(sandbox.submissions()) == 1
 
-    async def latest() -> str:
+    async def this_run() -> str:
+        """The flow run of this command (other tests' runs share the server)."""
         async with get_client() as client:
-            [flow_run] = await client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)
-            return str(flow_run.id)
+            runs = await client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=50)
+        [flow_run] = [r for r in runs if (r.parameters.get("options") or {}).get("out") == out]
+        return str(flow_run.id)
 
-    assert "report written" in prefect_run_logs([asyncio.run(latest())])
+    assert "report written" in prefect_run_logs([asyncio.run(this_run())])
