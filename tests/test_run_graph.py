@@ -4,11 +4,14 @@ say what they carry, Prefect's caching on a rerun, and no task run when nothing 
 from __future__ import annotations
 
 import asyncio
-import time
+import contextlib
 from collections import Counter
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
+import prefect.task_engine
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -17,7 +20,7 @@ from prefect.client.schemas.objects import State, TaskRun, TaskRunResult
 from modelset.flows.generate import chunk_bounds, generate_model_sets
 from modelset.options import RunOptions
 from modelset.sandbox import SandboxServer
-from tests.conftest import make_photo
+from tests.conftest import make_photo, wait_until
 
 pytestmark = pytest.mark.usefixtures("prefect_server", "env")
 
@@ -32,21 +35,59 @@ def photos(tmp_path: Path) -> Path:
     return folder
 
 
+REPORTED: dict[UUID, set[UUID]] = {}
+"""By flow run of :func:`run_reported`: the task runs this process reported finished."""
+
+
+@contextlib.contextmanager
+def reporting() -> Iterator[set[UUID]]:
+    """The ids of the task runs that finish within the block. The engine reports each
+    one's final state through ``emit_task_run_state_change_event`` (modelset's tasks
+    too: modelset.tasks.events routes that name), the event the Prefect server records
+    the task run from, a moment later."""
+    finished: set[UUID] = set()
+    engine: Any = prefect.task_engine
+    reports = engine.emit_task_run_state_change_event
+
+    def recording(*, task_run: TaskRun, validated_state: State[Any], **rest: Any) -> Any:
+        if validated_state.is_final():
+            finished.add(task_run.id)
+        return reports(task_run=task_run, validated_state=validated_state, **rest)
+
+    engine.emit_task_run_state_change_event = recording
+    try:
+        yield finished
+    finally:
+        engine.emit_task_run_state_change_event = reports
+
+
+def run_reported(go: Callable[[], Coroutine[Any, Any, State[Any]]]) -> State[Any]:
+    """``asyncio.run(go())``, a batch's flow, keeping what it reported for task_runs()."""
+    with reporting() as finished:
+        state = asyncio.run(go())
+    assert state.state_details.flow_run_id is not None
+    REPORTED[state.state_details.flow_run_id] = finished
+    return state
+
+
 def run(photos: Path, out: str, template: int) -> State[Any]:
     async def go() -> State[Any]:
         return await generate_model_sets(
             [str(photos)], [template], RunOptions(out=out, concurrency=8), return_state=True
         )
 
-    state = asyncio.run(go())
+    state = run_reported(go)
     assert state.is_completed(), state.message
     return state
 
 
-def task_runs(state: State[Any], *, settle_s: float = 20.0) -> list[TaskRun]:
-    """The flow run's task runs, once the server has written them all (it lags a little)."""
+def task_runs(state: State[Any]) -> list[TaskRun]:
+    """The task runs of the flow run (one of :func:`run_reported`), once the server has
+    recorded, final, each one this process reported finished: it records them from
+    events, a moment later. A task run made otherwise (through the API) shows at once."""
     flow_run_id = state.state_details.flow_run_id
     assert flow_run_id is not None
+    reported = REPORTED[flow_run_id]
 
     async def read() -> list[TaskRun]:
         async with get_client() as client:
@@ -55,15 +96,18 @@ def task_runs(state: State[Any], *, settle_s: float = 20.0) -> list[TaskRun]:
                 limit=200,
             )
 
-    seen: list[TaskRun] = []
-    deadline = time.monotonic() + settle_s
-    while time.monotonic() < deadline:
+    runs: list[TaskRun] = []
+
+    def missing() -> set[UUID]:
+        return reported - {r.id for r in runs if r.state is not None and r.state.is_final()}
+
+    def recorded() -> bool:
+        nonlocal runs
         runs = asyncio.run(read())
-        if runs and len(runs) == len(seen) and all(r.state and r.state.is_final() for r in runs):
-            return runs
-        seen = runs
-        time.sleep(1.0)
-    return seen
+        return not missing()
+
+    wait_until(recorded, every=0.5, what=lambda: f"{len(missing())} task runs not recorded")
+    return runs
 
 
 def test_the_stages_show_as_named_task_runs(photos: Path, tmp_path: Path) -> None:
@@ -103,8 +147,10 @@ def test_a_rerun_with_another_template_is_cached_and_a_finished_one_makes_none(
     assert len([r for r in again if r.name.endswith("/21")]) == PHOTOS
     assert len(sandbox.submissions()) == 2 * PHOTOS
 
-    finished = task_runs(run(photos, out, 21), settle_s=5.0)
-    assert finished == [], [r.name for r in finished]
+    finished = run(photos, out, 21)
+    flow_run_id = finished.state_details.flow_run_id
+    assert flow_run_id is not None and REPORTED[flow_run_id] == set(), "task runs were made"
+    assert task_runs(finished) == []
     assert len(sandbox.submissions()) == 2 * PHOTOS
 
 

@@ -16,7 +16,7 @@ from modelset.flows.generate import generate_model_sets
 from modelset.options import RunOptions
 from tests.conftest import make_photo
 from tests.test_reliability import prefect_run_logs
-from tests.test_run_graph import task_runs
+from tests.test_run_graph import run_reported, task_runs
 
 pytestmark = pytest.mark.usefixtures("prefect_server", "env")
 
@@ -33,7 +33,7 @@ def run(tmp_path: Path) -> State[Any]:
             [str(folder)], [20], RunOptions(out=str(tmp_path / "out")), return_state=True
         )
 
-    state = asyncio.run(go())
+    state = run_reported(go)
     assert state.is_completed(), state.message
     return state
 
