@@ -8,6 +8,10 @@
   drops the conditional-write headers (``careless_s3``, a ``BucketProxy``).
 - ``postgres_url`` starts a PostgreSQL 15 for the session (skipped where it is not
   installed); ``prefect_postgres_server`` a second Prefect server on that database.
+- ``wait_until`` (and ``until`` in a coroutine) waits for something a test knows is
+  coming; ``events_caught_up`` for the Prefect server to have stored what this process
+  emitted. A test that checks that something did *not* happen waits on the event after
+  which it would have, never on a sleep.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -44,6 +48,47 @@ CORPUS = REPO.parent / "shared" / "corpus" / "images"
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+
+T = TypeVar("T")
+
+WAIT_S = 60.0
+"""How long a test waits for something it knows is coming. Only a safety net (a wait ends
+as soon as the thing happens), so generous: two shared cores can be very busy."""
+
+
+def _timed_out(within: float, what: str | Callable[[], str]) -> str:
+    return f"not within {within:.0f} s: {what() if callable(what) else what}"
+
+
+def wait_until(
+    condition: Callable[[], T],
+    *,
+    within: float = WAIT_S,
+    every: float = 0.02,
+    what: str | Callable[[], str] = "",
+) -> T:
+    """``condition()`` once it is truthy, polled every ``every`` seconds; an
+    AssertionError naming ``what`` (a string, or a function giving one) after ``within``."""
+    deadline = time.monotonic() + within
+    while not (value := condition()):
+        assert time.monotonic() < deadline, _timed_out(within, what)
+        time.sleep(every)
+    return value
+
+
+async def until(
+    condition: Callable[[], T],
+    *,
+    within: float = WAIT_S,
+    every: float = 0.02,
+    what: str | Callable[[], str] = "",
+) -> T:
+    """:func:`wait_until` in a coroutine: sleeps without blocking the event loop."""
+    deadline = time.monotonic() + within
+    while not (value := condition()):
+        assert time.monotonic() < deadline, _timed_out(within, what)
+        await asyncio.sleep(every)
+    return value
 
 
 # The modules that cost most (process workers, whole batches, servers of their own),
@@ -546,7 +591,7 @@ async def wait_for_events(
     resource_id: str,
     *,
     at_least: int = 1,
-    within: float = 30,
+    within: float = WAIT_S,
     where: Callable[[Any], bool] = lambda event: True,
 ) -> list[Any]:
     """The stored events of ``name`` about ``resource_id`` that ``where`` keeps, once
@@ -605,3 +650,25 @@ def engine(request: pytest.FixtureRequest) -> EngineRunner:
         return EngineRun(completed=state.is_completed(), message=state.message or "")
 
     return as_flow
+
+
+CAUGHT_UP_EVENT = "modelset.tests.caught-up"
+
+
+async def events_caught_up(within: float = WAIT_S) -> None:
+    """Return once the Prefect server has stored (or, an id it had seen, dropped) every
+    event this process emitted before the call.
+
+    A marker event follows them through the same events worker, in order on its one
+    connection; the server puts what a connection sends into its event persister's one
+    queue in that order and writes the queue whole, so the marker stored means the events
+    before it were written or dropped. Waiting for the marker is waiting for them.
+    """
+    from prefect.events import emit_event
+    from prefect.events.worker import EventsWorker
+
+    marker = f"modelset.tests.marker.{uuid.uuid4()}"
+    assert emit_event(event=CAUGHT_UP_EVENT, resource={"prefect.resource.id": marker})
+    await asyncio.to_thread(EventsWorker.drain_all)
+    stored = await wait_for_events(CAUGHT_UP_EVENT, marker, within=within)
+    assert stored, f"the Prefect server stored no marker event within {within:.0f} s"

@@ -177,12 +177,11 @@ async def test_a_lease_this_process_could_not_release_is_taken_back_at_once(
     async with locks.hold("key", wait=True) as held:
         assert held is not None
         proxy.outage(1.5)  # the release fails: the lease stays on the store
-    time.sleep(1.6)
+    proxy.outage(0)  # the release has given up: the store is back
     assert json.loads(store.read("ledger/key.lease").data)["expires"] > time.time() + 500
     # Another run of this process still sees a live lease; this one knows it let go.
     async with LeaseLocks(store, "ledger", duration_s=600).hold("key", wait=False) as other:
         assert other is None
-    started = time.monotonic()
-    async with locks.hold("key", wait=True) as again:
+    # One try: taken back, not waited for.
+    async with locks.hold("key", wait=False) as again:
         assert again is not None
-    assert time.monotonic() - started < 5

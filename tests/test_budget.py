@@ -20,7 +20,14 @@ from modelset.options import RunOptions
 from modelset.sandbox import SandboxServer
 from modelset.settings import Settings
 from modelset.storage import open_store
-from tests.conftest import EngineRun, EngineRunner, SandboxFactory, hidream_env, make_photo
+from tests.conftest import (
+    EngineRun,
+    EngineRunner,
+    SandboxFactory,
+    events_caught_up,
+    hidream_env,
+    make_photo,
+)
 
 RUNS = 8
 PHOTOS_PER_RUN = 5
@@ -150,9 +157,9 @@ def test_eight_runs_at_once_never_pay_past_the_budget(
     assert asyncio.run(exhausted_events(store.url)) == 1, "one event per period, not per run"
 
 
-async def exhausted_events(out: str, within: float = 20) -> int:
+async def exhausted_events(out: str) -> int:
     """How many modelset.budget.exhausted events the Prefect server holds for ``out``,
-    once it has recorded at least one (events are written shortly after they are sent)."""
+    once it has stored every event this process (its runs) emitted."""
     from prefect.client.orchestration import get_client
     from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
     from prefect.events.schemas.events import ResourceSpecification
@@ -161,14 +168,9 @@ async def exhausted_events(out: str, within: float = 20) -> int:
         event=EventNameFilter(name=["modelset.budget.exhausted"]),
         resource=EventResourceFilter(labels=ResourceSpecification({"modelset.out": out})),
     )
-    deadline = asyncio.get_running_loop().time() + within
+    await events_caught_up()
     async with get_client() as client:
-        while True:
-            page = await client.read_events(filter=wanted, limit=50)
-            if page.events or asyncio.get_running_loop().time() > deadline:
-                await asyncio.sleep(2)  # a second one, if any, lands meanwhile
-                return len((await client.read_events(filter=wanted, limit=50)).events)
-            await asyncio.sleep(0.5)
+        return len((await client.read_events(filter=wanted, limit=50)).events)
 
 
 def test_a_set_refused_today_is_paid_after_the_reset(

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -46,11 +46,15 @@ from modelset.settings import (
 )
 from tests.conftest import (
     TOKEN,
+    WAIT_S,
     SandboxFactory,
+    events_caught_up,
     free_port,
     make_photo,
     stored_events,
+    until,
     wait_for_events,
+    wait_until,
 )
 
 SECRET = "cb-7Qx9Lm2Vt4Rz8Wp1Kd5Hs3Jf6"
@@ -72,15 +76,20 @@ def receiver_settings(sandbox: SandboxServer, **overrides: Any) -> Settings:
 
 
 class Recorder:
-    """An ``emit`` that keeps the events; it runs on the receiver's thread."""
+    """An ``emit`` that keeps the events; it runs on the receiver's thread. ``probe``, if
+    given, is awaited with each event as it is emitted; ``probed`` keeps what it gave."""
 
-    def __init__(self) -> None:
+    def __init__(self, probe: Callable[[TaskFinished], Awaitable[object]] | None = None) -> None:
         self.events: list[TaskFinished] = []
+        self.probed: list[object] = []
+        self._probe = probe
 
     async def __call__(self, event: TaskFinished) -> None:
+        if self._probe is not None:
+            self.probed.append(await self._probe(event))
         self.events.append(event)
 
-    async def wait_for(self, count: int, within: float = 10.0) -> list[TaskFinished]:
+    async def wait_for(self, count: int, within: float = WAIT_S) -> list[TaskFinished]:
         deadline = time.monotonic() + within
         while len(self.events) < count and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
@@ -105,18 +114,24 @@ class Receiver:
 
     def start(self) -> Receiver:
         self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the receiver did not start")
-            time.sleep(0.01)
+        wait_until(
+            lambda: self._server.started or not self._thread.is_alive(),
+            every=0.01,
+            what="the receiver did not start",
+        )
+        if not self._server.started:
+            raise RuntimeError("the receiver did not start")
         port = self._server.servers[0].sockets[0].getsockname()[1]
         self.base_url = f"http://127.0.0.1:{port}"
         return self
 
     def stop(self) -> None:
+        """Stop serving. Its shutdown first settles every callback the receiver took up
+        (emitting what is due; only past a grace of seconds would it cancel one): once
+        this returns, nothing more is emitted."""
         self._server.should_exit = True
-        self._thread.join(10)
+        self._thread.join(WAIT_S)
+        assert not self._thread.is_alive(), "the receiver did not stop"
 
     def url(self, secret: str = SECRET) -> str:
         return f"{self.base_url}{CALLBACK_PATH}{secret}"
@@ -179,6 +194,16 @@ async def sandbox_callbacks(http: httpx.AsyncClient, sandbox: SandboxServer) -> 
     return callbacks
 
 
+def outcomes(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The receiver's outcome lines ("task <id>: ..." or "task <id> finished: ..."), one
+    per callback it took up and settled; the test sets ``modelset.callbacks`` to INFO."""
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "modelset.callbacks" and record.getMessage().startswith("task ")
+    ]
+
+
 # -- the real path: the sandbox calls back --------------------------------------------
 
 
@@ -211,7 +236,7 @@ async def test_a_sandbox_callback_becomes_one_event(
     [delivery] = await sandbox_callbacks(http, sandbox)
     assert delivery["delivered"] is True
     assert delivery["attempts"] == 1
-    await asyncio.sleep(0.3)
+    await asyncio.to_thread(receiver.stop)  # all it took up is settled
     assert len(recorder.events) == 1
 
 
@@ -225,22 +250,25 @@ async def test_an_early_and_repeated_callback_still_gives_one_event_once_finishe
     # see through by re-querying, then a duplicate.
     faults = {"callback_early": 1.0, "callback_dup": 1.0}
     sandbox = sandbox_factory(generation_s=1.0, faults=faults)
-    recorder = Recorder()
+
+    async def finished_as_emitted(event: TaskFinished) -> bool:
+        """What the service says of the task as the receiver emits its event."""
+        async with HiDreamClient(TOKEN, base_url=sandbox.base_url) as service:
+            return (await service.get_result(task_id=event.task_id)).finished
+
+    recorder = Recorder(probe=finished_as_emitted)
     receiver = start_receiver(create_receiver_app(receiver_settings(sandbox), emit=recorder))
     async with HiDreamClient(TOKEN, base_url=sandbox.base_url) as client:
         receipt = await client.submit_variation(photo, template_id=20, notify_url=receiver.url())
-        submitted = time.monotonic()
-
         [event] = await recorder.wait_for(1)
-        emitted = time.monotonic()
         result = await client.get_result(task_id=receipt.task_id)
 
     assert result.finished
-    assert emitted - submitted >= 0.9
+    assert recorder.probed == [True], "emitted while the service said the task still ran"
     assert event == TaskFinished(receipt.task_id, images=4, statuses=("succeeded",) * 4)
     deliveries = await sandbox_callbacks(http, sandbox)
     assert [(d["delivered"], d["attempts"]) for d in deliveries] == [(True, 1)] * 2
-    await asyncio.sleep(0.3)
+    await asyncio.to_thread(receiver.stop)  # both deliveries are settled
     assert len(recorder.events) == 1
 
 
@@ -295,9 +323,11 @@ async def test_a_malformed_output_location_is_a_400(
     sandbox_factory: SandboxFactory,
     start_receiver: ReceiverFactory,
     http: httpx.AsyncClient,
+    caplog: pytest.LogCaptureFixture,
     query: Any,
     reason: str,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="modelset.callbacks")
     sandbox = sandbox_factory()
     recorder = Recorder()
     receiver = start_receiver(create_receiver_app(receiver_settings(sandbox), emit=recorder))
@@ -306,7 +336,8 @@ async def test_a_malformed_output_location_is_a_400(
 
     assert answer.status_code == 400
     assert answer.json() == {"ok": False, "error": reason}
-    await asyncio.sleep(0.2)
+    await asyncio.to_thread(receiver.stop)  # anything it took up is settled
+    assert outcomes(caplog) == [], "the refused callback's task was taken up"
     assert recorder.events == []
 
 
@@ -368,7 +399,7 @@ async def test_a_forged_callback_is_a_404_like_any_unknown_path(
         answer = await http.post(bare, json=callback_body(result))
         assert (answer.status_code, answer.content) == (404, unknown.content)
 
-    await asyncio.sleep(0.3)
+    await asyncio.to_thread(receiver.stop)  # anything it took up is settled
     assert recorder.events == []
 
 
@@ -390,7 +421,7 @@ async def test_without_a_configured_secret_every_callback_is_a_404(
         answer = await http.post(receiver.url(tried), json=callback_body(result))
         assert answer.status_code == 404
 
-    await asyncio.sleep(0.3)
+    await asyncio.to_thread(receiver.stop)  # anything it took up is settled
     assert recorder.events == []
     assert settings.model_copy(update={"callback_url": "https://x"}).notify_url() is None
 
@@ -526,12 +557,10 @@ async def test_a_task_unknown_to_the_service_gives_no_event(
     }
 
     answer = await http.post(receiver.url(), json=claim)
-    deadline = time.monotonic() + 5
-    while "unknown to the service" not in caplog.text and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
+    await until(lambda: outcomes(caplog), what="the callback was never settled")
 
     assert answer.status_code == 200  # a hint is acknowledged; it is checked afterwards
-    assert f"task {forged_id}: unknown to the service" in caplog.text
+    assert outcomes(caplog) == [f"task {forged_id}: unknown to the service; callback ignored"]
     assert recorder.events == []
 
 
@@ -559,7 +588,9 @@ async def test_a_task_not_finished_within_the_grace_gives_no_event_until_called_
     start_receiver: ReceiverFactory,
     http: httpx.AsyncClient,
     photo: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="modelset.callbacks")
     sandbox = sandbox_factory(generation_s=1.0)
     recorder = Recorder()
     app = create_receiver_app(receiver_settings(sandbox), emit=recorder, finish_grace_s=0.2)
@@ -567,7 +598,9 @@ async def test_a_task_not_finished_within_the_grace_gives_no_event_until_called_
     async with HiDreamClient(TOKEN, base_url=sandbox.base_url, poll_interval=0.1) as client:
         receipt = await client.submit_variation(photo, template_id=20)
         await http.post(receiver.url(), json={"main_task_id": receipt.task_id})
-        assert await recorder.wait_for(1, within=0.6) == []
+        [settled] = await until(lambda: outcomes(caplog), what="the callback was never settled")
+        assert settled.startswith(f"task {receipt.task_id}: not finished "), settled
+        assert recorder.events == []
         await client.wait_for_result(receipt.task_id, deadline=10)
 
     again = await http.post(receiver.url(), json={"main_task_id": receipt.task_id})
@@ -644,7 +677,7 @@ async def test_duplicate_deliveries_emit_one_event(
     concurrent = await asyncio.gather(*(http.post(receiver.url(), json=body) for _ in range(8)))
     await recorder.wait_for(1)
     sequential = [await http.post(receiver.url(), json=body) for _ in range(3)]
-    await asyncio.sleep(0.3)
+    await asyncio.to_thread(receiver.stop)  # all it took up is settled
 
     assert [answer.status_code for answer in concurrent + sequential] == [200] * 11
     duplicates = [answer.json()["duplicate"] for answer in concurrent]
@@ -687,8 +720,6 @@ async def test_prefect_keeps_one_event_of_a_callback_two_receivers_emitted(
     photo: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from prefect.events.worker import EventsWorker
-
     caplog.set_level(logging.INFO, logger="modelset.callbacks")
     sandbox = sandbox_factory(generation_s=0.1)
     result = await finished_task(sandbox, photo)
@@ -700,14 +731,10 @@ async def test_prefect_keeps_one_event_of_a_callback_two_receivers_emitted(
         )
     resource_id = f"hidream.task.{result.task_id}"
     emitted = f"task {result.task_id} finished: emitted"
-    deadline = time.monotonic() + 10
-    while caplog.text.count(emitted) < 2 and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    await until(lambda: caplog.text.count(emitted) >= 2, what=lambda: caplog.text)
     assert caplog.text.count(emitted) == 2  # each receiver emitted its own
 
-    await wait_for_events(EVENT_NAME, resource_id)
-    await asyncio.to_thread(EventsWorker.drain_all)  # both emissions have been sent
-    await asyncio.sleep(1.0)
+    await events_caught_up()  # the server has stored, or dropped, both emissions
     events = await stored_events(EVENT_NAME, resource_id)
 
     expected = TaskFinished.from_result(result.task_id, result, BUCKET_OUT)
@@ -719,7 +746,9 @@ async def test_an_event_that_could_not_be_emitted_is_tried_again_on_redelivery(
     start_receiver: ReceiverFactory,
     http: httpx.AsyncClient,
     photo: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="modelset.callbacks")
     sandbox = sandbox_factory(generation_s=0.1)
     result = await finished_task(sandbox, photo)
     emitted: list[TaskFinished] = []
@@ -734,15 +763,14 @@ async def test_an_event_that_could_not_be_emitted_is_tried_again_on_redelivery(
 
     receiver = start_receiver(create_receiver_app(receiver_settings(sandbox), emit=flaky_emit))
     await http.post(receiver.url(), json=callback_body(result))
-    deadline = time.monotonic() + 5
-    while attempts < 1 and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-    await asyncio.sleep(0.1)
+    # Logged as the receiver lets the task go: the redelivery below comes after that.
+    [failed] = await until(lambda: outcomes(caplog), what="the callback was never settled")
+    assert failed == f"task {result.task_id}: no event (RuntimeError: events API down)"
 
     again = await http.post(receiver.url(), json=callback_body(result))
-    while not emitted and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
+    await until(lambda: emitted, what="the redelivery emitted nothing")
 
+    assert attempts == 2
     assert again.json() == {"ok": True, "duplicate": False}
     assert emitted == [expected_event(result)]
 
@@ -819,28 +847,33 @@ def test_serve_receiver_keeps_the_secret_out_of_its_output(
         "from modelset.settings import Settings\n"
         f"serve_receiver('127.0.0.1', {port}, Settings())\n"
     )
-    process = subprocess.Popen(
-        [sys.executable, "-c", script],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    log = tmp_path / "receiver.log"
+
+    def said() -> str:
+        return log.read_text(errors="replace")
+
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-c", script], cwd=tmp_path, env=env, stdout=sink, stderr=sink
+        )
     try:
         with httpx.Client(base_url=base_url, trust_env=False, timeout=5) as client:
-            deadline = time.monotonic() + 60
-            while True:
+
+            def healthy() -> bool:
+                assert process.poll() is None, said()
                 with contextlib.suppress(httpx.TransportError):
-                    if client.get("/healthz").status_code == 200:
-                        break
-                assert process.poll() is None and time.monotonic() < deadline
-                time.sleep(0.1)
+                    return client.get("/healthz").status_code == 200
+                return False
+
+            wait_until(healthy, every=0.1, what=said)
             forged = client.post(f"{CALLBACK_PATH}{SECRET[:-1]}", json={"main_task_id": "t-1"})
             real = client.post(f"{CALLBACK_PATH}{SECRET}", json={"main_task_id": "t-1"})
-        time.sleep(0.5)  # the re-query finds no such task
+        # The re-query finds no such task, and the receiver says so.
+        wait_until(lambda: "task t-1: unknown to the service" in said(), what=said)
     finally:
         process.send_signal(signal.SIGINT)
-        output = process.communicate(timeout=20)[0].decode()
+        process.wait(timeout=20)
+    output = said()
 
     assert (forged.status_code, real.status_code) == (404, 200)
     assert process.returncode == 0, output

@@ -6,7 +6,6 @@ import hashlib
 import io
 import pickle
 import struct
-import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -442,15 +441,14 @@ def test_decompression_bomb_png_refused_fast_without_decoding(
     def no_decoding(self: ImageFile.ImageFile) -> None:
         raise AssertionError("decoded a bomb")
 
+    # Fast because nothing is decoded: the patched load says so, no clock needed.
     monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
-    started = time.perf_counter()
     for call in (inspect_image, lambda p: prepare_image(p, tmp_path / "out.jpg")):
         with pytest.raises(ImageRejected) as info:
             call(src)
         assert info.value.reason == (
             "decompression bomb: 50000x50000 = 2500 Mpx exceeds the 100 Mpx limit"
         )
-    assert time.perf_counter() - started < 1.0
 
 
 def test_decompression_bomb_jpeg_header(tmp_path: Path) -> None:

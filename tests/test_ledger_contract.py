@@ -33,9 +33,10 @@ from modelset.ledger import (
 from modelset.ledger.digest import DIGEST_KEY, decode, encode
 from modelset.ledger.locks import LeaseLocks
 from modelset.sandbox import SandboxServer
+from modelset.sandbox.app import SUBMIT_PATH
 from modelset.stages import PreparedPhoto, PrepareOptions, SubmitPolicy, submit_once
 from modelset.storage import Store, open_store
-from tests.conftest import TOKEN, SandboxFactory, make_photo
+from tests.conftest import TOKEN, WAIT_S, SandboxFactory, make_photo, until
 
 KEY = "a" * 64
 
@@ -392,8 +393,9 @@ def ghost_lease(store: Store, expires: float) -> None:
 async def test_an_expired_lease_is_taken_over(bucket: str) -> None:
     store, ledger = leased(bucket)
     ghost_lease(store, time.time() - 1)  # its holder died and stopped renewing
-    async with asyncio.timeout(5), ledger.claim(KEY) as claim:
-        assert claim.time_left() > 800
+    # One try, which a claim makes first: taken over, not waited for.
+    async with ledger.locks.hold(KEY, wait=False) as hold:
+        assert hold is not None and hold.time_left() > 800
     assert json.loads(store.read(lease_key()).data)["expires"] == 0.0  # released
 
 
@@ -410,10 +412,17 @@ async def test_a_failed_renewal_marks_the_hold_lost(bucket: str) -> None:
     store, ledger = leased(bucket, duration_s=0.6)
     async with ledger.claim(KEY) as claim:
         assert not claim.hold.lost.is_set()
-        await asyncio.sleep(0.5)  # renewed at 0.2 s and 0.4 s
+        renewals = [claim.hold.expires]  # each renewal moves the expiry
+
+        def renewed_twice_or_lost() -> bool:
+            if claim.hold.expires != renewals[-1]:
+                renewals.append(claim.hold.expires)
+            return len(renewals) > 2 or claim.hold.lost.is_set()
+
+        await until(renewed_twice_or_lost, what=lambda: f"renewals: {renewals}")
         assert not claim.hold.lost.is_set()
         ghost_lease(store, time.time() + 60)  # taken over behind our back
-        async with asyncio.timeout(2):
+        async with asyncio.timeout(WAIT_S):
             await claim.hold.lost.wait()
     # The holder that lost its lease does not release the new holder's lease.
     assert json.loads(store.read(lease_key()).data)["owner"] == "ghost:1"
@@ -432,7 +441,8 @@ async def test_a_lost_lease_stops_the_send_and_a_rerun_finds_it(
     client = HiDreamClient(TOKEN, base_url=sandbox.base_url, request_id_lookup_proven=proven)
 
     async def steal_lease() -> None:
-        await asyncio.sleep(0.45)  # after the intent is written, while the send is slow
+        # While the send is in the service's hands (its latency), after its intent.
+        await until(lambda: sandbox.in_flight(SUBMIT_PATH), what="no send reached the sandbox")
         ghost_lease(store, time.time() + 0.6)
 
     async with client:
@@ -441,7 +451,9 @@ async def test_a_lost_lease_stops_the_send_and_a_rerun_finds_it(
         assert "lease was lost" in (first.reason or "")
         on_record = ledger.read(KEY)
         assert on_record is not None and on_record.state is SubmissionState.INTENT
-        await asyncio.sleep(2.5)  # the sandbox finishes the request the holder abandoned
+        # The sandbox is done with the request the holder abandoned: its task is created
+        # or it is not, before the next claimer looks.
+        await until(lambda: sandbox.in_flight() == 0, what="the abandoned send never ended")
         second = await send_look(client, ledger, photo, "run-2")
     if not proven:
         assert second.state is SubmissionState.UNKNOWN
@@ -468,5 +480,6 @@ async def test_a_lease_of_a_dead_process_of_this_host_is_taken_over_at_once(
     dead = out.decode().strip()
     body = json.dumps({"owner": dead, "expires": time.time() + 900}).encode()
     store.write(lease_key(), body)
-    async with asyncio.timeout(5), ledger.claim(KEY) as claim:
-        assert claim.time_left() > 800
+    # One try, which a claim makes first: taken over, not waited out.
+    async with ledger.locks.hold(KEY, wait=False) as hold:
+        assert hold is not None and hold.time_left() > 800

@@ -29,7 +29,7 @@ from modelset.review import (
 )
 from modelset.sandbox import SandboxServer
 from modelset.storage import BucketStore, Store, open_store
-from tests.conftest import make_photo, wait_for_events
+from tests.conftest import events_caught_up, make_photo, wait_for_events
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 runner = CliRunner()
@@ -55,7 +55,9 @@ def reviews(out: Path) -> dict[str, tuple[str, str, str, list[str]]]:
 
 async def published_events(resource_id: str, out: Path, *, at_least: int = 1) -> list[Any]:
     """The modelset.set.published events of a set in ``out``, once Prefect has stored
-    them (other tests publish sets of the same name from other output locations)."""
+    every event this process emitted: all of them, not only the first (other tests
+    publish sets of the same name from other output locations)."""
+    await events_caught_up()
     return await wait_for_events(
         PUBLISHED_EVENT,
         resource_id,

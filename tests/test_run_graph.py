@@ -4,7 +4,6 @@ say what they carry, Prefect's caching on a rerun, and no task run when nothing 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from modelset.batch import chunk_bounds
 from modelset.flows.generate import generate_model_sets
 from modelset.options import RunOptions
 from modelset.sandbox import SandboxServer
-from tests.conftest import make_photo
+from tests.conftest import events_caught_up, make_photo, wait_until
 
 pytestmark = pytest.mark.usefixtures("prefect_server", "env")
 
@@ -44,10 +43,16 @@ def run(photos: Path, out: str, template: int) -> State[Any]:
     return state
 
 
-def task_runs(state: State[Any], *, settle_s: float = 20.0) -> list[TaskRun]:
-    """The flow run's task runs, once the server has written them all (it lags a little)."""
+EXPECTED = 4 * len(chunk_bounds(PHOTOS)) + 1  # fetch, validate, prepare, submit; catalogue
+
+
+def task_runs(state: State[Any], expected: int = EXPECTED) -> list[TaskRun]:
+    """The flow run's task runs, once the server has recorded ``expected`` of them, all
+    final: first every event this process sent is stored (the task runs' states among
+    them), then the server records the task runs from them, a moment later."""
     flow_run_id = state.state_details.flow_run_id
     assert flow_run_id is not None
+    asyncio.run(events_caught_up())
 
     async def read() -> list[TaskRun]:
         async with get_client() as client:
@@ -56,15 +61,15 @@ def task_runs(state: State[Any], *, settle_s: float = 20.0) -> list[TaskRun]:
                 limit=200,
             )
 
-    seen: list[TaskRun] = []
-    deadline = time.monotonic() + settle_s
-    while time.monotonic() < deadline:
+    runs: list[TaskRun] = []
+
+    def recorded() -> bool:
+        nonlocal runs
         runs = asyncio.run(read())
-        if runs and len(runs) == len(seen) and all(r.state and r.state.is_final() for r in runs):
-            return runs
-        seen = runs
-        time.sleep(1.0)
-    return seen
+        return len(runs) >= expected and all(r.state and r.state.is_final() for r in runs)
+
+    wait_until(recorded, every=0.5, what=lambda: f"{len(runs)} of {expected} task runs recorded")
+    return runs
 
 
 def test_the_stages_show_as_named_task_runs(photos: Path, tmp_path: Path) -> None:
@@ -103,8 +108,7 @@ def test_a_rerun_with_another_template_is_cached_and_a_finished_one_makes_none(
     assert len([r for r in again if r.name.startswith("submit ")]) == len(chunk_bounds(PHOTOS))
     assert len(sandbox.submissions()) == 2 * PHOTOS
 
-    finished = task_runs(run(photos, out, 21), settle_s=5.0)
-    assert finished == [], [r.name for r in finished]
+    assert task_runs(run(photos, out, 21), expected=0) == []
     assert len(sandbox.submissions()) == 2 * PHOTOS
 
 

@@ -23,6 +23,7 @@ import pytest
 from PIL import Image
 
 from modelset.sandbox import Faults, SandboxServer, parse_faults
+from tests.conftest import WAIT_S
 
 TOKEN = "test-token-0123456789"
 SUBMIT = "/api-pub/ec/v3/image/variation/async"
@@ -85,7 +86,7 @@ def submit(http: httpx.Client, **body: Any) -> dict[str, Any]:
     return answer
 
 
-def wait_final(http: httpx.Client, task_id: str, timeout: float = 5.0) -> list[dict[str, Any]]:
+def wait_final(http: httpx.Client, task_id: str, timeout: float = WAIT_S) -> list[dict[str, Any]]:
     """Poll the results until every sub-task is final."""
     deadline = time.monotonic() + timeout
     while True:
@@ -346,17 +347,16 @@ def test_stall_fault_creates_the_task_but_never_answers(make_photo: MakePhoto) -
 
         thread = threading.Thread(target=stalled_request)
         thread.start()
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + WAIT_S
         while len(server.submissions()) < 2:
             assert time.monotonic() < deadline
             time.sleep(0.02)
     finally:
-        started = time.monotonic()
         server.stop()
-        assert time.monotonic() - started < 2
-    thread.join(5)
-    assert outcome
-    assert outcome != [200]
+    thread.join(WAIT_S)
+    # stop() answered it (rather than waiting for it, or cutting it off after uvicorn's
+    # graceful second): that is what keeps stop() quick.
+    assert outcome == [503], "stop() did not let the stalled request go"
 
 
 @pytest.mark.parametrize(
@@ -414,7 +414,7 @@ def receiver() -> Iterator[CallbackReceiver]:
 
 
 def wait_callback(http: httpx.Client, task_id: str, attempts: int) -> dict[str, Any]:
-    deadline = time.monotonic() + 8
+    deadline = time.monotonic() + WAIT_S
     while True:
         for record in http.get("/_sandbox/callbacks").json()["callbacks"]:
             if record["task_id"] == task_id and (
@@ -489,7 +489,7 @@ def test_request_log_lines_hide_secrets(
         client, image=b64(make_photo()), template_id=20, notify_url="http://127.0.0.1:9/x/s3cr3t"
     )
     client.get(RESULTS, params={"task_id": "missing"})
-    deadline = time.monotonic() + 2
+    deadline = time.monotonic() + WAIT_S
     while "code=1003" not in caplog.text:
         assert time.monotonic() < deadline
         time.sleep(0.02)
@@ -590,7 +590,7 @@ def test_unknown_status_is_reported_while_processing_then_final(make_photo: Make
     ):
         task_id = submit(http, image=b64(make_photo()), template_id=20)["result"]["task_id"]
         seen: set[int] = set()
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + WAIT_S
         while True:
             results = http.get(RESULTS, params={"task_id": task_id}).json()["result"]
             statuses = {r["task_status"] for r in results["sub_task_results"]}
@@ -629,7 +629,7 @@ def test_callback_dup_delivers_twice(make_photo: MakePhoto, receiver: CallbackRe
         task_id = answer["result"]["task_id"]
         # The sandbox marks a delivery once the receiver's answer is back, after the
         # receiver has the body: wait on the sandbox's records, not the receiver's list.
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + WAIT_S
         while True:
             records = http.get("/_sandbox/callbacks").json()["callbacks"]
             if sum(record["delivered"] for record in records) >= 2:
@@ -653,7 +653,7 @@ def test_callback_early_arrives_before_the_task_is_final_with_the_final_body(
         notify_url = f"{receiver.base_url}/hooks/ok/secret-early"
         answer = submit(http, image=b64(make_photo()), template_id=20, notify_url=notify_url)
         task_id = answer["result"]["task_id"]
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + WAIT_S
         while not receiver.received:
             assert time.monotonic() < deadline
             time.sleep(0.01)
@@ -734,7 +734,7 @@ def test_state_file_keeps_tasks_submissions_photos_and_callbacks_across_a_restar
                 download_jpeg(result["image"])
         found = http.get(RESULTS, params={"request_id": "r2"}).json()["result"]
         assert found["task_id"] == pending["result"]["task_id"]
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + WAIT_S
         while not receiver.received:
             assert time.monotonic() < deadline
             time.sleep(0.02)
@@ -759,7 +759,7 @@ def test_callback_and_fetch_urls_are_masked_in_httpx_log_lines(
     preview = f"{sandbox.base_url}/_sandbox/templates/20.jpg?signature=presigned-credential"
     assert submit(client, image=preview, template_id=20)["code"] == 0
     wait_callback(client, answer["result"]["task_id"], attempts=1)
-    deadline = time.monotonic() + 2
+    deadline = time.monotonic() + WAIT_S
     while f"{receiver.base_url}/hooks/ok/***" not in caplog.text:
         assert time.monotonic() < deadline, caplog.text
         time.sleep(0.02)

@@ -10,6 +10,7 @@ import math
 import random
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
@@ -70,15 +71,25 @@ class _NoAnswer(Response):
 
 
 class _RequestLog:
-    """ASGI middleware: one log line per request, without query string, headers or body."""
+    """ASGI middleware: one log line per request, without query string, headers or body;
+    ``in_flight`` counts, by path, the requests begun and not yet ended (answered, or
+    given up on by their client)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, in_flight: Counter[str]) -> None:
         self.app = app
+        self.in_flight = in_flight
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        self.in_flight[scope["path"]] += 1
+        try:
+            await self._logged(scope, receive, send)
+        finally:
+            self.in_flight[scope["path"]] -= 1
+
+    async def _logged(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         status: int | None = None
         logged = False
@@ -217,6 +228,7 @@ class Sandbox:
         self._background: set[asyncio.Task[None]] = set()
         self._closing = asyncio.Event()
         self._http = httpx.AsyncClient(trust_env=False)
+        self._in_flight: Counter[str] = Counter()
         self.app = Starlette(
             routes=[
                 Route(SUBMIT_PATH, self._submit, methods=["POST"]),
@@ -228,10 +240,16 @@ class Sandbox:
                 Route("/_sandbox/callbacks", self._callback_log, methods=["GET"]),
                 Route("/_sandbox/health", self._health, methods=["GET"]),
             ],
-            middleware=[Middleware(_RequestLog)],
+            middleware=[Middleware(_RequestLog, in_flight=self._in_flight)],
             exception_handlers={ApiError: self._api_error},
             lifespan=self._lifespan,
         )
+
+    def in_flight(self, path: str | None = None) -> int:
+        """Requests begun and not yet ended, to ``path`` or to any: a request its client
+        gave up on counts until the sandbox is done with it too."""
+        counts = dict(self._in_flight)  # read from other threads: copied at once
+        return counts.get(path, 0) if path is not None else sum(counts.values())
 
     def release_stalled(self) -> None:
         """Let stalled submit requests end; call on the server's event loop at shutdown."""

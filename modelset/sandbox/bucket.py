@@ -140,7 +140,8 @@ class BucketProxy(ThreadingHTTPServer):
         self.server_close()
 
     def outage(self, seconds: float) -> None:
-        """Reset every connection at once for ``seconds`` from now: unreachable."""
+        """Reset every connection at once for ``seconds`` from now: unreachable (0 ends
+        an outage)."""
         with self.lock:
             self._down_until = time.monotonic() + seconds
 

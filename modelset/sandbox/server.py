@@ -100,6 +100,12 @@ class SandboxServer:
         """The callbacks requested so far, as ``/_sandbox/callbacks`` lists them."""
         return self._sandbox.callbacks()
 
+    def in_flight(self, path: str | None = None) -> int:
+        """Requests the sandbox has begun and not yet ended, to ``path`` (e.g.
+        ``SUBMIT_PATH``) or to any. One abandoned by its client counts until the sandbox
+        is done with it: a test waits for 0 to know what such a request left behind."""
+        return self._sandbox.in_flight(path)
+
     def start(self) -> Self:
         """Start serving; returns once the server answers."""
         if self._server is not None:
