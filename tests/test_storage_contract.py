@@ -26,6 +26,7 @@ from modelset.storage import (
     NotFound,
     PreconditionFailed,
     Store,
+    is_remote,
     open_store,
     probe_conditional_writes,
     update,
@@ -49,6 +50,20 @@ def test_open_store_names_the_location_as_given(bucket: str, tmp_path: Path) -> 
     assert (on_bucket.url, on_bucket.is_local) == (bucket, False)
     in_folder = open_store(tmp_path / "out")
     assert (in_folder.url, in_folder.is_local) == (str(tmp_path / "out"), True)
+
+
+@pytest.mark.parametrize(
+    ("name", "remote"),
+    [
+        ("s3://shop/in/a.jpg", True),
+        ("https://example.com/a.jpg", True),
+        ("file:///photos/a.jpg", True),
+        ("/photos/a.jpg", False),
+        ("photos/a:b.jpg", False),
+    ],
+)
+def test_a_url_is_remote_and_a_path_is_not(name: str, remote: bool) -> None:
+    assert is_remote(name) is remote
 
 
 def test_reading_a_missing_key_raises_not_found(store: Store) -> None:

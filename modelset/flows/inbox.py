@@ -34,6 +34,7 @@ from modelset.sources import NoImagesFound, SourceItem, discover
 from modelset.storage import (
     bucket_scheme,
     is_relative_location,
+    is_remote,
     locate,
     open_store,
     read_or_none,
@@ -140,7 +141,7 @@ def _photos_in(inbox: str) -> list[SourceItem]:
 
 def _fingerprint(source: str) -> str:
     """What must change for a source to count as new: its size and time, where known."""
-    if "://" in source:
+    if is_remote(source):
         return "remote"
     stat = Path(source).stat()
     return f"{stat.st_size}:{stat.st_mtime_ns}"
