@@ -19,6 +19,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
+from modelset import layout
 from modelset.sources import PassedOver
 from modelset.storage import (
     Store,
@@ -30,17 +31,11 @@ from modelset.storage import (
     update,
 )
 
-MANIFEST_JSONL = "manifest.jsonl"
-MANIFEST_CSV = "manifest.csv"
-INDEX_HTML = "index.html"
-STATE_DIR = ".modelset"
+# Aliases for the modules that import them from here: flows/generate.py (both), stages.py
+# and tasks/artifacts.py (STATE_DIR).
+INDEX_HTML = layout.INDEX_HTML
+STATE_DIR = layout.STATE_DIR
 _REWRITE_ROUNDS = 5
-THUMBS_PREFIX = f"{STATE_DIR}/thumbs"
-SET_THUMBNAILS = "thumbnails.json"
-VIEWS_WRITTEN_FROM = f"{STATE_DIR}/report-views.sha256"
-"""The sha256 of the manifest bytes that manifest.csv and index.html were written from."""
-PASSED_OVER = f"{STATE_DIR}/passed-over.json"
-"""What the last run's folder or bucket scan did not take, shown on index.html."""
 MANIFEST_FIELDS = (
     "source",
     "item",
@@ -105,7 +100,7 @@ class ManifestRow(BaseModel):
 def read_manifest(where: Store | str | Path) -> list[ManifestRow]:
     """The rows of a location's manifest (a store, a folder or a bucket URL)."""
     store = where if not isinstance(where, str | Path) else open_store(where)
-    blob = read_or_none(store, MANIFEST_JSONL)
+    blob = read_or_none(store, layout.MANIFEST_JSONL)
     return [] if blob is None else _parse_rows(blob.data)
 
 
@@ -148,37 +143,37 @@ def update_report(store: Store, rows: list[ManifestRow], *, copies: Path | None 
         unchanged = data if current == data else None
         return data, merged
 
-    merged = update(store, MANIFEST_JSONL, merge)
+    merged = update(store, layout.MANIFEST_JSONL, merge)
     if unchanged is not None and _views_current(store, unchanged):
         # A rerun that changed nothing: on a bucket the sheet would read every thumbnail
         # again (five requests per set) to write the same page.
-        return locate(store, INDEX_HTML)
+        return locate(store, layout.INDEX_HTML)
     for _ in range(_REWRITE_ROUNDS):
-        written = read_or_none(store, MANIFEST_JSONL)
+        written = read_or_none(store, layout.MANIFEST_JSONL)
         _write_views(store, merged, thumbnails, copies)
-        latest = read_or_none(store, MANIFEST_JSONL)
+        latest = read_or_none(store, layout.MANIFEST_JSONL)
         if latest is None or written is None or latest.etag == written.etag:
             if written is not None:
-                store.write(VIEWS_WRITTEN_FROM, _digest(written.data))
+                store.write(layout.REPORT_VIEWS, _digest(written.data))
             break
         merged = _parse_rows(latest.data)
-    return locate(store, INDEX_HTML)
+    return locate(store, layout.INDEX_HTML)
 
 
 def remember_passed_over(store: Store, passed_over: PassedOver) -> None:
     """Keep what this run's scan passed over for every later writing of ``index.html``
     (the views are written again when it changed, even if the manifest did not)."""
     data = passed_over.model_dump_json().encode()
-    kept = read_or_none(store, PASSED_OVER)
+    kept = read_or_none(store, layout.PASSED_OVER)
     if kept is not None and kept.data == data:
         return
-    store.write(PASSED_OVER, data)
-    store.delete(VIEWS_WRITTEN_FROM)
+    store.write(layout.PASSED_OVER, data)
+    store.delete(layout.REPORT_VIEWS)
 
 
 def passed_over_of(store: Store) -> PassedOver:
     """What the last run's scan into this location passed over (nothing, if unknown)."""
-    kept = read_or_none(store, PASSED_OVER)
+    kept = read_or_none(store, layout.PASSED_OVER)
     try:
         return PassedOver() if kept is None else PassedOver.model_validate_json(kept.data)
     except ValidationError:
@@ -191,15 +186,15 @@ def _digest(data: bytes) -> bytes:
 
 def _views_current(store: Store, manifest: bytes) -> bool:
     """Whether manifest.csv and index.html were written from ``manifest``."""
-    marker = read_or_none(store, VIEWS_WRITTEN_FROM)
+    marker = read_or_none(store, layout.REPORT_VIEWS)
     return marker is not None and marker.data == _digest(manifest)
 
 
 def write_report(store: Store, rows: list[ManifestRow]) -> str:
     """Write the manifest (both forms) and the contact sheet; returns the sheet's place."""
-    store.write(MANIFEST_JSONL, _manifest_bytes(rows))
+    store.write(layout.MANIFEST_JSONL, _manifest_bytes(rows))
     _write_views(store, rows, {row.row_key: row.thumbnail for row in rows if row.thumbnail})
-    return locate(store, INDEX_HTML)
+    return locate(store, layout.INDEX_HTML)
 
 
 def _write_views(
@@ -219,11 +214,11 @@ def _write_views(
     passed_over = passed_over_of(store)
     images = None if store.is_local else _embedded_images(store, rows, copies)
     page = contact_sheet(rows, title=title, images=images, notice=notice, passed_over=passed_over)
-    store.write(INDEX_HTML, page.encode("utf-8"))
+    store.write(layout.INDEX_HTML, page.encode("utf-8"))
 
 
 def input_thumbnail_key(source_sha256: str) -> str:
-    return f"{THUMBS_PREFIX}/{source_sha256}.jpg"
+    return f"{layout.THUMBS}/{source_sha256}.jpg"
 
 
 def look_alike_thumbnail(row: ManifestRow) -> str | None:
@@ -234,12 +229,12 @@ def look_alike_thumbnail(row: ManifestRow) -> str | None:
 def output_thumbnail_key(output: str) -> str:
     """Where one generated image's thumbnail is kept on this machine during a run (and
     was stored in a bucket by versions that stored one object per image)."""
-    return f"{THUMBS_PREFIX}/{output}"
+    return f"{layout.THUMBS}/{output}"
 
 
 def set_thumbnails_key(folder: str) -> str:
     """The one object holding the thumbnails of a set's images (``<item>/<template_id>``)."""
-    return f"{THUMBS_PREFIX}/{folder}/{SET_THUMBNAILS}"
+    return f"{layout.THUMBS}/{folder}/{layout.SET_THUMBNAILS}"
 
 
 def store_set_thumbnails(
@@ -317,7 +312,7 @@ def _write_csv(store: Store, rows: list[ManifestRow]) -> None:
         values["outputs"] = ";".join(row.outputs)
         values["published"] = ";".join(row.published)
         writer.writerow(values)
-    store.write(MANIFEST_CSV, text.getvalue().encode("utf-8"))
+    store.write(layout.MANIFEST_CSV, text.getvalue().encode("utf-8"))
 
 
 _STATUS_COLOURS = {

@@ -24,6 +24,7 @@ import pytest
 from PIL import Image
 from prefect.client.schemas.objects import State
 
+from modelset import layout
 from modelset.flows.generate import generate_model_sets
 from modelset.options import RunOptions
 from modelset.report import (
@@ -38,7 +39,6 @@ from modelset.stages import download_image, jpeg_bytes, open_workspace
 from modelset.tasks.artifacts import (
     ARTIFACT_MAX_BYTES,
     MARKDOWN_THUMBNAIL,
-    SUMMARY_THUMBNAILS,
     THUMBNAIL_ROWS,
     picture_cells,
     results_table,
@@ -432,7 +432,7 @@ async def test_the_summarys_sets_are_pictured_as_they_download_and_only_those(
         # report, with nothing read or decoded.
         assert picture_cells(workspace.store, [row], MARKDOWN_THUMBNAIL) == cells
         # Without those and without the picture, nothing is left to make the cell from.
-        (tmp_path / "out" / SUMMARY_THUMBNAILS).unlink()
+        (tmp_path / "out" / layout.SUMMARY_THUMBNAILS).unlink()
         assert set_cell(row) not in picture_cells(workspace.store, [row], MARKDOWN_THUMBNAIL)
 
 

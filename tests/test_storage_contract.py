@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from modelset import layout
 from modelset.sandbox.bucket import BucketProxy
 from modelset.storage import (
     AlreadyExists,
@@ -31,7 +32,6 @@ from modelset.storage import (
     probe_conditional_writes,
     update,
 )
-from modelset.storage.probe import PROBE_PREFIX
 
 
 @pytest.fixture(params=["folder", "bucket"])
@@ -269,7 +269,7 @@ def test_update_is_exact_under_concurrent_writers(store: Store) -> None:
 
 def test_the_probe_passes_and_leaves_nothing_behind(store: Store) -> None:
     probe_conditional_writes(store)
-    assert store.list(PROBE_PREFIX) == []
+    assert store.list(layout.PROBE) == []
 
 
 def test_the_probe_refuses_a_store_that_ignores_conditional_writes(
@@ -281,7 +281,7 @@ def test_the_probe_refuses_a_store_that_ignores_conditional_writes(
         probe_conditional_writes(careless)
     assert careless_bucket in str(info.value)
     assert careless_s3.counts["dropped"] > dropped  # the proxy, not a broken store, caused it
-    assert careless.list(PROBE_PREFIX) == []
+    assert careless.list(layout.PROBE) == []
     # The same bucket straight on the server (no proxy) passes: the headers made the
     # difference.
     monkeypatch.setenv(

@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger
 from prefect.client.schemas.objects import State
 from prefect.states import Completed, Failed
 
+from modelset import layout
 from modelset.flows.generate import (
     UNATTENDED_NEEDS_CAP,
     WORKING_DIRECTORY_SET,
@@ -27,7 +28,7 @@ from modelset.flows.generate import (
 from modelset.flows.review import can_wait_for_review, resume_review, review_in_run
 from modelset.ledger import Ledger, SubmissionState, open_ledger
 from modelset.options import RunOptions
-from modelset.report import INDEX_HTML, ManifestRow, Status, read_manifest
+from modelset.report import ManifestRow, Status, read_manifest
 from modelset.review import pending_among
 from modelset.settings import Settings
 from modelset.sources import NoImagesFound, SourceItem, discover
@@ -40,8 +41,6 @@ from modelset.storage import (
     read_or_none,
     update,
 )
-
-SEEN_KEY = ".modelset/inbox-seen.json"
 
 
 @flow(name="scan-inbox", persist_result=False, log_prints=False)
@@ -75,7 +74,7 @@ async def scan_inbox(
         resumed = await resume_review(store, store.url)
         if resumed is not None:
             return resumed
-    seen_blob = read_or_none(store, SEEN_KEY)
+    seen_blob = read_or_none(store, layout.INBOX_SEEN)
     seen: dict[str, str] = json.loads(seen_blob.data) if seen_blob else {}
     if bucket_scheme(inbox) is None and not Path(inbox).expanduser().exists():
         return Failed(
@@ -85,7 +84,7 @@ async def scan_inbox(
     sources = [item.source for item in _photos_in(inbox)]
     new = [source for source in sources if seen.get(source) != _fingerprint(source)]
     if not new:
-        report = locate(store, INDEX_HTML)
+        report = locate(store, layout.INDEX_HTML)
         return Completed(
             message=f"nothing new in {inbox} ({len(sources)} photos seen before); report: {report}"
         )
@@ -113,7 +112,7 @@ async def scan_inbox(
         merged = {**(json.loads(current) if current else {}), **finished}
         return json.dumps(merged, indent=0).encode(), None
 
-    update(store, SEEN_KEY, remember)
+    update(store, layout.INBOX_SEEN, remember)
     message = state.message or ""
     if options.review and can_wait_for_review():
         pending = pending_among(store, [row.task_id for row in new_rows if row.task_id])
