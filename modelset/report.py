@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import csv
 import hashlib
-import html
 import io
 import json
 from collections.abc import Iterable
@@ -17,6 +16,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from pydantic import BaseModel, Field, ValidationError
 
 from modelset import layout
@@ -315,25 +315,16 @@ def _write_csv(store: Store, rows: list[ManifestRow]) -> None:
     store.write(layout.MANIFEST_CSV, text.getvalue().encode("utf-8"))
 
 
-_STATUS_COLOURS = {
-    Status.SUCCEEDED: "#1a7f37",
-    Status.FAILED: "#cf222e",
-    Status.REJECTED: "#bc4c00",
-    Status.OUTCOME_UNKNOWN: "#8250df",
-    Status.SKIPPED: "#6e7781",
-    Status.PLANNED: "#0969da",
-}
-
-_STYLE = """
-body{font:14px system-ui,sans-serif;margin:24px;color:#1f2328}
-h1{font-size:20px}.summary span{margin-right:16px}
-.notice{background:#fff8c5;border:1px solid #d4a72c;padding:8px;border-radius:6px}
-table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #d0d7de;
-padding:8px;vertical-align:top;text-align:left}img{height:150px;border-radius:4px;
-margin:2px;background:#f6f8fa}.status{font-weight:600}.reason{color:#57606a;max-width:28em}
-.set{display:flex;gap:4px}.review{margin-top:6px}.alike{display:flex;gap:4px}
-figure{margin:0}figcaption{font-size:12px;color:#57606a;text-align:center}
-"""
+# The pages, escaped by the engine: a value shows as text unless the template marks it safe.
+_PAGES = Environment(
+    loader=PackageLoader("modelset"),  # modelset/templates/
+    autoescape=select_autoescape(["html.j2"]),
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+)
+_SHEET = "index.html.j2"
 
 
 def not_collected_notice(rows: list[ManifestRow], out: str) -> str | None:
@@ -360,104 +351,25 @@ def contact_sheet(
     under a ``notice`` that asks for action, if any, and what the scan passed over.
 
     ``images`` maps a thumbnail's or an output's key to what the page shows for it (a
-    ``data:`` URI); without it, images load from their keys, relative to the page.
+    ``data:`` URI); without it, images load from their keys, relative to the page. A
+    near-duplicate's row shows the set of the photo it looks like, when that photo's row
+    is on the sheet. The page is ``templates/index.html.j2``.
     """
-    summary = "".join(
-        f"<span>{html.escape(status)}: <b>{count}</b></span>"
-        for status, count in summarize(rows).items()
-        if count
-    )
-    reviews = {
-        review: n
+    summary = [(status, count) for status, count in summarize(rows).items() if count]
+    summary += [
+        (f"review {review}", count)
         for review in ("pending", "approved", "declined")
-        if (n := sum(1 for row in rows if row.review == review))
-    }
-    summary += "".join(
-        f"<span>review {review}: <b>{count}</b></span>" for review, count in reviews.items()
-    )
+        if (count := sum(1 for row in rows if row.review == review))
+    ]
     paid = {(row.source_sha256, row.template_id): row for row in rows if row.outputs}
-    body = "\n".join(
-        _sheet_row(row, images, paid.get((row.near_duplicate_of, row.template_id))) for row in rows
-    )
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1><p class='summary'>{summary}</p>"
-        + (f"<p class='notice'>{html.escape(notice)}</p>" if notice else "")
-        + _passed_over_section(passed_over)
-        + "<table><thead><tr><th>input</th><th>item</th><th>template</th><th>status</th>"
-        f"<th>generated set</th></tr></thead><tbody>{body}</tbody></table></body></html>\n"
-    )
-
-
-def _passed_over_section(passed_over: PassedOver | None) -> str:
-    if passed_over is None or not passed_over.total:
-        return ""
-    items = "".join(
-        f"<li>{html.escape(reason)}: <b>{count}</b> <small>{html.escape(names)}</small></li>"
-        for reason, count, names in passed_over.entries()
-    )
-    return (
-        f"<div class='passed'><b>passed over: {passed_over.total} files</b><ul>{items}</ul></div>"
-    )
-
-
-def _sheet_row(
-    row: ManifestRow, shown: dict[str, str] | None, original: ManifestRow | None = None
-) -> str:
-    """One row; a near-duplicate's shows the set of the photo it looks like
-    (``original``, when that row is on the sheet)."""
-
-    def src(key: str) -> str:
-        return html.escape(key if shown is None else shown.get(key, key))
-
-    thumbnail = (
-        f"<img src='{src(row.thumbnail)}' alt='input' loading='lazy'>" if row.thumbnail else ""
-    )
-    if alike := look_alike_thumbnail(row):
-        thumbnail = (
-            f"<div class='alike'><figure>{thumbnail}<figcaption>this photo</figcaption></figure>"
-            f"<figure><img src='{src(alike)}' alt='paid for' loading='lazy'>"
-            "<figcaption>looks like (paid for)</figcaption></figure></div>"
-        )
-    images = "".join(
-        f"<a href='{html.escape(path)}'><img src='{src(path)}' loading='lazy'"
-        f" alt='{html.escape(Path(path).name)}'></a>"
-        for path in (original or row).outputs
-    )
-    if original is not None:
-        images = (
-            f"<figure><div class='set'>{images}</div><figcaption>the set of "
-            f"{html.escape(original.item)}, paid for once</figcaption></figure>"
-        )
-    colour = _STATUS_COLOURS[row.status]
-    reason = f"<div class='reason'>{html.escape(row.reason)}</div>" if row.reason else ""
-    return (
-        f"<tr><td>{thumbnail}</td><td>{html.escape(row.item)}<br>"
-        f"<small>{html.escape(row.source)}</small></td><td>{row.template_id}</td>"
-        f"<td><span class='status' style='color:{colour}'>{row.status.value}</span>{reason}"
-        f"{_review_cell(row)}</td><td><div class='set'>{images}</div></td></tr>"
-    )
-
-
-_REVIEW_COLOURS = {"pending": "#9a6700", "approved": "#1a7f37", "declined": "#cf222e"}
-
-
-def _review_cell(row: ManifestRow) -> str:
-    """The review's outcome under the status: who decided, the note, where it went."""
-    if not row.review:
-        return ""
-    by = f" by {html.escape(row.reviewer)}" if row.reviewer else ""
-    note = f"<div class='reason'>“{html.escape(row.review_note)}”</div>" if row.review_note else ""
-    published = (
-        f"<div class='reason'>published: {len(row.published)} images in "
-        f"<code>{html.escape(row.published[0].rsplit('/', 1)[0])}</code></div>"
-        if row.published
-        else ""
-    )
-    return (
-        f"<div class='review' style='color:{_REVIEW_COLOURS[row.review]}'>"
-        f"review: <b>{row.review}</b>{by}</div>{note}{published}"
+    return _PAGES.get_template(_SHEET).render(
+        title=title,
+        summary=summary,
+        notice=notice,
+        passed_over=passed_over if passed_over is not None and passed_over.total else None,
+        rows=[(row, paid.get((row.near_duplicate_of, row.template_id))) for row in rows],
+        shown=images or {},
+        look_alike=look_alike_thumbnail,
     )
 
 
