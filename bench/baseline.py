@@ -49,6 +49,7 @@ from modelset.stages import (
     open_workspace,
     prepare_photo,
 )
+from modelset.storage import is_remote
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
@@ -215,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.base_url or not args.token:
         parser.error("--base-url and --token (or HIDREAM_BASE_URL, HIDREAM_API_TOKEN) are needed")
-    if "://" in args.out:
+    if is_remote(args.out):
         parser.error("--out: a local folder (the baseline is a plain script: no buckets)")
     sources = discover(args.sources)
     summary = asyncio.run(

@@ -114,6 +114,7 @@ import httpx
 from prefect import flow
 
 import modelset.tasks.photos as stage_tasks
+from modelset import layout
 from modelset.batch import BatchRuntime
 from modelset.batch.preparing import PREPARING_CHUNKS
 from modelset.batch.chunks import FetchItem
@@ -142,9 +143,9 @@ async def prepared(photos, runtime):
     return [
         photo.model_copy(
             update={
-                "upload_key": f".modelset/uploads/{photo.source_sha256}-fix-crop-v3.jpg",
+                "upload_key": f"{layout.UPLOADS}/{photo.source_sha256}-fix-crop-v3.jpg",
                 "upload_sha256": photo.source_sha256[::-1],
-                "thumbnail": f".modelset/thumbs/{photo.source_sha256}.jpg",
+                "thumbnail": f"{layout.THUMBS}/{photo.source_sha256}.jpg",
                 "look": LOOK,
                 "upload_pixels": 1536 * 2048,
                 "source_bytes_per_pixel": 0.31,
@@ -312,6 +313,7 @@ def random_look(rng: random.Random) -> str:
 
 async def ledger_cpu_s(folder: Path, sets: int) -> float:
     """A first run's ledger work over ``sets`` sets (see the module's docstring)."""
+    from modelset import layout
     from modelset.ledger import SubmissionState
     from modelset.report import Status
     from modelset.stages import PreparedPhoto, key_for, submit_once, upload_key_for
@@ -324,9 +326,9 @@ async def ledger_cpu_s(folder: Path, sets: int) -> float:
                 source=f"/in/look-{i}.jpg",
                 source_sha256=f"{i:064x}",
                 validated=True,
-                upload_key=f".modelset/uploads/{i:064x}.jpg",
+                upload_key=f"{layout.UPLOADS}/{i:064x}.jpg",
                 upload_sha256=f"{sets + i:064x}",
-                thumbnail=f".modelset/thumbs/{i:064x}.jpg",
+                thumbnail=f"{layout.THUMBS}/{i:064x}.jpg",
                 look=random_look(rng),
             )
             for i in range(sets)
@@ -444,18 +446,12 @@ class Reporting:
 
 
 def reporting(folder: Path, rows_wanted: int, repeat: int) -> Reporting:
-    from modelset.report import (
-        INDEX_HTML,
-        MANIFEST_CSV,
-        MANIFEST_JSONL,
-        VIEWS_WRITTEN_FROM,
-        update_report,
-    )
+    from modelset import layout
+    from modelset.report import update_report
     from modelset.stages import OUTPUT_THUMBNAIL, thumbnail_jpeg
     from modelset.storage import open_store
     from modelset.tasks.artifacts import (
         MARKDOWN_THUMBNAIL,
-        SUMMARY_THUMBNAILS,
         picture_cells,
         results_table,
         summary_markdown,
@@ -466,9 +462,14 @@ def reporting(folder: Path, rows_wanted: int, repeat: int) -> Reporting:
     pictured = {output for row in rows[:SUMMARY_ROWS] for output in row.outputs}
     pictures, reports = [], []
     for _ in range(repeat):
-        for written in (SUMMARY_THUMBNAILS, MANIFEST_JSONL, MANIFEST_CSV, INDEX_HTML):
+        for written in (
+            layout.SUMMARY_THUMBNAILS,
+            layout.MANIFEST_JSONL,
+            layout.MANIFEST_CSV,
+            layout.INDEX_HTML,
+            layout.REPORT_VIEWS,
+        ):
             store.delete(written)  # each repeat writes them as a first run does
-        store.delete(VIEWS_WRITTEN_FROM)
         shown = [row.model_copy() for row in rows]
         started = time.process_time()
         made = {

@@ -32,6 +32,8 @@ from typing import Any, Self
 
 import httpx
 
+from modelset import layout
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TOKEN = "bench-token-7d1e"
@@ -363,7 +365,7 @@ _AWS_CLEARED = ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT", "AWS_DEFAULT
 
 
 def request_kind(path: str) -> str:
-    """What an S3 request path is about, in the layout of docs/storage.md."""
+    """What an S3 request path is about, in the output location's layout (``modelset.layout``)."""
     bucket_path, _, query = path.partition("?")
     parts = bucket_path.strip("/").split("/", 2)  # bucket, prefix ("out"), key
     key = parts[2] if len(parts) > 2 else ""
@@ -372,27 +374,26 @@ def request_kind(path: str) -> str:
     if not key:
         return "bucket"
     rules = (
-        (".modelset/ledger/by-task/", "ledger by-task index"),
-        (".modelset/ledger/by-upload/", "ledger by-upload claim"),
-        (".modelset/ledger-digest", "ledger digest"),
-        (".modelset/probe/", "probe"),
-        (".modelset/prepared/", "preparation cache"),
-        (".modelset/shards/", "shards"),
-        (".modelset/prefect-results/", "prefect results"),
-        (".modelset/uploads/", "prepared upload"),
+        (f"{layout.LEDGER_BY_TASK}/", "ledger by-task index"),
+        (f"{layout.LEDGER_BY_UPLOAD}/", "ledger by-upload claim"),
+        (layout.LEDGER_DIGEST, "ledger digest"),
+        (f"{layout.PROBE}/", "probe"),
+        (f"{layout.SHARDS}/", "shards"),
+        (f"{layout.PREFECT_RESULTS}/", "prefect results"),
+        (f"{layout.UPLOADS}/", "prepared upload"),
     )
     for prefix, kind in rules:
         if key.startswith(prefix):
             return kind
-    if key.startswith(".modelset/ledger/"):
+    if key.startswith(f"{layout.LEDGER}/"):
         return "ledger lease" if key.endswith(".lease") else "ledger record"
-    if key.startswith(".modelset/thumbs/"):
+    if key.startswith(f"{layout.THUMBS}/"):
         return "output thumbnail" if key.count("/") > 2 else "input thumbnail"
-    if key.endswith("/.task_id"):
+    if key.endswith(f"/{layout.TASK_MARKER}"):
         return "set marker"
     if key.endswith(".jpg"):
         return "image"
-    if key in ("manifest.jsonl", "manifest.csv", "index.html"):
+    if key in (layout.MANIFEST_JSONL, layout.MANIFEST_CSV, layout.INDEX_HTML):
         return "report"
     return "other"
 

@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, Field
 
+from modelset import layout
 from modelset.ledger import Ledger, LedgerRecord, SubmissionState
 from modelset.settings import Settings
 from modelset.storage import Store, off_loop, read_or_none, update
@@ -119,7 +120,6 @@ class Budget:
         return update(store, key, apply)
 
 
-BUDGET_PREFIX = ".modelset/budget"
 BudgetPeriod = Literal["day", "month"]
 
 
@@ -325,7 +325,7 @@ class PeriodBudget:
 
     @staticmethod
     def _key(period: str) -> str:
-        return f"{BUDGET_PREFIX}/{period}.json"
+        return f"{layout.BUDGET}/{period}.json"
 
 
 def _settle(entry: str, images: int, spending: _Spending) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import csv
 import hashlib
-import html
 import io
 import json
 from collections.abc import Iterable
@@ -17,8 +16,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from pydantic import BaseModel, Field, ValidationError
 
+from modelset import layout
 from modelset.sources import PassedOver
 from modelset.storage import (
     Store,
@@ -30,17 +31,7 @@ from modelset.storage import (
     update,
 )
 
-MANIFEST_JSONL = "manifest.jsonl"
-MANIFEST_CSV = "manifest.csv"
-INDEX_HTML = "index.html"
-STATE_DIR = ".modelset"
 _REWRITE_ROUNDS = 5
-THUMBS_PREFIX = f"{STATE_DIR}/thumbs"
-SET_THUMBNAILS = "thumbnails.json"
-VIEWS_WRITTEN_FROM = f"{STATE_DIR}/report-views.sha256"
-"""The sha256 of the manifest bytes that manifest.csv and index.html were written from."""
-PASSED_OVER = f"{STATE_DIR}/passed-over.json"
-"""What the last run's folder or bucket scan did not take, shown on index.html."""
 MANIFEST_FIELDS = (
     "source",
     "item",
@@ -105,7 +96,7 @@ class ManifestRow(BaseModel):
 def read_manifest(where: Store | str | Path) -> list[ManifestRow]:
     """The rows of a location's manifest (a store, a folder or a bucket URL)."""
     store = where if not isinstance(where, str | Path) else open_store(where)
-    blob = read_or_none(store, MANIFEST_JSONL)
+    blob = read_or_none(store, layout.MANIFEST_JSONL)
     return [] if blob is None else _parse_rows(blob.data)
 
 
@@ -148,37 +139,37 @@ def update_report(store: Store, rows: list[ManifestRow], *, copies: Path | None 
         unchanged = data if current == data else None
         return data, merged
 
-    merged = update(store, MANIFEST_JSONL, merge)
+    merged = update(store, layout.MANIFEST_JSONL, merge)
     if unchanged is not None and _views_current(store, unchanged):
         # A rerun that changed nothing: on a bucket the sheet would read every thumbnail
         # again (five requests per set) to write the same page.
-        return locate(store, INDEX_HTML)
+        return locate(store, layout.INDEX_HTML)
     for _ in range(_REWRITE_ROUNDS):
-        written = read_or_none(store, MANIFEST_JSONL)
+        written = read_or_none(store, layout.MANIFEST_JSONL)
         _write_views(store, merged, thumbnails, copies)
-        latest = read_or_none(store, MANIFEST_JSONL)
+        latest = read_or_none(store, layout.MANIFEST_JSONL)
         if latest is None or written is None or latest.etag == written.etag:
             if written is not None:
-                store.write(VIEWS_WRITTEN_FROM, _digest(written.data))
+                store.write(layout.REPORT_VIEWS, _digest(written.data))
             break
         merged = _parse_rows(latest.data)
-    return locate(store, INDEX_HTML)
+    return locate(store, layout.INDEX_HTML)
 
 
 def remember_passed_over(store: Store, passed_over: PassedOver) -> None:
     """Keep what this run's scan passed over for every later writing of ``index.html``
     (the views are written again when it changed, even if the manifest did not)."""
     data = passed_over.model_dump_json().encode()
-    kept = read_or_none(store, PASSED_OVER)
+    kept = read_or_none(store, layout.PASSED_OVER)
     if kept is not None and kept.data == data:
         return
-    store.write(PASSED_OVER, data)
-    store.delete(VIEWS_WRITTEN_FROM)
+    store.write(layout.PASSED_OVER, data)
+    store.delete(layout.REPORT_VIEWS)
 
 
 def passed_over_of(store: Store) -> PassedOver:
     """What the last run's scan into this location passed over (nothing, if unknown)."""
-    kept = read_or_none(store, PASSED_OVER)
+    kept = read_or_none(store, layout.PASSED_OVER)
     try:
         return PassedOver() if kept is None else PassedOver.model_validate_json(kept.data)
     except ValidationError:
@@ -191,15 +182,15 @@ def _digest(data: bytes) -> bytes:
 
 def _views_current(store: Store, manifest: bytes) -> bool:
     """Whether manifest.csv and index.html were written from ``manifest``."""
-    marker = read_or_none(store, VIEWS_WRITTEN_FROM)
+    marker = read_or_none(store, layout.REPORT_VIEWS)
     return marker is not None and marker.data == _digest(manifest)
 
 
 def write_report(store: Store, rows: list[ManifestRow]) -> str:
     """Write the manifest (both forms) and the contact sheet; returns the sheet's place."""
-    store.write(MANIFEST_JSONL, _manifest_bytes(rows))
+    store.write(layout.MANIFEST_JSONL, _manifest_bytes(rows))
     _write_views(store, rows, {row.row_key: row.thumbnail for row in rows if row.thumbnail})
-    return locate(store, INDEX_HTML)
+    return locate(store, layout.INDEX_HTML)
 
 
 def _write_views(
@@ -219,11 +210,11 @@ def _write_views(
     passed_over = passed_over_of(store)
     images = None if store.is_local else _embedded_images(store, rows, copies)
     page = contact_sheet(rows, title=title, images=images, notice=notice, passed_over=passed_over)
-    store.write(INDEX_HTML, page.encode("utf-8"))
+    store.write(layout.INDEX_HTML, page.encode("utf-8"))
 
 
 def input_thumbnail_key(source_sha256: str) -> str:
-    return f"{THUMBS_PREFIX}/{source_sha256}.jpg"
+    return f"{layout.THUMBS}/{source_sha256}.jpg"
 
 
 def look_alike_thumbnail(row: ManifestRow) -> str | None:
@@ -234,12 +225,12 @@ def look_alike_thumbnail(row: ManifestRow) -> str | None:
 def output_thumbnail_key(output: str) -> str:
     """Where one generated image's thumbnail is kept on this machine during a run (and
     was stored in a bucket by versions that stored one object per image)."""
-    return f"{THUMBS_PREFIX}/{output}"
+    return f"{layout.THUMBS}/{output}"
 
 
 def set_thumbnails_key(folder: str) -> str:
     """The one object holding the thumbnails of a set's images (``<item>/<template_id>``)."""
-    return f"{THUMBS_PREFIX}/{folder}/{SET_THUMBNAILS}"
+    return f"{layout.THUMBS}/{folder}/{layout.SET_THUMBNAILS}"
 
 
 def store_set_thumbnails(
@@ -317,28 +308,19 @@ def _write_csv(store: Store, rows: list[ManifestRow]) -> None:
         values["outputs"] = ";".join(row.outputs)
         values["published"] = ";".join(row.published)
         writer.writerow(values)
-    store.write(MANIFEST_CSV, text.getvalue().encode("utf-8"))
+    store.write(layout.MANIFEST_CSV, text.getvalue().encode("utf-8"))
 
 
-_STATUS_COLOURS = {
-    Status.SUCCEEDED: "#1a7f37",
-    Status.FAILED: "#cf222e",
-    Status.REJECTED: "#bc4c00",
-    Status.OUTCOME_UNKNOWN: "#8250df",
-    Status.SKIPPED: "#6e7781",
-    Status.PLANNED: "#0969da",
-}
-
-_STYLE = """
-body{font:14px system-ui,sans-serif;margin:24px;color:#1f2328}
-h1{font-size:20px}.summary span{margin-right:16px}
-.notice{background:#fff8c5;border:1px solid #d4a72c;padding:8px;border-radius:6px}
-table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #d0d7de;
-padding:8px;vertical-align:top;text-align:left}img{height:150px;border-radius:4px;
-margin:2px;background:#f6f8fa}.status{font-weight:600}.reason{color:#57606a;max-width:28em}
-.set{display:flex;gap:4px}.review{margin-top:6px}.alike{display:flex;gap:4px}
-figure{margin:0}figcaption{font-size:12px;color:#57606a;text-align:center}
-"""
+# The pages, escaped by the engine: a value shows as text unless the template marks it safe.
+_PAGES = Environment(
+    loader=PackageLoader("modelset"),  # modelset/templates/
+    autoescape=select_autoescape(["html.j2"]),
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+)
+_SHEET = "index.html.j2"
 
 
 def not_collected_notice(rows: list[ManifestRow], out: str) -> str | None:
@@ -365,104 +347,25 @@ def contact_sheet(
     under a ``notice`` that asks for action, if any, and what the scan passed over.
 
     ``images`` maps a thumbnail's or an output's key to what the page shows for it (a
-    ``data:`` URI); without it, images load from their keys, relative to the page.
+    ``data:`` URI); without it, images load from their keys, relative to the page. A
+    near-duplicate's row shows the set of the photo it looks like, when that photo's row
+    is on the sheet. The page is ``templates/index.html.j2``.
     """
-    summary = "".join(
-        f"<span>{html.escape(status)}: <b>{count}</b></span>"
-        for status, count in summarize(rows).items()
-        if count
-    )
-    reviews = {
-        review: n
+    summary = [(status, count) for status, count in summarize(rows).items() if count]
+    summary += [
+        (f"review {review}", count)
         for review in ("pending", "approved", "declined")
-        if (n := sum(1 for row in rows if row.review == review))
-    }
-    summary += "".join(
-        f"<span>review {review}: <b>{count}</b></span>" for review, count in reviews.items()
-    )
+        if (count := sum(1 for row in rows if row.review == review))
+    ]
     paid = {(row.source_sha256, row.template_id): row for row in rows if row.outputs}
-    body = "\n".join(
-        _sheet_row(row, images, paid.get((row.near_duplicate_of, row.template_id))) for row in rows
-    )
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1><p class='summary'>{summary}</p>"
-        + (f"<p class='notice'>{html.escape(notice)}</p>" if notice else "")
-        + _passed_over_section(passed_over)
-        + "<table><thead><tr><th>input</th><th>item</th><th>template</th><th>status</th>"
-        f"<th>generated set</th></tr></thead><tbody>{body}</tbody></table></body></html>\n"
-    )
-
-
-def _passed_over_section(passed_over: PassedOver | None) -> str:
-    if passed_over is None or not passed_over.total:
-        return ""
-    items = "".join(
-        f"<li>{html.escape(reason)}: <b>{count}</b> <small>{html.escape(names)}</small></li>"
-        for reason, count, names in passed_over.entries()
-    )
-    return (
-        f"<div class='passed'><b>passed over: {passed_over.total} files</b><ul>{items}</ul></div>"
-    )
-
-
-def _sheet_row(
-    row: ManifestRow, shown: dict[str, str] | None, original: ManifestRow | None = None
-) -> str:
-    """One row; a near-duplicate's shows the set of the photo it looks like
-    (``original``, when that row is on the sheet)."""
-
-    def src(key: str) -> str:
-        return html.escape(key if shown is None else shown.get(key, key))
-
-    thumbnail = (
-        f"<img src='{src(row.thumbnail)}' alt='input' loading='lazy'>" if row.thumbnail else ""
-    )
-    if alike := look_alike_thumbnail(row):
-        thumbnail = (
-            f"<div class='alike'><figure>{thumbnail}<figcaption>this photo</figcaption></figure>"
-            f"<figure><img src='{src(alike)}' alt='paid for' loading='lazy'>"
-            "<figcaption>looks like (paid for)</figcaption></figure></div>"
-        )
-    images = "".join(
-        f"<a href='{html.escape(path)}'><img src='{src(path)}' loading='lazy'"
-        f" alt='{html.escape(Path(path).name)}'></a>"
-        for path in (original or row).outputs
-    )
-    if original is not None:
-        images = (
-            f"<figure><div class='set'>{images}</div><figcaption>the set of "
-            f"{html.escape(original.item)}, paid for once</figcaption></figure>"
-        )
-    colour = _STATUS_COLOURS[row.status]
-    reason = f"<div class='reason'>{html.escape(row.reason)}</div>" if row.reason else ""
-    return (
-        f"<tr><td>{thumbnail}</td><td>{html.escape(row.item)}<br>"
-        f"<small>{html.escape(row.source)}</small></td><td>{row.template_id}</td>"
-        f"<td><span class='status' style='color:{colour}'>{row.status.value}</span>{reason}"
-        f"{_review_cell(row)}</td><td><div class='set'>{images}</div></td></tr>"
-    )
-
-
-_REVIEW_COLOURS = {"pending": "#9a6700", "approved": "#1a7f37", "declined": "#cf222e"}
-
-
-def _review_cell(row: ManifestRow) -> str:
-    """The review's outcome under the status: who decided, the note, where it went."""
-    if not row.review:
-        return ""
-    by = f" by {html.escape(row.reviewer)}" if row.reviewer else ""
-    note = f"<div class='reason'>“{html.escape(row.review_note)}”</div>" if row.review_note else ""
-    published = (
-        f"<div class='reason'>published: {len(row.published)} images in "
-        f"<code>{html.escape(row.published[0].rsplit('/', 1)[0])}</code></div>"
-        if row.published
-        else ""
-    )
-    return (
-        f"<div class='review' style='color:{_REVIEW_COLOURS[row.review]}'>"
-        f"review: <b>{row.review}</b>{by}</div>{note}{published}"
+    return _PAGES.get_template(_SHEET).render(
+        title=title,
+        summary=summary,
+        notice=notice,
+        passed_over=passed_over if passed_over is not None and passed_over.total else None,
+        rows=[(row, paid.get((row.near_duplicate_of, row.template_id))) for row in rows],
+        shown=images or {},
+        look_alike=look_alike_thumbnail,
     )
 
 

@@ -28,8 +28,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from modelset import layout
 from modelset.report import (
-    STATE_DIR,
     ManifestRow,
     ReviewState,
     Status,
@@ -45,13 +45,6 @@ from modelset.storage import (
     read_many,
     read_or_none,
 )
-
-REVIEW_PREFIX = f"{STATE_DIR}/review"
-SETS_PREFIX = f"{REVIEW_PREFIX}/sets"
-WAITING_PREFIX = f"{REVIEW_PREFIX}/waiting"
-PUBLISHED_FOLDER = "published"
-PUBLISHED_MARKER = "published.json"
-"""Written last into a published set's folder: the set is complete once it is there."""
 
 
 class Review(StrEnum):
@@ -86,11 +79,11 @@ def set_key(item: str, template_id: int) -> str:
 
 
 def decision_key(ledger_key: str, attempt: int) -> str:
-    return f"{SETS_PREFIX}/{ledger_key}/{attempt}.json"
+    return f"{layout.REVIEW_SETS}/{ledger_key}/{attempt}.json"
 
 
 def waiting_key(flow_run_id: str) -> str:
-    return f"{WAITING_PREFIX}/{flow_run_id}.json"
+    return f"{layout.REVIEW_WAITING}/{flow_run_id}.json"
 
 
 def _now() -> str:
@@ -100,8 +93,8 @@ def _now() -> str:
 def _attempts(store: Store) -> dict[str, list[int]]:
     """Every ledger key that has decisions, with their attempts (one listing)."""
     found: dict[str, list[int]] = {}
-    for name in store.list(SETS_PREFIX):
-        ledger_key, _, file = name.removeprefix(f"{SETS_PREFIX}/").partition("/")
+    for name in store.list(layout.REVIEW_SETS):
+        ledger_key, _, file = name.removeprefix(f"{layout.REVIEW_SETS}/").partition("/")
         with contextlib.suppress(ValueError):
             found.setdefault(ledger_key, []).append(int(file.removesuffix(".json")))
     return found
@@ -318,7 +311,7 @@ def publish_target(store: Store, decision: Decision, publish_to: str | None = No
     location = publish_to or decision.publish_to
     if location:
         return open_store(location)
-    return open_store(locate(store, PUBLISHED_FOLDER))
+    return open_store(locate(store, layout.PUBLISHED))
 
 
 def publish(store: Store, decision: Decision, target: Store) -> tuple[Decision, bool]:
@@ -374,7 +367,7 @@ def _publish_into_folder(
     try:
         for output in outputs:
             _copy(store, output, target, f"{staging_key}/{Path(output).name}")
-        target.write(f"{staging_key}/{PUBLISHED_MARKER}", marker)
+        target.write(f"{staging_key}/{layout.PUBLISHED_MARKER}", marker)
         replaced = final.with_name(f".{final.name}.{secrets.token_hex(4)}.old")
         if final.exists():
             final.rename(replaced)
@@ -388,14 +381,14 @@ def _publish_into_bucket(
     store: Store, outputs: list[str], target: Store, folder: str, marker: bytes
 ) -> None:
     """Images first, the marker last; an earlier publication's marker goes first."""
-    target.delete(f"{folder}/{PUBLISHED_MARKER}")
+    target.delete(f"{folder}/{layout.PUBLISHED_MARKER}")
     keep = {f"{folder}/{Path(output).name}" for output in outputs}
     for output in outputs:
         _copy(store, output, target, f"{folder}/{Path(output).name}")
     for stale in target.list(folder):
         if stale not in keep:
             target.delete(stale)
-    target.write(f"{folder}/{PUBLISHED_MARKER}", marker)
+    target.write(f"{folder}/{layout.PUBLISHED_MARKER}", marker)
 
 
 def mark_announced(store: Store, decision: Decision) -> None:
@@ -434,7 +427,7 @@ def read_waiting(store: Store, flow_run_id: str) -> Waiting | None:
 
 
 def all_waiting(store: Store) -> list[Waiting]:
-    names = store.list(WAITING_PREFIX)
+    names = store.list(layout.REVIEW_WAITING)
     blobs = read_many(store, names)
     return [Waiting.model_validate_json(b.data) for b in blobs.values() if b is not None]
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from modelset import layout
 from modelset.budget import PeriodBudget
 from modelset.hidream import HiDreamClient
 from modelset.images.looks import Look
@@ -30,7 +31,7 @@ from modelset.ledger import (
     open_ledger,
     request_id_for,
 )
-from modelset.ledger.digest import DIGEST_KEY, decode, encode
+from modelset.ledger.digest import decode, encode
 from modelset.ledger.locks import LeaseLocks
 from modelset.sandbox import SandboxServer
 from modelset.sandbox.app import SUBMIT_PATH
@@ -269,7 +270,7 @@ async def test_a_listing_takes_records_unchanged_since_the_digest_from_it(bucket
         async with ledger.claim(key) as claim:
             await claim.write(record(key, state=SubmissionState.SUBMITTED, task_id=key[:8]))
     ledger.remember(ledger.listing(wanted=20))
-    digest = store.read(DIGEST_KEY)
+    digest = store.read(layout.LEDGER_DIGEST)
 
     # Since then another process finished one set and dropped another's record.
     other = open_ledger(store)
@@ -294,14 +295,14 @@ async def test_a_listing_takes_records_unchanged_since_the_digest_from_it(bucket
     assert await rerun.finish(done) is not None  # the ETag it learnt is the record's
 
     rerun.remember(listed)
-    updated = store.read(DIGEST_KEY)
+    updated = store.read(layout.LEDGER_DIGEST)
     assert updated.etag != digest.etag
     again = open_ledger(store)
     listed = again.listing(wanted=20)
     assert listed is not None and set(listed.remembered) == {first, second}
     assert again.read_many([first, second], listed) == {k: rerun.read(k) for k in (first, second)}
     again.remember(listed)  # it says nothing the digest does not: not written again
-    assert store.read(DIGEST_KEY).etag == updated.etag
+    assert store.read(layout.LEDGER_DIGEST).etag == updated.etag
 
 
 def test_the_digest_keeps_each_record_as_stored_and_only_what_is_one_line() -> None:
@@ -319,7 +320,7 @@ async def test_a_damaged_digest_costs_reads_not_answers(bucket: str) -> None:
     ledger = open_ledger(store)
     async with ledger.claim(KEY) as claim:
         written = await claim.write(record())
-    store.write(DIGEST_KEY, b"not a digest")
+    store.write(layout.LEDGER_DIGEST, b"not a digest")
     listed = ledger.listing(wanted=20)
     assert listed is not None and listed.remembered == {}
     assert open_ledger(store).read_many([KEY], listed) == {KEY: written}

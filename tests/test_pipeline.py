@@ -24,6 +24,7 @@ import pytest
 from PIL import Image
 from prefect.client.schemas.objects import State
 
+from modelset import layout
 from modelset.batch.summary import THUMBNAIL_ROWS
 from modelset.flows.generate import generate_model_sets
 from modelset.options import RunOptions
@@ -39,7 +40,6 @@ from modelset.stages import download_image, jpeg_bytes, open_workspace
 from modelset.tasks.artifacts import (
     ARTIFACT_MAX_BYTES,
     MARKDOWN_THUMBNAIL,
-    SUMMARY_THUMBNAILS,
     picture_cells,
     results_table,
     set_cell,
@@ -432,7 +432,7 @@ async def test_the_summarys_sets_are_pictured_as_they_download_and_only_those(
         # report, with nothing read or decoded.
         assert picture_cells(workspace.store, [row], MARKDOWN_THUMBNAIL) == cells
         # Without those and without the picture, nothing is left to make the cell from.
-        (tmp_path / "out" / SUMMARY_THUMBNAILS).unlink()
+        (tmp_path / "out" / layout.SUMMARY_THUMBNAILS).unlink()
         assert set_cell(row) not in picture_cells(workspace.store, [row], MARKDOWN_THUMBNAIL)
 
 
@@ -488,3 +488,25 @@ def test_the_summary_says_which_sets_are_paid_not_collected_and_how_to_settle_th
     assert expected in markdown and "modelset settle s3://shop/sets" in markdown
     assert expected in sheet and "modelset settle s3://shop/sets" in sheet
     assert not_collected_notice(succeeded_rows(3), "s3://shop/sets") is None
+
+
+def test_the_contact_sheet_escapes_every_name_it_shows() -> None:
+    [row] = succeeded_rows(1)
+    row = row.model_copy(
+        update={
+            "item": "<script>alert(1)</script>",
+            "source": "https://shop.example/a.jpg?x=1&y='2'",
+            "reason": "a <b>bold</b> reason",
+            "review": "declined",
+            "reviewer": "<i>ana</i>",
+            "outputs": ["a'/20/1.jpg"],
+        }
+    )
+    sheet = contact_sheet([row], title="modelset: s3://shop/<sets>")
+    assert sheet.startswith("<!doctype html>") and sheet.endswith("</html>\n")
+    assert "<script>" not in sheet and ">&lt;script&gt;alert(1)&lt;/script&gt;<" in sheet
+    assert "<title>modelset: s3://shop/&lt;sets&gt;</title>" in sheet
+    assert "?x=1&amp;y=&#39;2&#39;" in sheet
+    assert "a &lt;b&gt;bold&lt;/b&gt; reason" in sheet
+    assert "review: <b>declined</b> by &lt;i&gt;ana&lt;/i&gt;" in sheet
+    assert "<a href='a&#39;/20/1.jpg'>" in sheet

@@ -14,13 +14,13 @@ import pytest
 from prefect.client.schemas.objects import State
 from typer.testing import CliRunner
 
+from modelset import layout
 from modelset.cli import app
 from modelset.flows.generate import generate_model_sets
 from modelset.flows.review import PUBLISHED_EVENT
 from modelset.options import RunOptions
 from modelset.report import read_manifest
 from modelset.review import (
-    PUBLISHED_MARKER,
     Review,
     decide,
     latest_decisions,
@@ -121,12 +121,12 @@ def test_a_run_outside_a_deployment_leaves_its_sets_pending_and_the_shell_decide
         "look-0/20/2.jpg",
         "look-0/20/3.jpg",
         "look-0/20/4.jpg",
-        f"look-0/20/{PUBLISHED_MARKER}",
+        f"look-0/20/{layout.PUBLISHED_MARKER}",
     ]
     for n in range(1, 5):
         published = out / "published" / "look-0" / "20" / f"{n}.jpg"
         assert published.read_bytes() == (out / "look-0" / "20" / f"{n}.jpg").read_bytes()
-    marker = json.loads((out / "published" / "look-0" / "20" / PUBLISHED_MARKER).read_text())
+    marker = json.loads((out / "published" / "look-0" / "20" / layout.PUBLISHED_MARKER).read_text())
     assert marker["images"] == ["1.jpg", "2.jpg", "3.jpg", "4.jpg"]
     assert marker["reviewer"] == "ana"
     found = reviews(out)
@@ -159,7 +159,7 @@ def test_without_a_prefect_api_the_shell_says_no_event_was_sent(
 
     assert result.exit_code == 0, result.output
     assert "no modelset.set.published event was sent" in result.output
-    assert (out / "published" / "look-0" / "20" / PUBLISHED_MARKER).is_file()
+    assert (out / "published" / "look-0" / "20" / layout.PUBLISHED_MARKER).is_file()
 
 
 def test_unknown_and_conflicting_keys_exit_2_and_stay_undecided(
@@ -317,5 +317,5 @@ def test_a_new_attempt_replaces_a_published_folder_whole(
     assert sorted(os.listdir(out / "published" / "look-0")) == ["20"]
     assert published_files(out)[:5] == [
         *(f"look-0/20/{n}.jpg" for n in range(1, 5)),
-        f"look-0/20/{PUBLISHED_MARKER}",
+        f"look-0/20/{layout.PUBLISHED_MARKER}",
     ]

@@ -24,8 +24,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments.flow_runs import arun_deployment
 
+from modelset import layout
 from modelset.report import read_manifest
-from modelset.review import PUBLISHED_MARKER, WAITING_PREFIX
 from modelset.sandbox import SandboxConfig, SandboxServer
 from modelset.storage import open_store
 from tests.conftest import TOKEN, hidream_env, make_photo
@@ -122,7 +122,7 @@ def test_a_review_run_suspends_without_holding_the_worker_then_publishes_what_wa
     assert abs((details.pause_timeout - week).total_seconds()) < 600  # HIDREAM_REVIEW_TIMEOUT
     keys = [f"look-{n}/20" for n in range(6)]
     assert {key: r[0] for key, r in reviews(out).items()} == dict.fromkeys(keys, "pending")
-    assert open_store(out).list(WAITING_PREFIX) == [f"{WAITING_PREFIX}/{run_id}.json"]
+    assert open_store(out).list(layout.REVIEW_WAITING) == [f"{layout.REVIEW_WAITING}/{run_id}.json"]
     paid = len(review_sandbox.submissions())
     assert paid == 6
 
@@ -169,7 +169,7 @@ def test_a_review_run_suspends_without_holding_the_worker_then_publishes_what_wa
     assert published_files(out) == [
         name
         for key in approve
-        for name in [*(f"{key}/{n}.jpg" for n in range(1, 5)), f"{key}/{PUBLISHED_MARKER}"]
+        for name in [*(f"{key}/{n}.jpg" for n in range(1, 5)), f"{key}/{layout.PUBLISHED_MARKER}"]
     ]
     found = reviews(out)
     for key in approve:
@@ -183,7 +183,7 @@ def test_a_review_run_suspends_without_holding_the_worker_then_publishes_what_wa
         assert event.payload["published"] == found[key][3]
         assert event.payload["out"] == str(out)
     assert asyncio.run(published_events("modelset.set.look-4.20", out, at_least=0)) == []
-    assert open_store(out).list(WAITING_PREFIX) == []
+    assert open_store(out).list(layout.REVIEW_WAITING) == []
     assert list(one_slot_worker.cwd.iterdir()) == []
 
 
@@ -214,7 +214,7 @@ def test_the_shell_resumes_a_suspended_run_with_its_decision(
         "look-1/20": "declined",
         "look-2/20": "pending",
     }
-    assert published_files(out)[-1] == f"look-0/20/{PUBLISHED_MARKER}"
+    assert published_files(out)[-1] == f"look-0/20/{layout.PUBLISHED_MARKER}"
     assert len(published_files(out)) == 5
 
     later = subprocess.run(
@@ -306,7 +306,7 @@ def test_the_nightly_scan_waits_for_review_and_its_resume_scans_nothing_again(
         "look-0/20": "approved",
         "look-1/20": "declined",
     }
-    assert published_files(out)[-1] == f"look-0/20/{PUBLISHED_MARKER}"
+    assert published_files(out)[-1] == f"look-0/20/{layout.PUBLISHED_MARKER}"
 
 
 def test_a_sharded_parent_waits_for_its_children_then_suspends_for_all_their_sets(

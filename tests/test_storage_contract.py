@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from modelset import layout
 from modelset.sandbox.bucket import BucketProxy
 from modelset.storage import (
     AlreadyExists,
@@ -26,11 +27,11 @@ from modelset.storage import (
     NotFound,
     PreconditionFailed,
     Store,
+    is_remote,
     open_store,
     probe_conditional_writes,
     update,
 )
-from modelset.storage.probe import PROBE_PREFIX
 
 
 @pytest.fixture(params=["folder", "bucket"])
@@ -49,6 +50,20 @@ def test_open_store_names_the_location_as_given(bucket: str, tmp_path: Path) -> 
     assert (on_bucket.url, on_bucket.is_local) == (bucket, False)
     in_folder = open_store(tmp_path / "out")
     assert (in_folder.url, in_folder.is_local) == (str(tmp_path / "out"), True)
+
+
+@pytest.mark.parametrize(
+    ("name", "remote"),
+    [
+        ("s3://shop/in/a.jpg", True),
+        ("https://example.com/a.jpg", True),
+        ("file:///photos/a.jpg", True),
+        ("/photos/a.jpg", False),
+        ("photos/a:b.jpg", False),
+    ],
+)
+def test_a_url_is_remote_and_a_path_is_not(name: str, remote: bool) -> None:
+    assert is_remote(name) is remote
 
 
 def test_reading_a_missing_key_raises_not_found(store: Store) -> None:
@@ -254,7 +269,7 @@ def test_update_is_exact_under_concurrent_writers(store: Store) -> None:
 
 def test_the_probe_passes_and_leaves_nothing_behind(store: Store) -> None:
     probe_conditional_writes(store)
-    assert store.list(PROBE_PREFIX) == []
+    assert store.list(layout.PROBE) == []
 
 
 def test_the_probe_refuses_a_store_that_ignores_conditional_writes(
@@ -266,7 +281,7 @@ def test_the_probe_refuses_a_store_that_ignores_conditional_writes(
         probe_conditional_writes(careless)
     assert careless_bucket in str(info.value)
     assert careless_s3.counts["dropped"] > dropped  # the proxy, not a broken store, caused it
-    assert careless.list(PROBE_PREFIX) == []
+    assert careless.list(layout.PROBE) == []
     # The same bucket straight on the server (no proxy) passes: the headers made the
     # difference.
     monkeypatch.setenv(

@@ -12,12 +12,13 @@ from functools import partial
 
 import anyio
 
+from modelset import layout
 from modelset.batch.orchestration import Orchestrator
 from modelset.batch.photos import Photo, photos_of
 from modelset.batch.planning import generate
 from modelset.batch.preparing import prepare_all
 from modelset.batch.runtime import BatchRuntime, open_runtime
-from modelset.batch.shards import ACCOUNT_ERROR, run_shards, shard_prefix
+from modelset.batch.shards import run_shards, shard_prefix
 from modelset.batch.summary import THUMBNAIL_ROWS, RunListener, RunPlan, RunSummary
 from modelset.budget import Budget
 from modelset.images import Fit, Policy
@@ -171,7 +172,7 @@ def _run_budget(settings: Settings, workspace: Workspace, options: RunOptions) -
     return Budget(
         cap=options.max_images if options.max_images is not None else settings.max_images,
         default_set_size=settings.images_per_set,
-        shared=(workspace.store, f"{shard_prefix(options.shard_of)}/budget.json")
+        shared=(workspace.store, f"{shard_prefix(options.shard_of)}/{layout.SHARD_BUDGET}")
         if options.shard_of
         else None,
     )
@@ -192,7 +193,8 @@ async def _reported(
     if plan.account_error and options.shard_of:
         # The parent learns it from here: it exits 3 as an unsharded run would.
         workspace.store.write(
-            f"{shard_prefix(options.shard_of)}/{ACCOUNT_ERROR}", plan.account_error.encode()
+            f"{shard_prefix(options.shard_of)}/{layout.SHARD_ACCOUNT_ERROR}",
+            plan.account_error.encode(),
         )
     rows = [plan.rows[(p.source, t)] for p in photos for t in p.template_ids]
     pending = await anyio.to_thread.run_sync(

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modelset import layout
 from modelset.ledger import LedgerRecord
-from modelset.review import PUBLISHED_FOLDER
 from modelset.sources import SourceItem
 from modelset.stages import PreparedPhoto
 
@@ -66,7 +66,7 @@ def photos_of(
     ``known`` maps sources to the names earlier runs gave them in this output folder;
     a new source never takes one of those names, nor one given earlier in this run.
     """
-    taken = set(known.values()) | {PUBLISHED_FOLDER}  # <out>/published holds approved sets
+    taken = set(known.values()) | {layout.PUBLISHED}  # <out>/published holds approved sets
     photos = []
     for item in items:
         given = item.item or (single_item if len(items) == 1 else None)

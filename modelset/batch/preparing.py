@@ -19,6 +19,7 @@ from modelset.ledger import SubmissionState
 from modelset.report import input_thumbnail_key
 from modelset.sources import remote_identity
 from modelset.stages import PreparedPhoto, is_local_file, key_for, needs_submit, upload_key_of
+from modelset.storage import is_remote
 
 PREPARING_CHUNKS = max(2, os.cpu_count() or 1)  # chunks prepared at once, in order
 
@@ -137,7 +138,7 @@ async def _finished(
 
 async def _identities(photos: list[Photo], runtime: BatchRuntime) -> dict[str, str | None]:
     """Remote sources' identities (URL + validators), looked up a few at a time."""
-    remote = [photo.source for photo in photos if "://" in photo.source]
+    remote = [photo.source for photo in photos if is_remote(photo.source)]
     limiter = anyio.CapacityLimiter(8)
     found: dict[str, str | None] = {}
 

@@ -7,13 +7,12 @@ import json
 
 import anyio
 
+from modelset import layout
 from modelset.batch.orchestration import Orchestrator
 from modelset.batch.photos import Photo
 from modelset.batch.summary import RunListener, RunPlan, RunSummary
 from modelset.options import RunOptions
 from modelset.report import (
-    INDEX_HTML,
-    STATE_DIR,
     ManifestRow,
     Status,
     read_manifest,
@@ -25,12 +24,10 @@ from modelset.sources import PassedOver
 from modelset.stages import Workspace
 from modelset.storage import locate, read_or_none
 
-ACCOUNT_ERROR = "account-error.txt"
-
 
 def shard_prefix(parent_run_id: str) -> str:
     """Where a sharded run keeps its child manifests, shared budget and account error."""
-    return f"{STATE_DIR}/shards/{parent_run_id}"
+    return f"{layout.SHARDS}/{parent_run_id}"
 
 
 async def run_shards(
@@ -62,13 +59,13 @@ async def run_shards(
     )
     rows = _rows_of(photos, workspace)
     plan = RunPlan(tasks=len(completed), passed_over=passed_over)
-    account = read_or_none(workspace.store, f"{shard_prefix(run_id)}/{ACCOUNT_ERROR}")
+    account = read_or_none(workspace.store, f"{shard_prefix(run_id)}/{layout.SHARD_ACCOUNT_ERROR}")
     if account is not None:
         plan.account_error = account.data.decode("utf-8")
     if not all(completed):
         failed = completed.count(False)
         orchestrator.log.warning("%d of %d shard runs did not complete", failed, len(completed))
-    sheet = locate(workspace.store, INDEX_HTML)
+    sheet = locate(workspace.store, layout.INDEX_HTML)
     await orchestrator.publish(rows, workspace, sheet=sheet, passed_over=passed_over)
     pending = (
         await anyio.to_thread.run_sync(
@@ -92,7 +89,7 @@ def _refused(photos: list[Photo], workspace: Workspace, planned: RunPlan) -> Run
         for p in photos
         for t in p.template_ids
     ]
-    sheet = locate(workspace.store, INDEX_HTML)
+    sheet = locate(workspace.store, layout.INDEX_HTML)
     return RunSummary(out=workspace.out, rows=rows, sheet=sheet, plan=planned)
 
 

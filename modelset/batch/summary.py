@@ -7,8 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from modelset import layout
 from modelset.batch.orchestration import Progress
-from modelset.report import INDEX_HTML, ManifestRow, Status, not_collected_notice
+from modelset.report import ManifestRow, Status, not_collected_notice
 from modelset.review import Decision
 from modelset.sources import PassedOver
 from modelset.stages import Workspace
@@ -20,7 +21,7 @@ THUMBNAIL_ROWS = 200  # the sets the summary pictures, the first of the batch
 
 def report_link(store: Store) -> str | None:
     """A link to ``index.html`` valid for seven days, where the store can sign one."""
-    return store.presign(INDEX_HTML, REPORT_LINK_VALIDITY)
+    return store.presign(layout.INDEX_HTML, REPORT_LINK_VALIDITY)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from modelset.cli.batch import prefect_defaults
 from modelset.cli.common import client_from_environment, fail, reported_errors
 from modelset.options import RunOptions
 from modelset.settings import Settings
+from modelset.storage import is_remote
 
 
 def preflight(
@@ -44,7 +45,7 @@ def preflight(
         if not asks_for_token:
             return None
         importing = start_importing_the_flow()
-        start_hashing(Path(item.source) for item in items if "://" not in item.source)
+        start_hashing(Path(item.source) for item in items if not is_remote(item.source))
         wanted = sorted({t for item in items for t in (item.template_ids or template_ids)})
 
         async def known() -> list[int]:

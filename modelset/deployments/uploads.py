@@ -7,13 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from modelset.hashing import hash_file
+from modelset.storage import is_remote
 
 UPLOAD_EVENT = "modelset.photo.uploaded"
 
 
 def upload_event(source: str, template_ids: list[int], item: str | None) -> dict[str, Any]:
     """The event's fields: resource ``modelset.photo.<sha256 or URL>`` and its payload."""
-    if "://" in source:
+    if is_remote(source):
         identity = source
     else:
         path = Path(source).resolve()

@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger
 from prefect.client.schemas.objects import State
 from prefect.states import Completed, Failed
 
+from modelset import layout
 from modelset.flows.generate import (
     UNATTENDED_NEEDS_CAP,
     WORKING_DIRECTORY_SET,
@@ -27,7 +28,7 @@ from modelset.flows.generate import (
 from modelset.flows.review import can_wait_for_review, resume_review, review_in_run
 from modelset.ledger import Ledger, SubmissionState, open_ledger
 from modelset.options import RunOptions
-from modelset.report import INDEX_HTML, ManifestRow, Status, read_manifest
+from modelset.report import ManifestRow, Status, read_manifest
 from modelset.review import pending_among
 from modelset.settings import Settings
 from modelset.sources import NoImagesFound, SourceItem, discover
@@ -35,13 +36,12 @@ from modelset.storage import (
     Store,
     bucket_scheme,
     is_relative_location,
+    is_remote,
     locate,
     open_store,
     read_or_none,
     update,
 )
-
-SEEN_KEY = ".modelset/inbox-seen.json"
 
 
 @flow(name="scan-inbox", persist_result=False, log_prints=False)
@@ -75,7 +75,7 @@ async def scan_inbox(
         resumed = await resume_review(store, store.url)
         if resumed is not None:
             return resumed
-    seen_blob = read_or_none(store, SEEN_KEY)
+    seen_blob = read_or_none(store, layout.INBOX_SEEN)
     seen: dict[str, str] = json.loads(seen_blob.data) if seen_blob else {}
     if bucket_scheme(inbox) is None and not Path(inbox).expanduser().exists():
         return Failed(
@@ -85,7 +85,7 @@ async def scan_inbox(
     sources = [item.source for item in _photos_in(inbox)]
     new = [source for source in sources if seen.get(source) != _fingerprint(source)]
     if not new:
-        report = locate(store, INDEX_HTML)
+        report = locate(store, layout.INDEX_HTML)
         return Completed(
             message=f"nothing new in {inbox} ({len(sources)} photos seen before); report: {report}"
         )
@@ -134,7 +134,7 @@ def _remember_final(store: Store, new: list[str], template_ids: list[int]) -> li
         merged = {**(json.loads(current) if current else {}), **finished}
         return json.dumps(merged, indent=0).encode(), None
 
-    update(store, SEEN_KEY, remember)
+    update(store, layout.INBOX_SEEN, remember)
     return new_rows
 
 
@@ -148,7 +148,7 @@ def _photos_in(inbox: str) -> list[SourceItem]:
 
 def _fingerprint(source: str) -> str:
     """What must change for a source to count as new: its size and time, where known."""
-    if "://" in source:
+    if is_remote(source):
         return "remote"
     stat = Path(source).stat()
     return f"{stat.st_size}:{stat.st_mtime_ns}"

@@ -28,7 +28,8 @@ from prefect.settings import PREFECT_API_URL
 from prefect.states import Completed, Failed
 from pydantic import Field
 
-from modelset.report import INDEX_HTML, ManifestRow, Status, read_manifest
+from modelset import layout
+from modelset.report import ManifestRow, Status, read_manifest
 from modelset.review import (
     Decided,
     Decision,
@@ -153,7 +154,7 @@ async def _wait_and_publish(
     decided.approved = await publish_approved(store, out, decided.approved)
     await anyio.to_thread.run_sync(record_in_report, store, decided.decided)
     await anyio.to_thread.run_sync(forget_waiting, store, waiting.flow_run_id)
-    message = review_message(decided) + f"; report: {locate(store, INDEX_HTML)}"
+    message = review_message(decided) + f"; report: {locate(store, layout.INDEX_HTML)}"
     if decided.problems:
         log.warning(message)
     else:

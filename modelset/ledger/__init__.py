@@ -34,9 +34,10 @@ from typing import NamedTuple, TypeVar, TypeVarTuple
 
 from pydantic import ValidationError
 
+from modelset import layout
 from modelset.images.looks import LOOK_VERSION, Look
 from modelset.ledger._exceptions import ClaimLost, RecordAppeared
-from modelset.ledger.digest import DIGEST_KEY, Entries, decode, encode
+from modelset.ledger.digest import Entries, decode, encode
 from modelset.ledger.locks import DEFAULT_LEASE_S, FlockLocks, Hold, LeaseLocks, Locks, owner_name
 from modelset.ledger.records import (
     LedgerRecord,
@@ -73,11 +74,6 @@ __all__ = [
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
-
-LEDGER_PREFIX = ".modelset/ledger"
-_TASK_INDEX = "by-task"
-_UPLOAD_INDEX = "by-upload"
-_TASK_INDEX_PREFIX = f"{LEDGER_PREFIX}/{_TASK_INDEX}"
 
 
 # Listing a bucket's ledger takes one request per 1,000 keys (about four per set: the
@@ -193,7 +189,7 @@ class Ledger:
         self.known[key] = (etag, b"" if self.store.is_local else data)
 
     def record_key(self, key: str) -> str:
-        return f"{LEDGER_PREFIX}/{key}.json"
+        return f"{layout.LEDGER}/{key}.json"
 
     async def run(self, function: Callable[[*Ts], T], *args: *Ts) -> T:
         """Call a blocking ledger or store function from async code (see ``off_loop``)."""
@@ -225,10 +221,10 @@ class Ledger:
         if self.store.is_local or wanted < _LIST_FROM:
             return None
         limit = wanted * _KEYS_PER_RECORD_READ
-        etags = self.store.list_etags(LEDGER_PREFIX, limit=limit)
+        etags = self.store.list_etags(layout.LEDGER, limit=limit)
         if len(etags) >= limit:
             return None
-        digest = read_or_none(self.store, DIGEST_KEY)
+        digest = read_or_none(self.store, layout.LEDGER_DIGEST)
         return Listing(etags, decode(None if digest is None else digest.data))
 
     def read_many(
@@ -277,7 +273,7 @@ class Ledger:
             entries.update(seen)
             return encode(entries), None
 
-        update(self.store, DIGEST_KEY, merged)
+        update(self.store, layout.LEDGER_DIGEST, merged)
 
     def _read_listed(self, names: Iterable[str], listed: Listing | None) -> dict[str, Blob | None]:
         """The objects read at once; with ``listed``, only those it names (the others are
@@ -307,7 +303,7 @@ class Ledger:
         record without a look (written before looks) gets ``by-task/<task_id>``, holding
         its key."""
         assert record.task_id is not None
-        task = f"{_TASK_INDEX_PREFIX}/{record.task_id}"
+        task = f"{layout.LEDGER_BY_TASK}/{record.task_id}"
         if record.look is None:
             name, data = task, record.key.encode()
         else:
@@ -322,7 +318,7 @@ class Ledger:
         return None if key is None else self.read(key)
 
     def _key_of_task(self, task_id: str) -> str | None:
-        task = f"{_TASK_INDEX_PREFIX}/{task_id}"
+        task = f"{layout.LEDGER_BY_TASK}/{task_id}"
         for name in self.store.list(task):
             if (entry := _task_entry(name)) is not None and entry.task_id == task_id:
                 return entry.key
@@ -362,11 +358,11 @@ class Ledger:
 
     def _record_keys(self) -> list[str]:
         """The key of every record, from one listing of the ledger."""
-        return [key for name in self.store.list(LEDGER_PREFIX) if (key := _record_key_of(name))]
+        return [key for name in self.store.list(layout.LEDGER) if (key := _record_key_of(name))]
 
     def accepted(self) -> LedgerRecord | None:
         """Some record the service accepted (it holds a task_id), or None."""
-        for name in self.store.list(_TASK_INDEX_PREFIX):
+        for name in self.store.list(layout.LEDGER_BY_TASK):
             entry = _task_entry(name)
             key = entry.key if entry is not None else self.store.read(name).data.decode()
             record = self.read(key.strip())
@@ -378,7 +374,7 @@ class Ledger:
         """Every look a task was created for, by template, with the key that paid (one
         listing of the task index, which every paid set writes anyway)."""
         looks: dict[int, list[tuple[Look, str]]] = {}
-        for name in self.store.list(_TASK_INDEX_PREFIX):
+        for name in self.store.list(layout.LEDGER_BY_TASK):
             entry = _task_entry(name)
             if entry is not None and entry.version == LOOK_VERSION:
                 looks.setdefault(entry.template_id, []).append((entry.look, entry.key))
@@ -389,7 +385,7 @@ class Ledger:
     ) -> dict[str, str | None]:
         """The key that paid (or is paying) for each upload hash, if any (read at once;
         with ``listed``, only the claims it names)."""
-        names = {upload: f"{LEDGER_PREFIX}/{_UPLOAD_INDEX}/{upload}" for upload in uploads}
+        names = {upload: f"{layout.LEDGER_BY_UPLOAD}/{upload}" for upload in uploads}
         found = self._read_listed(names.values(), listed)
         return {
             upload: None if (blob := found.get(name)) is None else blob.data.decode().strip()
@@ -403,7 +399,7 @@ class Ledger:
         """
 
         def attempt() -> str:
-            name = f"{LEDGER_PREFIX}/{_UPLOAD_INDEX}/{upload}"
+            name = f"{layout.LEDGER_BY_UPLOAD}/{upload}"
             for _ in range(10):
                 try:
                     self.store.create(name, key.encode())
@@ -430,7 +426,7 @@ class Ledger:
         """Give an upload hash back (this key's send certainly created nothing)."""
 
         def release() -> None:
-            name = f"{LEDGER_PREFIX}/{_UPLOAD_INDEX}/{upload}"
+            name = f"{layout.LEDGER_BY_UPLOAD}/{upload}"
             current = read_or_none(self.store, name)
             if current is not None and current.data.decode().strip() == key:
                 self.store.delete(name)
@@ -474,7 +470,7 @@ class _TaskEntry(NamedTuple):
 def _task_entry(name: str) -> _TaskEntry | None:
     """What a task index entry named by its look says; None for anything else (an entry
     written before looks, holding its key)."""
-    task, _, entry = name.removeprefix(f"{_TASK_INDEX_PREFIX}/").partition("/")
+    task, _, entry = name.removeprefix(f"{layout.LEDGER_BY_TASK}/").partition("/")
     parts = entry.split("-")
     if len(parts) != 4 or not parts[1].isdigit():
         return None
@@ -488,7 +484,7 @@ def _task_entry(name: str) -> _TaskEntry | None:
 
 def _record_key_of(name: str) -> str | None:
     """The key of a record's object name (``.modelset/ledger/<key>.json``), else None."""
-    key = name.removeprefix(f"{LEDGER_PREFIX}/").removesuffix(".json")
+    key = name.removeprefix(f"{layout.LEDGER}/").removesuffix(".json")
     if len(key) == 64 and name.endswith(".json") and all(c in "0123456789abcdef" for c in key):
         return key
     return None
@@ -497,7 +493,7 @@ def _record_key_of(name: str) -> str | None:
 def open_ledger(store: Store, *, lease_s: float = DEFAULT_LEASE_S) -> Ledger:
     """A folder's ledger locks with ``flock``; a bucket's with leases."""
     if store.is_local:
-        folder = store.local_path(LEDGER_PREFIX)
+        folder = store.local_path(layout.LEDGER)
         assert folder is not None
         return Ledger(store, FlockLocks(folder))
-    return Ledger(store, LeaseLocks(store, LEDGER_PREFIX, lease_s))
+    return Ledger(store, LeaseLocks(store, layout.LEDGER, lease_s))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import gzip
 
-DIGEST_KEY = ".modelset/ledger-digest.gz"
 _HEADER = b"modelset-ledger-digest v1"
 
 Entries = dict[str, tuple[str, bytes]]

@@ -23,12 +23,11 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel, ValidationError
 
+from modelset import layout
 from modelset.hidream import HiDreamClient, HiDreamError, RequestRejected, TaskNotFound
 from modelset.ledger import Ledger
 from modelset.ledger.records import LedgerRecord
 from modelset.storage import StorageError, Store, off_loop, read_or_none
-
-PROOF_PREFIX = ".modelset/lookup-proofs"
 
 
 class LookupProof(BaseModel):
@@ -56,7 +55,7 @@ class LookupProof(BaseModel):
 
 def proof_key(base_url: str) -> str:
     name = hashlib.sha256(base_url.rstrip("/").lower().encode()).hexdigest()[:24]
-    return f"{PROOF_PREFIX}/{name}.json"
+    return f"{layout.LOOKUP_PROOFS}/{name}.json"
 
 
 def read_proof(store: Store, base_url: str) -> LookupProof | None:

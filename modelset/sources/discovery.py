@@ -12,6 +12,7 @@ from pathlib import Path, PurePosixPath
 
 import httpx
 
+from modelset import layout
 from modelset.signatures import SIGNATURE_BYTES, image_format
 from modelset.sources._exceptions import NoImagesFound, SourceError
 from modelset.sources.locations import (
@@ -47,9 +48,6 @@ RAW_SUFFIXES = frozenset(
     | {".raf", ".pef", ".srw", ".x3f", ".3fr", ".iiq", ".erf", ".kdc", ".mrw", ".rwl", ".raw"}
 )
 _SNIFFING_THREADS = 16
-# An output location's state folder (report.STATE_DIR, not imported: the report imports
-# this package), should it be inside what is scanned: not worth a word.
-_STATE_DIR = ".modelset"
 
 
 def discover(
@@ -125,8 +123,9 @@ def _walk_images(root: Path, passed_over: PassedOver) -> list[str]:
     hidden: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
         below = Path(dirpath).relative_to(root)
-        # A hidden folder is one entry: what is inside it was never looked at.
-        hidden += [f"{below / d}/" for d in dirnames if d.startswith(".") and d != _STATE_DIR]
+        # A hidden folder is one entry: what is inside it was never looked at. An output
+        # location's state folder, should it be inside what is scanned: not worth a word.
+        hidden += [f"{below / d}/" for d in dirnames if d.startswith(".") and d != layout.STATE_DIR]
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         for name in filenames:
             if name.startswith("."):
@@ -302,7 +301,7 @@ def _object_sources(
         first = next((i for i, part in enumerate(parts) if part.startswith(".")), None)
         if first is None:
             visible.append(key)
-        elif parts[first] != _STATE_DIR:
+        elif parts[first] != layout.STATE_DIR:  # an output location's state: not worth a word
             hidden["/".join(parts[: first + 1]) + ("/" if first < len(parts) - 1 else "")] = None
     for name in hidden:
         passed_over.add(HIDDEN, name)

@@ -10,9 +10,9 @@ importable from here.
 
 from modelset.stages.collect import collect_once, collect_set
 from modelset.stages.decide import needs_submit
-from modelset.stages.download import TASK_MARKER, download_image
+from modelset.stages.download import download_image
 from modelset.stages.fetch import fetch_photo, is_local_file
-from modelset.stages.keys import UPLOADS_PREFIX, key_for, upload_key_for, upload_key_of
+from modelset.stages.keys import key_for, upload_key_for, upload_key_of
 from modelset.stages.models import PreparedPhoto, PrepareOptions, SubmitPolicy
 from modelset.stages.pictures import (
     OUTPUT_THUMBNAIL,
@@ -31,8 +31,6 @@ from modelset.stages.workspace import Workspace, open_workspace
 
 __all__ = [
     "OUTPUT_THUMBNAIL",
-    "TASK_MARKER",
-    "UPLOADS_PREFIX",
     "PrepareOptions",
     "PreparedPhoto",
     "SetPictures",

@@ -10,13 +10,12 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
+from modelset import layout
 from modelset.hidream import HiDreamClient, HiDreamError, TaskResult
 from modelset.report import output_thumbnail_key, store_set_thumbnails
 from modelset.stages.pictures import OUTPUT_THUMBNAIL, SetPictures, thumbnail_jpeg
 from modelset.stages.workspace import Workspace
 from modelset.storage import AlreadyExists, Store, off_loop, read_or_none
-
-TASK_MARKER = ".task_id"
 
 
 async def download_set(
@@ -74,7 +73,7 @@ async def download_set(
 def _claim_folder(store: Store, folder: str, task_id: str) -> set[str]:
     """The images already in a set's folder that came from this very task; a refreshed or
     retried set's folder is emptied of an older task's images and marked as this one's."""
-    marker_key = f"{folder}/{TASK_MARKER}"
+    marker_key = f"{folder}/{layout.TASK_MARKER}"
     try:
         store.create(marker_key, task_id.encode())
         return set()  # the first set here: every image is written after its marker
@@ -87,7 +86,7 @@ def _claim_folder(store: Store, folder: str, task_id: str) -> set[str]:
     for stale in sorted(present):
         if stale.endswith(".jpg"):
             store.delete(stale)
-    store.write(f"{folder}/{TASK_MARKER}", task_id.encode())
+    store.write(f"{folder}/{layout.TASK_MARKER}", task_id.encode())
     return set()
 
 

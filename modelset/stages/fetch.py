@@ -8,10 +8,11 @@ from modelset.images import ImageRejected
 from modelset.sources import FetchError, fetch
 from modelset.stages.models import PreparedPhoto, PrepareOptions
 from modelset.stages.workspace import Workspace
+from modelset.storage import is_remote
 
 
 def is_local_file(source: str) -> bool:
-    return "://" not in source and Path(source).is_file()
+    return not is_remote(source) and Path(source).is_file()
 
 
 def fetch_photo(

@@ -3,16 +3,14 @@ the ledger keys of a send (by its source and by its upload)."""
 
 from __future__ import annotations
 
+from modelset import layout
 from modelset.images import PREPARATION_VERSION
 from modelset.ledger import submission_key, upload_key
-from modelset.report import STATE_DIR
 from modelset.stages.models import PrepareOptions
-
-UPLOADS_PREFIX = f"{STATE_DIR}/uploads"
 
 
 def upload_key_of(source_sha256: str, options: PrepareOptions) -> str:
-    return f"{UPLOADS_PREFIX}/{source_sha256}-{options.name}-v{PREPARATION_VERSION}.jpg"
+    return f"{layout.UPLOADS}/{source_sha256}-{options.name}-v{PREPARATION_VERSION}.jpg"
 
 
 def key_for(base_url: str, template_id: int, source_sha256: str, options: PrepareOptions) -> str:

@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from modelset.report import STATE_DIR
+from modelset import layout
 from modelset.stages.pictures import SetPictures
 from modelset.storage import Store, open_store
 
@@ -26,11 +26,11 @@ class Workspace:
     def __init__(self, store: Store, scratch: Path) -> None:
         self.store = store
         self.scratch = scratch
-        self.uploads = scratch / "uploads"
-        self.fetched = scratch / "fetched"
+        self.uploads = scratch / layout.SCRATCH_UPLOADS
+        self.fetched = scratch / layout.SCRATCH_FETCHED
         # On a bucket: copies of the thumbnails this run stored there, by key, so that the
         # report and the summary read them here instead of asking the bucket again.
-        self.kept: Path | None = None if store.is_local else scratch / "kept"
+        self.kept: Path | None = None if store.is_local else scratch / layout.SCRATCH_KEPT
         self.uploads.mkdir(parents=True, exist_ok=True)
         self.fetched.mkdir(parents=True, exist_ok=True)
         # Fetched copies of remote sources by content hash, for the stages after fetch.
@@ -52,7 +52,7 @@ class Workspace:
 def open_workspace(location: str | Path) -> Iterator[Workspace]:
     """The workspace of an output location, its scratch folder removed afterwards."""
     store = open_store(location)
-    local = store.local_path(STATE_DIR)
+    local = store.local_path(layout.STATE_DIR)
     if local is None:
         with tempfile.TemporaryDirectory(prefix="modelset-") as scratch:
             yield Workspace(store, Path(scratch))

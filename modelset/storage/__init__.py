@@ -51,6 +51,7 @@ __all__ = [
     "bucket_scheme",
     "check_key",
     "is_relative_location",
+    "is_remote",
     "locate",
     "off_loop",
     "open_store",
@@ -67,12 +68,18 @@ def open_store(location: str | Path) -> Store:
     text = str(location)
     if bucket_scheme(text) is not None:
         return BucketStore(text)
-    if "://" in text:
+    if is_remote(text):
         raise UnsupportedLocation(
             f"unsupported output location {text}: use a folder, s3://bucket/prefix, "
             "gs://bucket/prefix or az://container/prefix"
         )
     return FolderStore(Path(text).expanduser())
+
+
+def is_remote(location: str) -> bool:
+    """Whether a source or location is named by a URL (``s3://...``, ``https://...``,
+    ``file://...``) rather than by a path on this machine."""
+    return "://" in location
 
 
 def locate(store: Store, key: str) -> str:

@@ -20,11 +20,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import BinaryIO
 
+from modelset import layout
 from modelset.atomic import copy_stream, write_bytes
 from modelset.storage._exceptions import AlreadyExists, NotFound, PreconditionFailed
 from modelset.storage.base import CHUNK_SIZE, Blob, Chunks, Head
-
-LOCKS = ".modelset/locks"
 
 
 class FolderStore:
@@ -127,7 +126,8 @@ class FolderStore:
         base = self._path(prefix) if prefix else self.root
         if not base.is_dir():
             return
-        locks = self.root / LOCKS  # the swap's lock files are not objects: a bucket has none
+        # The swap's lock files are not objects: a bucket has none.
+        locks = self.root / layout.LOCKS
         for folder, dirnames, files in os.walk(base):
             if Path(folder) == locks:
                 dirnames[:] = []
@@ -152,7 +152,7 @@ class FolderStore:
 
     @contextmanager
     def _locked(self, key: str) -> Iterator[None]:
-        lock = self.root / LOCKS / hashlib.sha256(key.encode()).hexdigest()[:24]
+        lock = self.root / layout.LOCKS / hashlib.sha256(key.encode()).hexdigest()[:24]
         lock.parent.mkdir(parents=True, exist_ok=True)
         with lock.open("a") as handle:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 
+from modelset import layout
 from modelset.storage._exceptions import (
     AlreadyExists,
     ConditionalWritesIgnored,
@@ -18,13 +19,11 @@ from modelset.storage._exceptions import (
 )
 from modelset.storage.base import Store
 
-PROBE_PREFIX = ".modelset/probe"
-
 
 def probe_conditional_writes(store: Store) -> None:
     """Raise :class:`ConditionalWritesIgnored` unless ``store`` refuses a second create
     and a stale compare-and-swap; leaves nothing behind."""
-    key = f"{PROBE_PREFIX}/{uuid.uuid4().hex}"
+    key = f"{layout.PROBE}/{uuid.uuid4().hex}"
     try:
         first = store.create(key, b"first")
         try:

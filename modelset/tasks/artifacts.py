@@ -24,9 +24,9 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
+from modelset import layout
 from modelset.batch.summary import THUMBNAIL_ROWS
 from modelset.report import (
-    STATE_DIR,
     ManifestRow,
     input_thumbnail_key,
     look_alike_thumbnail,
@@ -51,7 +51,6 @@ MARKDOWN_THUMBNAIL = (72, 96)  # at most 96 px tall: the UI shows images at thei
 # stop there, its rows go on without them (200 rows of real pictures took 1.87 MB); the
 # table stops there (about 2,500 rows), and says so.
 ARTIFACT_MAX_BYTES = 1_400_000
-SUMMARY_THUMBNAILS = f"{STATE_DIR}/summary-thumbnails.json"
 """On a bucket, the last summary's small JPEGs, with a digest of the rows they show."""
 CELLS_VERSION = 2  # 1 kept each image; 2 keeps each row's cells
 
@@ -333,12 +332,12 @@ def picture_cells(
         if strip is not None:
             cells[set_cell(row)] = jpeg_bytes(strip)
     saved = {key: base64.b64encode(jpeg).decode("ascii") for key, jpeg in cells.items()}
-    store.write(SUMMARY_THUMBNAILS, json.dumps({"rows": digest, "pictures": saved}).encode())
+    store.write(layout.SUMMARY_THUMBNAILS, json.dumps({"rows": digest, "pictures": saved}).encode())
     return cells
 
 
 def _cached_cells(store: Store, digest: str) -> dict[str, bytes] | None:
-    blob = read_or_none(store, SUMMARY_THUMBNAILS)
+    blob = read_or_none(store, layout.SUMMARY_THUMBNAILS)
     if blob is None:
         return None
     try:

@@ -17,9 +17,8 @@ from prefect.exceptions import ObjectAlreadyExists
 from prefect.filesystems import WritableFileSystem
 from prefect.settings import PREFECT_API_URL
 
+from modelset import layout
 from modelset.storage import NotFound, open_store
-
-RESULTS_PREFIX = ".modelset/prefect-results"
 
 
 class OutputLocationResults(WritableFileSystem):
@@ -29,7 +28,7 @@ class OutputLocationResults(WritableFileSystem):
     location: str
 
     def _key(self, path: str) -> str:
-        return f"{RESULTS_PREFIX}/{quote(path, safe='')}"
+        return f"{layout.PREFECT_RESULTS}/{quote(path, safe='')}"
 
     async def aread_path(self, path: str) -> bytes:
         store = open_store(self.location)
