@@ -78,6 +78,9 @@ log = logging.getLogger("modelset.hidream")
 ImageInput = str | bytes | os.PathLike[str]
 
 
+KEEPALIVE_EXPIRY_S = 4.0
+
+
 class HiDreamClient:
     """Async client of the HiDream model image set API.
 
@@ -127,8 +130,13 @@ class HiDreamClient:
             base_url=self.base_url,
             headers=headers,
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
+            # Idle connections are let go before a server's keep-alive (5 s for uvicorn,
+            # the sandbox's) closes them: a submit sent on a connection the server is
+            # closing gets no answer, and a submit without an answer may have been paid.
             limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
+                max_connections=max_connections,
+                max_keepalive_connections=max_connections,
+                keepalive_expiry=KEEPALIVE_EXPIRY_S,
             ),
             transport=transport,
             follow_redirects=False,
