@@ -75,12 +75,12 @@ def task_runs(state: State[Any], expected: int = EXPECTED) -> list[TaskRun]:
 def test_the_stages_show_as_named_task_runs(photos: Path, tmp_path: Path) -> None:
     runs = task_runs(run(photos, str(tmp_path / "out"), 20))
     names = Counter(r.name for r in runs)
-    # Chunks of 4 photos, 8, then more: the first set is sent after four photos, not 32.
+    # Chunks of 4 photos, then 16: the first set is sent after four photos, not twenty.
     for stage in ("fetch", "validate", "prepare", "submit"):
-        for start, end in ((1, 4), (5, 12), (13, 20)):
+        for start, end in ((1, 4), (5, 20)):
             assert names[f"{stage} {start}-{end} of {PHOTOS}"] == 1, names
-    assert sum(1 for r in runs if r.name.startswith("submit ")) == 3, names
-    assert len(runs) / PHOTOS <= 0.7, f"{len(runs)} task runs for {PHOTOS} photos"
+    assert sum(1 for r in runs if r.name.startswith("submit ")) == 2, names
+    assert len(runs) / PHOTOS <= 0.5, f"{len(runs)} task runs for {PHOTOS} photos"
     # The graph draws no edge between chunks of sets: one submit never feeds another.
     submits = [r for r in runs if r.name.startswith("submit ")]
     submit_ids = {str(r.id) for r in submits}

@@ -10,6 +10,7 @@ any worker.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -48,14 +49,17 @@ async def _each(
     photos: Sequence[Any],
     runtime: BatchRuntime,
 ) -> list[PreparedPhoto]:
-    return _portable(
-        [
-            await anyio.to_thread.run_sync(
+    # Every core on one chunk: a large chunk is not left to one core while it is the
+    # only one left to prepare.
+    done = await asyncio.gather(
+        *(
+            anyio.to_thread.run_sync(
                 stage, photo, runtime.workspace, runtime.prepare, limiter=_CPU_LIMITER
             )
             for photo in photos
-        ]
+        )
     )
+    return _portable(list(done))
 
 
 def _fetch_one(item: FetchItem, workspace: Workspace, options: PrepareOptions) -> PreparedPhoto:

@@ -14,11 +14,12 @@ from modelset.ledger import LedgerRecord
 from modelset.sources import SourceItem
 from modelset.stages import PreparedPhoto
 
-FIRST_CHUNK = 4  # a chunk's task runs cost more than preparing a few more photos
-CHUNK = 32
+FIRST_CHUNK = 4  # the first set is sent once four photos are prepared
+GROWTH = 4  # each chunk four times the last: few task runs, about 50 ms of server CPU each
+CHUNK = 256
 # A chunk makes four task runs (fetch, validate, prepare, submit): at most this many
 # chunks keep a run of any size under about 1,000 task runs (Prefect's UI stops drawing
-# a run graph at 2,000 nodes), the chunk growing with the batch past 8,000 photos.
+# a run graph at 2,000 nodes), the chunk growing with the batch past 61,440 photos.
 MOST_CHUNKS = 240
 
 
@@ -43,15 +44,15 @@ async def prepared(photos: list[Photo]) -> None:
 
 
 def chunk_bounds(count: int) -> list[tuple[int, int]]:
-    """Where the chunks of ``count`` photos (or sets) begin and end: 4, 8, 16, then
+    """Where the chunks of ``count`` photos (or sets) begin and end: 4, 16, 64, then
     ``CHUNK`` at a time (more past ``MOST_CHUNKS`` chunks), so the first set is submitted
-    after four photos are prepared and a large batch still takes few task runs."""
+    after four photos are prepared and a batch of any size takes few task runs."""
     largest = max(CHUNK, math.ceil(count / MOST_CHUNKS))
     bounds, start, size = [], 0, FIRST_CHUNK
     while start < count:
         end = min(start + size, count)
         bounds.append((start, end))
-        start, size = end, min(size * 2, largest)
+        start, size = end, min(size * GROWTH, largest)
     return bounds
 
 

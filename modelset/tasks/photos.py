@@ -1,7 +1,7 @@
 """Fetching, validating and preparing photos: a task run per stage per chunk of photos.
 
-The design card's stages show in the run graph as ``fetch 1-32 of 200``,
-``validate 1-32 of 200`` and ``prepare 1-32 of 200``; the work is the core's
+The design card's stages show in the run graph as ``fetch 21-84 of 200``,
+``validate 21-84 of 200`` and ``prepare 21-84 of 200``; the work is the core's
 (``modelset.batch.chunks``).
 
 Each stage is cached by Prefect, in the output location (``tasks/results.py``), keyed on
@@ -32,7 +32,7 @@ from modelset.stages import PreparedPhoto
 
 STAGE_NAMESPACE = "modelset-stage"
 # 2: HEIC is read; a prepared photo carries its look; 3: and its rank; 4: PreparedPhoto
-# moved to modelset.stages.models and the chunks grew to 32.
+# moved to modelset.stages.models and the chunks grew (4, 16, 64, 256).
 STAGE_VERSION = 4
 
 
