@@ -89,7 +89,7 @@ async def run_jobs(
     chunks = [SetChunk(jobs[start:end], one) for start, end in chunk_bounds(len(jobs))]
     running = [
         asyncio.ensure_future(
-            runtime.orchestrator.submit(chunk, f"{start + 1}-{end} of {len(jobs)}")
+            _submit_once_ready(chunk, f"{start + 1}-{end} of {len(jobs)}", runtime)
         )
         for chunk, (start, end) in zip(chunks, chunk_bounds(len(jobs)), strict=True)
     ]
@@ -103,6 +103,15 @@ async def run_jobs(
             row = await _final_row(chunk, position, runtime, progress)
             if row is not None:  # None: a duplicate, whose row is its original's
                 plan.rows[(job.photo.source, job.template_id)] = row
+
+
+async def _submit_once_ready(chunk: SetChunk, label: str, runtime: BatchRuntime) -> None:
+    """A chunk's task run begins once its first photo is prepared: the run graph shows
+    it from when its sets can go, not from the start of the run."""
+    first = chunk.jobs[0].photo.preparing
+    if first is not None:
+        await asyncio.wait([first])  # a wait cancelled leaves the preparation running
+    await runtime.orchestrator.submit(chunk, label)
 
 
 async def _until_done_or_interrupted(
