@@ -8,7 +8,6 @@ from modelset.batch.orchestration import (
     Orchestrator,
     SetsToRetry,
     StageName,
-    resolve_token,
 )
 from modelset.batch.photos import chunk_bounds
 from modelset.batch.runtime import (
@@ -16,7 +15,6 @@ from modelset.batch.runtime import (
     TASK_FINISHED_EVENT,
     TASK_RESOURCE_PREFIX,
     BatchRuntime,
-    client_from_settings,
     collect,
     open_runtime,
 )
@@ -35,9 +33,7 @@ __all__ = [
     "SetsToRetry",
     "StageName",
     "chunk_bounds",
-    "client_from_settings",
     "collect",
     "open_runtime",
-    "resolve_token",
     "run_batch",
 ]

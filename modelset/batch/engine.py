@@ -48,8 +48,9 @@ async def run_batch(
         # A bucket's conditional-write probe takes a few requests one after another, and
         # the orchestrator's opening a few round trips: meanwhile the photos are found and
         # hashed, and the ledger read. Nothing is written before the probe.
-        probe = asyncio.ensure_future(_conditional_writes_checked(workspace.store))
-        opening = asyncio.ensure_future(orchestrator.open(workspace.out))
+        ready = asyncio.gather(
+            _conditional_writes_checked(workspace.store), orchestrator.open(workspace.out)
+        )
         try:
             return await _run_in(
                 settings,
@@ -60,12 +61,11 @@ async def run_batch(
                 options,
                 listener,
                 item,
-                ready=asyncio.gather(probe, opening),
+                ready=ready,
             )
         finally:
-            for pending in (probe, opening):
-                if not pending.cancel() and not pending.cancelled():
-                    pending.exception()  # a run that failed first reports its own failure
+            if not ready.cancel() and not ready.cancelled():
+                ready.exception()  # a run that failed first reports its own failure
 
 
 async def _conditional_writes_checked(store: Store) -> None:

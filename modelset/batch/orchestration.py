@@ -28,14 +28,13 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import SecretStr
 
-from modelset._exceptions import MissingTokenError, UsageError
+from modelset._exceptions import UsageError
 from modelset.catalogue import recently_fetched, remember
-from modelset.settings import Settings
 
 if TYPE_CHECKING:
     from modelset.batch.chunks import FetchItem
@@ -120,18 +119,6 @@ class Orchestrator(Protocol):
         """The token kept under ``name`` (``HIDREAM_API_TOKEN_BLOCK``)."""
 
 
-async def resolve_token(
-    settings: Settings, secret: Callable[[str], Awaitable[SecretStr]]
-) -> SecretStr:
-    """``HIDREAM_API_TOKEN``, else the secret ``HIDREAM_API_TOKEN_BLOCK`` names, read
-    with ``secret`` (an orchestrator's)."""
-    if settings.api_token is not None and settings.api_token.get_secret_value():
-        return settings.api_token
-    if settings.api_token_block:
-        return await secret(settings.api_token_block)
-    raise MissingTokenError()
-
-
 async def run_with_retries(chunk: SetChunkRunner) -> None:
     """Run a chunk, and again after each delay while it asks to be retried."""
     for delay in (*SUBMIT_RETRY_DELAYS_S, None):
@@ -157,7 +144,6 @@ class InProcess:
     def __init__(self, log: logging.Logger | None = None) -> None:
         self._run_id = str(uuid.uuid4())
         self._log = log or logging.getLogger("modelset.batch")
-        self.announced: list[tuple[str, dict[str, Any]]] = []
 
     def run_id(self) -> str:
         return self._run_id
@@ -223,7 +209,6 @@ class InProcess:
         return completed
 
     def announce(self, event: str, resource: dict[str, str], payload: dict[str, Any]) -> None:
-        self.announced.append((event, payload))
         self._log.info("%s: %s", event, payload)
 
     async def follow_finished_tasks(self, wake: Callable[[str], None]) -> None:

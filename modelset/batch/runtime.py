@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import httpx
 from pydantic import SecretStr
 
 from modelset._exceptions import MissingTokenError
-from modelset.batch.orchestration import Orchestrator, resolve_token
+from modelset.batch.orchestration import Orchestrator
 from modelset.budget import BudgetLeft, PeriodBudget
+from modelset.credentials import client_from_settings
 from modelset.hidream import HiDreamClient
 from modelset.ledger import Ledger, LedgerRecord, Listing, open_ledger
 from modelset.ledger.proof import RequestIdLookup
@@ -59,14 +60,6 @@ class BatchRuntime:
         """A callback said ``task_id`` finished: its waiting set looks now."""
         if (event := self.wakeups.get(task_id)) is not None:
             event.set()
-
-
-async def client_from_settings(
-    settings: Settings, secret: Callable[[str], Awaitable[SecretStr]]
-) -> HiDreamClient:
-    """An API client configured from the settings, with the token resolved (``secret``
-    reads the one ``HIDREAM_API_TOKEN_BLOCK`` names)."""
-    return HiDreamClient.from_settings(settings, token=await resolve_token(settings, secret))
 
 
 @contextlib.asynccontextmanager

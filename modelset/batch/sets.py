@@ -86,12 +86,13 @@ async def run_jobs(
         progress=progress,
         checks=checks,
     )
-    chunks = [SetChunk(jobs[start:end], one) for start, end in chunk_bounds(len(jobs))]
+    bounds = chunk_bounds(len(jobs))
+    chunks = [SetChunk(jobs[start:end], one) for start, end in bounds]
     running = [
         asyncio.ensure_future(
             _submit_once_ready(chunk, f"{start + 1}-{end} of {len(jobs)}", runtime)
         )
-        for chunk, (start, end) in zip(chunks, chunk_bounds(len(jobs)), strict=True)
+        for chunk, (start, end) in zip(chunks, bounds, strict=True)
     ]
     await _until_done_or_interrupted(running, listener, plan)
     await prepared([job.photo for job in jobs])  # an interrupted set's row needs it

@@ -48,6 +48,7 @@ from starlette.types import Receive, Scope, Send
 
 from modelset._exceptions import MissingTokenError, UsageError
 from modelset.asgi import QuietH11
+from modelset.batch import TASK_FINISHED_EVENT, TASK_RESOURCE_PREFIX
 from modelset.deployments._exceptions import EmitFailed
 from modelset.hidream import (
     DeadlineExceeded,
@@ -68,7 +69,7 @@ from modelset.tasks.credentials import client_from_settings
 
 CALLBACK_ROUTE = CALLBACK_PATH + "{secret}"
 """The route as logged: never the path itself, which holds the secret."""
-EVENT_NAME = "hidream.task.finished"
+EVENT_NAME = TASK_FINISHED_EVENT
 EVENT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://modelset/events/" + EVENT_NAME)
 """The namespace of the events' deterministic (uuid5) ids."""
 MAX_BODY_BYTES = 64 * 1024
@@ -127,7 +128,7 @@ class TaskFinished:
 
     @property
     def resource(self) -> dict[str, str]:
-        return {"prefect.resource.id": f"hidream.task.{self.task_id}"}
+        return {"prefect.resource.id": f"{TASK_RESOURCE_PREFIX}{self.task_id}"}
 
     @property
     def payload(self) -> dict[str, Any]:

@@ -60,16 +60,17 @@ async def generate_model_sets(
     options = options or RunOptions()
     if options.review and (resumed := await resume_review_of(options)) is not None:
         return resumed
+    settings = Settings()
     listener = _listener
-    if started_unattended() and options.max_images is None and Settings().max_images is None:
+    if started_unattended() and options.max_images is None and settings.max_images is None:
         listener = _refusing(listener, UNATTENDED_NEEDS_CAP)
     options = options.model_copy(
         update={
-            "out": output_location(options.out or Settings().output_dir, setting=OUT_SETTING),
+            "out": output_location(options.out or settings.output_dir, setting=OUT_SETTING),
             "publish_to": publish_location(options),
         }
     )
-    orchestrator = PrefectOrchestration(Settings().concurrency_limit)
+    orchestrator = PrefectOrchestration(settings.concurrency_limit)
     summary = await run_batch(sources, template_ids, options, orchestrator, listener, item=item)
     listener.on_summary(summary)
     return await _final_state(summary, options)
