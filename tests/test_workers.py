@@ -43,6 +43,7 @@ from prefect.states import Crashed
 
 from modelset.deployments.serve import load_deployments
 from modelset.flows.generate import WORKING_DIRECTORY_SET
+from modelset.ledger import open_ledger
 from modelset.report import read_manifest
 from modelset.sandbox import SandboxServer
 from modelset.storage import open_store
@@ -84,12 +85,33 @@ class Worker:
 
     def kill_with_its_runs(self) -> list[int]:
         """SIGKILL the worker and every flow run it started, as a machine that dies."""
-        doomed = [self.process.pid, *children_of(self.process.pid)]
-        for pid in doomed:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        doomed = self._signal_all(signal.SIGKILL)
         self.process.wait(timeout=30)
         return doomed
+
+    def kill_between_sends(self, out: str, timeout_s: float = 60) -> list[int]:
+        """Kill the worker with its runs at a moment when no send of the batch is between
+        its recorded intent and its recorded answer (stopped first, then looked at).
+
+        A send caught there has an unknown outcome by design, which
+        ``test_crash_recovery.py`` covers; on a loaded machine the window is wide enough
+        to be hit by chance, and this test is about a machine dying between sends."""
+        ledger = open_ledger(open_store(out))
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self._signal_all(signal.SIGSTOP)
+            if not ledger.unknown_sends():
+                return self.kill_with_its_runs()
+            self._signal_all(signal.SIGCONT)
+            assert time.monotonic() < deadline, "no moment without a send in flight"
+            time.sleep(0.05)
+
+    def _signal_all(self, signum: signal.Signals) -> list[int]:
+        targets = [self.process.pid, *children_of(self.process.pid)]
+        for pid in targets:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+        return targets
 
     def stop(self) -> None:
         runs = children_of(self.process.pid)
@@ -408,7 +430,7 @@ def test_production_shaped_workers_survive_a_dead_worker_and_pay_once(
             time.sleep(0.05)
         # The machine running the most flow runs dies, with them.
         victim = max(workers, key=lambda worker: len(children_of(worker.process.pid)))
-        dead = victim.kill_with_its_runs()
+        dead = victim.kill_between_sends(bucket)
         submitted_before = len(sandbox.submissions())
         crashed = asyncio.run(crash_dead_runs(first.id, set(dead)))
         assert crashed >= 1, "the killed worker ran none of the batch"
