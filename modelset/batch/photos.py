@@ -15,7 +15,7 @@ from modelset.sources import SourceItem
 from modelset.stages import PreparedPhoto
 
 FIRST_CHUNK = 4  # the first set is sent once four photos are prepared
-GROWTH = 4  # each chunk four times the last: few task runs, about 50 ms of server CPU each
+GROWTH = 8  # each chunk eight times the last: few task runs, about 50 ms of server CPU each
 CHUNK = 256
 # A chunk makes four task runs (fetch, validate, prepare, submit): at most this many
 # chunks keep a run of any size under about 1,000 task runs (Prefect's UI stops drawing
@@ -44,7 +44,7 @@ async def prepared(photos: list[Photo]) -> None:
 
 
 def chunk_bounds(count: int) -> list[tuple[int, int]]:
-    """Where the chunks of ``count`` photos (or sets) begin and end: 4, 16, 64, then
+    """Where the chunks of ``count`` photos (or sets) begin and end: 4, 32, then
     ``CHUNK`` at a time (more past ``MOST_CHUNKS`` chunks), so the first set is submitted
     after four photos are prepared and a batch of any size takes few task runs."""
     largest = max(CHUNK, math.ceil(count / MOST_CHUNKS))
