@@ -52,6 +52,7 @@ from bench.figures import (
     pipeline_modelset,
     s3_requests,
 )
+from bench.labels import labels_cpu
 from bench.measure import NOISY_SHARE, machine
 from bench.photos import CACHE, ensure_photos
 from bench.servers import BIN, PrefectServer, S3Server, migrate_home
@@ -72,6 +73,7 @@ FIGURES = (
     "P6",
     "P7",
     "LOOKS",
+    "LABELS",
 )
 QUICK_SKIPS = {"P7"}  # the 5,000-photo run is for `make bench` (or --only P7)
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
@@ -326,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
         if config.wants("LOOKS"):
             note("LOOKS: near-duplicate planning, 10,000 new photos against 100,000 looks")
             figures["LOOKS"] = looks_planning(bench)
+        if config.wants("LABELS"):
+            note("LABELS: CPU to label and to sign one stored image")
+            figures["LABELS"] = labels_cpu(bench)
     finally:
         bench.stop_all()
         server.stop()
