@@ -127,9 +127,9 @@ def succeeded_row(store: Store) -> ManifestRow:
     return row
 
 
-def downloaded(sandbox: SandboxServer, task_id: str, pose: int) -> bytes:
-    """The image as the sandbox hands it out."""
-    response = httpx.get(f"{sandbox.base_url}/_sandbox/images/{task_id}/{pose}.jpg")
+def downloaded(sandbox: SandboxServer, row: ManifestRow, pose: int) -> bytes:
+    """The row's image as the sandbox hands it out."""
+    response = httpx.get(f"{sandbox.base_url}/_sandbox/images/{row.task_id}/{pose}.jpg")
     response.raise_for_status()
     return response.content
 
@@ -142,6 +142,23 @@ def sub_task_ids(sandbox: SandboxServer, task_id: str) -> list[str]:
         headers={"Authorization": f"Bearer {TOKEN}"},
     )
     return [sub["sub_task_id"] for sub in response.json()["result"]["sub_task_results"]]
+
+
+def run_for_shop(
+    sandbox: SandboxServer,
+    monkeypatch: pytest.MonkeyPatch,
+    photo: Path,
+    out: str,
+    **options: Any,
+) -> tuple[Store, ManifestRow, list[str]]:
+    """Run ``photo`` against ``sandbox`` as the shop SHOP: the output location, the row,
+    and the set's sub-task ids."""
+    for key, value in hidream_env(sandbox, HIDREAM_AIGC_PROPAGATOR=SHOP).items():
+        monkeypatch.setenv(key, value)
+    run([str(photo)], out=out, **options)
+    store = open_store(out)
+    row = succeeded_row(store)
+    return store, row, sub_task_ids(sandbox, row.task_id or "")
 
 
 @pytest.fixture
@@ -201,17 +218,13 @@ def test_a_run_labels_its_outputs_and_the_published_copies_carry_the_visible_lab
     photo: Path,
     out_location: str,
 ) -> None:
-    for key, value in hidream_env(sandbox, HIDREAM_AIGC_PROPAGATOR=SHOP).items():
-        monkeypatch.setenv(key, value)
-    run([str(photo)], out=out_location, review=True, visible_label=CJK_LABEL)
-    store = open_store(out_location)
-    row = succeeded_row(store)
-    assert row.task_id is not None
-    subs = sub_task_ids(sandbox, row.task_id)
+    store, row, subs = run_for_shop(
+        sandbox, monkeypatch, photo, out_location, review=True, visible_label=CJK_LABEL
+    )
 
     for pose, output in enumerate(row.outputs, start=1):
         stored = store.read(output).data
-        assert pixels(stored) == pixels(downloaded(sandbox, row.task_id, pose))
+        assert pixels(stored) == pixels(downloaded(sandbox, row, pose))
         assert aigc_of(exiftool, stored) == {
             "Label": "1",
             "ContentProducer": "127.0.0.1",  # the upstream's host: HIDREAM_BASE_URL's
@@ -258,19 +271,12 @@ def test_a_sandbox_that_labels_its_images_keeps_its_producer_fields_in_png_outpu
     tmp_path: Path,
 ) -> None:
     sandbox = sandbox_factory(image_format="PNG", upstream_label="upstream-cn")
-    for key, value in hidream_env(sandbox, HIDREAM_AIGC_PROPAGATOR=SHOP).items():
-        monkeypatch.setenv(key, value)
-    out = str(tmp_path / "out")
-    run([str(photo)], out=out)
-    store = open_store(out)
-    row = succeeded_row(store)
-    assert row.task_id is not None
-    subs = sub_task_ids(sandbox, row.task_id)
+    store, row, subs = run_for_shop(sandbox, monkeypatch, photo, str(tmp_path / "out"))
 
     for pose, output in enumerate(row.outputs, start=1):
         stored = store.read(output).data
         assert stored.startswith(b"\x89PNG"), "a PNG, kept under its .jpg name"
-        assert pixels(stored) == pixels(downloaded(sandbox, row.task_id, pose))
+        assert pixels(stored) == pixels(downloaded(sandbox, row, pose))
         assert aigc_of(exiftool, stored) == {
             "Label": "1",
             "ContentProducer": "upstream-cn",
@@ -309,7 +315,7 @@ def test_with_a_signing_key_every_webp_output_and_published_copy_has_a_valid_man
 
     for pose, output in enumerate(row.outputs, start=1):
         stored = store.read(output).data
-        assert pixels(stored) == pixels(downloaded(sandbox, row.task_id or "", pose))
+        assert pixels(stored) == pixels(downloaded(sandbox, row, pose))
         aigc_of(exiftool, stored)  # the XMP labels, signed over
         made = check_manifest(stored, trusted)
         assert (made.state, made.failures) == ("Trusted", [])
