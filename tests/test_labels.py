@@ -27,6 +27,7 @@ from modelset.labels import (
     TRAINED_ALGORITHMIC_MEDIA,
     AigcRecord,
     NoFontCovers,
+    SigningKeyError,
     find_font,
     write_labels,
 )
@@ -330,7 +331,8 @@ def test_with_a_signing_key_every_webp_output_and_published_copy_has_a_valid_man
         assert (generation["template_id"], generation["task_id"]) == (20, row.task_id)
 
         copy = published.read(output).data
-        aigc_of(exiftool, copy)
+        assert pixels(copy) == pixels(stored), "no visible label asked: the pixels stay"
+        assert aigc_of(exiftool, copy) == aigc_of(exiftool, stored)
         copied = check_manifest(copy, trusted)
         assert (copied.state, copied.failures) == ("Trusted", [])
         assert [action["action"] for action in copied.actions()] == ["c2pa.opened"]
@@ -387,6 +389,21 @@ def test_the_doctor_advises_signing_and_shows_the_certificate_expiry(
     signed = asyncio.run(check_signing(Settings()))
     expiry = (dt.datetime.now(dt.UTC) + dt.timedelta(days=45)).date()
     assert signed.ok and f"expires {expiry:%Y-%m-%d}" in signed.detail, signed.detail
+
+
+def test_a_certificate_without_its_key_refuses_the_run_before_anything_is_paid(
+    env: dict[str, str],
+    sandbox: SandboxServer,
+    signing_key: tuple[Path, Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    photo: Path,
+    tmp_path: Path,
+) -> None:
+    chain, _, _ = signing_key
+    monkeypatch.setenv("HIDREAM_C2PA_CERT", str(chain))
+    with pytest.raises(SigningKeyError, match="set HIDREAM_C2PA_KEY too"):
+        run([str(photo)], out=str(tmp_path / "out"))
+    assert sandbox.submissions() == []
 
 
 def test_a_visible_label_no_font_draws_is_refused_before_anything_is_paid(

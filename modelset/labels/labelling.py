@@ -78,7 +78,7 @@ class Labelling:
         )
         details = {"template_id": made.template_id, "task_id": made.task_id}
         provenance = Provenance(
-            title=f"{sub_task_id}",
+            title=sub_task_id,
             actions=[_action("c2pa.created", details)],
             assertions={
                 GENERATION_ASSERTION: {

@@ -145,7 +145,7 @@ def _add_ingredient(builder: c2pa.Builder, ingredient: Ingredient) -> None:
             {
                 "title": ingredient.title,
                 "relationship": ingredient.relationship,
-                "instance_id": INGREDIENT_ID,
+                "label": INGREDIENT_ID,
             }
         ),
         mime,
