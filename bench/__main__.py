@@ -6,8 +6,8 @@ run a fresh sandbox (latency 200 ms, generation 2 s, 4 images per set), each in 
 process on 127.0.0.1; generates the input photos once into ``bench/.cache/``; measures the
 figures (P1-P7; P1-CPU, P1-TASKS, P1-SLOPE and P1-FIRST from P1's runs and a pair at the
 other of N=200 and 1000; P1-S3, P4-S3 and S3-REQ: the same runs with ``--out`` on the S3
-server) and prints them with their goals. Raw numbers go to ``bench/.cache/results/``.
-Method and history: docs/performance.md.
+server; LOOKS and LABELS in process) and prints them with their goals. Raw numbers go
+to ``bench/.cache/results/``. Method and history: docs/performance.md.
 
 ``--pipeline-src DIR`` measures the pipeline of another source tree (a checkout of an
 older commit) with this bench, its baseline, sandbox and servers, and this venv: P7 of
