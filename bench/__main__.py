@@ -6,8 +6,8 @@ run a fresh sandbox (latency 200 ms, generation 2 s, 4 images per set), each in 
 process on 127.0.0.1; generates the input photos once into ``bench/.cache/``; measures the
 figures (P1-P7; P1-CPU, P1-TASKS, P1-SLOPE and P1-FIRST from P1's runs and a pair at the
 other of N=200 and 1000; P1-S3, P4-S3 and S3-REQ: the same runs with ``--out`` on the S3
-server) and prints them with their goals. Raw numbers go to ``bench/.cache/results/``.
-Method and history: docs/performance.md.
+server; LOOKS and LABELS in process) and prints them with their goals. Raw numbers go
+to ``bench/.cache/results/``. Method and history: docs/performance.md.
 
 ``--pipeline-src DIR`` measures the pipeline of another source tree (a checkout of an
 older commit) with this bench, its baseline, sandbox and servers, and this venv: P7 of
@@ -52,6 +52,7 @@ from bench.figures import (
     pipeline_modelset,
     s3_requests,
 )
+from bench.labels import labels_cpu
 from bench.measure import NOISY_SHARE, machine
 from bench.photos import CACHE, ensure_photos
 from bench.servers import BIN, PrefectServer, S3Server, migrate_home
@@ -72,6 +73,7 @@ FIGURES = (
     "P6",
     "P7",
     "LOOKS",
+    "LABELS",
 )
 QUICK_SKIPS = {"P7"}  # the 5,000-photo run is for `make bench` (or --only P7)
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
@@ -326,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
         if config.wants("LOOKS"):
             note("LOOKS: near-duplicate planning, 10,000 new photos against 100,000 looks")
             figures["LOOKS"] = looks_planning(bench)
+        if config.wants("LABELS"):
+            note("LABELS: CPU to label and to sign one stored image")
+            figures["LABELS"] = labels_cpu(bench)
     finally:
         bench.stop_all()
         server.stop()

@@ -118,6 +118,7 @@ from modelset import layout
 from modelset.batch import BatchRuntime
 from modelset.batch.preparing import PREPARING_CHUNKS
 from modelset.batch.chunks import FetchItem
+from modelset.labels import Labelling
 from modelset.ledger import open_ledger
 from modelset.stages import PreparedPhoto, PrepareOptions, SubmitPolicy, open_workspace
 from modelset.tasks.orchestration import PrefectOrchestration
@@ -180,6 +181,7 @@ async def batch() -> float:
                 prepare=PrepareOptions(),
                 rules=SubmitPolicy(run_id=orchestration.run_id()),
                 orchestrator=orchestration,
+                labelling=Labelling("bench"),
             )
             total = CHUNKS * SIZE
             in_order = asyncio.Semaphore(PREPARING_CHUNKS)
@@ -289,6 +291,7 @@ async def folder_runtime(folder: Path) -> AsyncIterator[BatchRuntime]:
     import httpx
 
     from modelset.batch import BatchRuntime, InProcess
+    from modelset.labels import Labelling
     from modelset.ledger import open_ledger
     from modelset.stages import PrepareOptions, SubmitPolicy, open_workspace
 
@@ -302,6 +305,7 @@ async def folder_runtime(folder: Path) -> AsyncIterator[BatchRuntime]:
                 prepare=PrepareOptions(),
                 rules=SubmitPolicy(run_id=str(uuid.uuid4())),
                 orchestrator=InProcess(),
+                labelling=Labelling("bench"),
             )
 
 

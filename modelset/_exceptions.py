@@ -10,12 +10,15 @@ UsageError                      the command was asked something it cannot do: no
 ├── MissingTokenError           no API token is configured
 ├── UnknownTemplates            template ids the catalogue does not list
 ├── SourceError                 modelset.sources: what the user pointed at is unusable
-└── UnsupportedLocation         modelset.storage (a StorageError too): no usable output
+├── UnsupportedLocation         modelset.storage (a StorageError too): no usable output
+├── SigningKeyError             modelset.labels: the C2PA certificate and key cannot sign
+└── NoFontCovers                modelset.labels: no font draws a visible label's text
 HiDreamError                    modelset.hidream: the service failed, or refused a call
 └── AccountError                ... refused the account: token rejected, no credits
 StorageError                    modelset.storage: the output location failed
 FetchError                      modelset.sources: one source could not be fetched
 ImageRejected                   modelset.images: one photo's content cannot be used
+LabelError                      modelset.labels: one image could not be labelled or signed
 ClaimLost                       modelset.ledger: a claim's hold on its key was lost
 EmitFailed                      modelset.deployments: Prefect did not take an event
 ApiError, PhotoError            modelset.sandbox: what the sandbox answers its clients
@@ -30,6 +33,8 @@ AccountError                                3  ACCOUNT
 any other HiDreamError, StorageError,       1  ITEMS_FAILED: nothing paid for is lost, the
 the Prefect server not answering               same command again finishes the work
 FetchError, ImageRejected                   -  only that photo's row fails; the run goes on
+LabelError                                  -  only that image fails; its set stays open and
+                                               a rerun downloads and labels it again
 ClaimLost                                   -  the send is decided again (its task retries)
 EmitFailed                                  -  the callback's next delivery tries again
 ApiError, PhotoError                        -  answered over HTTP, never raised to a client

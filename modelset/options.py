@@ -6,6 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+LabelPosition = Literal["bottom-right", "bottom-left", "top-right", "top-left", "bottom", "top"]
+"""Where a visible label is drawn: a corner, or the middle of the top or bottom edge."""
+
 
 class RunOptions(BaseModel):
     """How a batch runs. Every field shows as a form input in the Prefect UI."""
@@ -77,6 +80,15 @@ class RunOptions(BaseModel):
     regenerate_declined: bool = Field(
         default=False,
         description="Pay a new attempt for exactly the sets declined in review.",
+    )
+    visible_label: str | None = Field(
+        default=None,
+        description="Text drawn on every published copy (not on the stored outputs) saying "
+        "it is AI-generated, e.g. 'AI生成' or 'AI-generated', at least 5% of the short side "
+        "high (GB 45438-2025, 5.2).",
+    )
+    visible_label_position: LabelPosition = Field(
+        default="bottom-right", description="The corner or edge the visible label is at."
     )
     deadline_s: float | None = Field(
         default=None, gt=0, description="Seconds to wait for a set (default: settings)."

@@ -20,7 +20,7 @@ import contextlib
 import json
 import secrets
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -29,6 +29,9 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from modelset import layout
+from modelset.labels import Labelling, Reviewed
+from modelset.ledger import request_id_for
+from modelset.options import LabelPosition
 from modelset.report import (
     ManifestRow,
     ReviewState,
@@ -68,6 +71,8 @@ class Decision(BaseModel):
     note: str = ""
     reviewer: str = ""
     publish_to: str | None = None  # where approving publishes; None: <out>/published
+    visible_label: str | None = None  # drawn on the published copies, when set
+    visible_label_position: LabelPosition = "bottom-right"
     published: list[str] = Field(default_factory=list)  # where it was published, once done
     event_sent: bool = False
     created: str = ""
@@ -129,7 +134,13 @@ def reviewable(row: ManifestRow) -> bool:
 
 
 def mark_pending(
-    store: Store, rows: list[ManifestRow], *, asked: bool, publish_to: str | None
+    store: Store,
+    rows: list[ManifestRow],
+    *,
+    asked: bool,
+    publish_to: str | None,
+    visible_label: str | None = None,
+    visible_label_position: LabelPosition = "bottom-right",
 ) -> list[Decision]:
     """Give every reviewable set of ``rows`` its decision for its current attempt, where
     it has none: pending when a review was ``asked`` for, or when an earlier attempt of
@@ -158,6 +169,8 @@ def mark_pending(
             task_id=row.task_id or "",
             outputs=row.outputs,
             publish_to=publish_to,
+            visible_label=visible_label,
+            visible_label_position=visible_label_position,
             created=_now(),
         )
         with contextlib.suppress(AlreadyExists):  # another run marked it first
@@ -314,12 +327,16 @@ def publish_target(store: Store, decision: Decision, publish_to: str | None = No
     return open_store(locate(store, layout.PUBLISHED))
 
 
-def publish(store: Store, decision: Decision, target: Store) -> tuple[Decision, bool]:
-    """Copy an approved set under ``target``, complete or not at all; returns the
+def publish(
+    store: Store, decision: Decision, target: Store, labelling: Labelling
+) -> tuple[Decision, bool]:
+    """Copy an approved set under ``target``, complete or not at all, each image labelled
+    by ``labelling`` (with the run's visible label, if it asked for one); returns the
     decision as recorded and whether this call published it (False: done before)."""
     assert decision.review is Review.APPROVED
     if decision.published:
         return decision, False
+    copy = _Copier(decision, labelling)
     folder = set_key(decision.item, decision.template_id)
     names = [f"{folder}/{Path(output).name}" for output in decision.outputs]
     marker = json.dumps(
@@ -336,9 +353,9 @@ def publish(store: Store, decision: Decision, target: Store) -> tuple[Decision, 
         indent=1,
     ).encode()
     if target.local_path(folder) is not None:
-        _publish_into_folder(store, decision.outputs, target, folder, marker)
+        _publish_into_folder(store, decision.outputs, target, folder, marker, copy)
     else:
-        _publish_into_bucket(store, decision.outputs, target, folder, marker)
+        _publish_into_bucket(store, decision.outputs, target, folder, marker, copy)
     published = [locate(target, name) for name in names]
     updated = _swap(store, decision, {"published": published})
     if updated is None:
@@ -346,16 +363,36 @@ def publish(store: Store, decision: Decision, target: Store) -> tuple[Decision, 
     return updated, True
 
 
-def _copy(store: Store, output: str, target: Store, name: str) -> None:
-    path = store.local_path(output)
-    if path is not None:
-        target.write_file(name, path)
-    else:
-        target.write(name, store.read(output).data)  # one image at a time
+class _Copier:
+    """Copies one output of a set to where it is published, labelled on the way."""
+
+    def __init__(self, decision: Decision, labelling: Labelling) -> None:
+        self.labelling = labelling
+        self.reviewed = Reviewed(
+            task_id=decision.task_id,
+            request_id=request_id_for(decision.ledger_key, decision.attempt),
+            template_id=decision.template_id,
+            decision=decision.review.value,
+            reviewer=decision.reviewer,
+            note=decision.note,
+        )
+        self.visible = (
+            labelling.visible(decision.visible_label, decision.visible_label_position)
+            if decision.visible_label
+            else None
+        )
+
+    def __call__(self, store: Store, output: str, target: Store, name: str) -> None:
+        path = store.local_path(output)
+        stored = path.read_bytes() if path is not None else store.read(output).data
+        target.write(name, self.labelling.published(stored, self.reviewed, self.visible))
+
+
+_Copy = Callable[[Store, str, Store, str], None]
 
 
 def _publish_into_folder(
-    store: Store, outputs: list[str], target: Store, folder: str, marker: bytes
+    store: Store, outputs: list[str], target: Store, folder: str, marker: bytes, copy: _Copy
 ) -> None:
     """Assemble the set beside its place, then rename it in: a reader sees the old set
     or the whole new one, never part of it."""
@@ -366,7 +403,7 @@ def _publish_into_folder(
     assert staging is not None
     try:
         for output in outputs:
-            _copy(store, output, target, f"{staging_key}/{Path(output).name}")
+            copy(store, output, target, f"{staging_key}/{Path(output).name}")
         target.write(f"{staging_key}/{layout.PUBLISHED_MARKER}", marker)
         replaced = final.with_name(f".{final.name}.{secrets.token_hex(4)}.old")
         if final.exists():
@@ -378,13 +415,13 @@ def _publish_into_folder(
 
 
 def _publish_into_bucket(
-    store: Store, outputs: list[str], target: Store, folder: str, marker: bytes
+    store: Store, outputs: list[str], target: Store, folder: str, marker: bytes, copy: _Copy
 ) -> None:
     """Images first, the marker last; an earlier publication's marker goes first."""
     target.delete(f"{folder}/{layout.PUBLISHED_MARKER}")
     keep = {f"{folder}/{Path(output).name}" for output in outputs}
     for output in outputs:
-        _copy(store, output, target, f"{folder}/{Path(output).name}")
+        copy(store, output, target, f"{folder}/{Path(output).name}")
     for stale in target.list(folder):
         if stale not in keep:
             target.delete(stale)

@@ -8,8 +8,9 @@ Prefect so the core can be used and tested without a server).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -141,6 +142,41 @@ class Settings(BaseSettings):
         description="Name of a Prefect global concurrency limit that API calls take a slot of.",
     )
 
+    aigc_producer: str | None = Field(
+        default=None,
+        description="ContentProducer of the TC260 AIGC label written into every stored image "
+        "(printable ASCII; default: the upstream's host, from HIDREAM_BASE_URL).",
+    )
+    aigc_propagator: str | None = Field(
+        default=None,
+        description="ContentPropagator of the AIGC label: the shop's name or code (printable "
+        "ASCII); with it, PropagateID is the manifest row's request_id. Unset: both stay "
+        "empty for the platform that spreads the image to fill.",
+    )
+    c2pa_cert: Path | None = Field(
+        default=None,
+        description="PEM certificate chain (signing certificate first) to sign a C2PA "
+        "manifest into every stored image with; needs HIDREAM_C2PA_KEY.",
+    )
+    c2pa_cert_block: str | None = Field(
+        default=None, description="Name of a Prefect Secret block holding that chain."
+    )
+    c2pa_key: Path | None = Field(
+        default=None, description="Path of the PEM private key of HIDREAM_C2PA_CERT."
+    )
+    c2pa_key_block: str | None = Field(
+        default=None, description="Name of a Prefect Secret block holding that key."
+    )
+    c2pa_tsa_url: str | None = Field(
+        default=None,
+        description="Timestamp authority for the C2PA signatures; unset: signing stays offline.",
+    )
+    label_font: Path | None = Field(
+        default=None,
+        description="Font file for visible labels (default: one fontconfig finds that "
+        "draws every character of the text).",
+    )
+
     @field_validator("budget_timezone")
     @classmethod
     def _known_zone(cls, zone: str) -> str:
@@ -151,6 +187,13 @@ class Settings(BaseSettings):
                 f"unknown time zone {zone!r} (an IANA name, e.g. Europe/Berlin)"
             ) from None
         return zone
+
+    @field_validator("aigc_producer", "aigc_propagator")
+    @classmethod
+    def _printable_ascii(cls, value: str | None) -> str | None:
+        if value is not None and not all(" " <= character <= "~" for character in value):
+            raise ValueError("must be printable ASCII: the TC260 AIGC label allows no other")
+        return value
 
     @model_validator(mode="after")
     def _lease_outlasts_a_send(self) -> Settings:
@@ -174,6 +217,10 @@ class Settings(BaseSettings):
             return None
         url = f"{self.callback_url.rstrip('/')}{CALLBACK_PATH}{quote(secret, safe='')}"
         return url if location is None else f"{url}?{urlencode({OUT_PARAMETER: location})}"
+
+    def producer(self) -> str:
+        """The AIGC label's ContentProducer: HIDREAM_AIGC_PRODUCER, else the upstream's host."""
+        return self.aigc_producer or urlsplit(self.base_url).hostname or self.base_url
 
     def require_token(self) -> SecretStr:
         """The configured token, or a :class:`MissingTokenError` naming the variable."""

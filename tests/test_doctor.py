@@ -20,7 +20,16 @@ from modelset.settings import Settings
 from tests.conftest import TOKEN, SandboxFactory, free_port, hidream_env, make_photo
 from tests.test_callbacks import Receiver
 
-CHECKS = ["token", "catalogue", "output", "prefect", "callback", "request_id lookup", "budget"]
+CHECKS = [
+    "token",
+    "catalogue",
+    "output",
+    "prefect",
+    "callback",
+    "request_id lookup",
+    "budget",
+    "signing",
+]
 SECRET = "doctor-callback-secret-4b8e1f2a"
 # Set by fixtures of other tests (prefect_server puts its URL in os.environ): each test
 # here says itself which of these the command sees.

@@ -18,6 +18,7 @@ from modelset import layout
 from modelset.cli import app
 from modelset.flows.generate import generate_model_sets
 from modelset.flows.review import PUBLISHED_EVENT
+from modelset.labels import Labelling
 from modelset.options import RunOptions
 from modelset.report import read_manifest
 from modelset.review import (
@@ -285,8 +286,9 @@ def test_publishing_into_a_bucket_writes_the_marker_last_and_replaces_a_smaller_
     target.write("look-0/20/5.jpg", b"left by an older, larger set")
     recording = RecordingStore(target)
 
-    recorded, now = publish(store, approved, recording)
-    again, twice = publish(store, recorded, recording)
+    labelling = Labelling("sandbox")
+    recorded, now = publish(store, approved, recording, labelling)
+    again, twice = publish(store, recorded, recording, labelling)
 
     assert now and not twice
     assert recording.written == [

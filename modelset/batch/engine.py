@@ -22,6 +22,7 @@ from modelset.batch.shards import run_shards, shard_prefix
 from modelset.batch.summary import THUMBNAIL_ROWS, RunListener, RunPlan, RunSummary
 from modelset.budget import Budget
 from modelset.images import Fit, Policy
+from modelset.labels import find_font
 from modelset.options import RunOptions
 from modelset.report import read_manifest, remember_passed_over, update_report
 from modelset.review import declined_attempts, mark_pending
@@ -116,6 +117,8 @@ async def _planned_and_run(
     ready: Awaitable[object],
 ) -> RunPlan:
     rules = await _submit_policy(settings, workspace, orchestrator, options)
+    if options.visible_label:  # refused before anything is paid for, not at publishing
+        await anyio.to_thread.run_sync(find_font, options.visible_label, settings.label_font)
     async with open_runtime(
         settings,
         workspace,
@@ -204,6 +207,8 @@ async def _reported(
             rows,
             asked=options.review and not options.dry_run,
             publish_to=options.publish_to,
+            visible_label=options.visible_label,
+            visible_label_position=options.visible_label_position,
         )
     )
     sheet = await anyio.to_thread.run_sync(

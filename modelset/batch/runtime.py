@@ -15,6 +15,7 @@ from modelset.batch.orchestration import Orchestrator
 from modelset.budget import BudgetLeft, PeriodBudget
 from modelset.credentials import client_from_settings
 from modelset.hidream import HiDreamClient
+from modelset.labels import Labelling, labelling_from_settings
 from modelset.ledger import Ledger, LedgerRecord, Listing, open_ledger
 from modelset.ledger.proof import RequestIdLookup
 from modelset.memory import limit_malloc_arenas
@@ -38,6 +39,7 @@ class BatchRuntime:
     prepare: PrepareOptions
     rules: SubmitPolicy
     orchestrator: Orchestrator
+    labelling: Labelling  # what every stored image says of itself
     notify_url: SecretStr | None = None  # carries the callback secret
     deadline_s: float | None = None
     wakeups: dict[str, asyncio.Event] = field(default_factory=dict)
@@ -88,6 +90,7 @@ async def open_runtime(
     except MissingTokenError:
         if need_client:
             raise
+    labelling = await labelling_from_settings(settings, orchestrator.secret)
     async with _downloads(settings) as downloads:
         runtime = BatchRuntime(
             client=client,
@@ -97,6 +100,7 @@ async def open_runtime(
             prepare=prepare,
             rules=rules,
             orchestrator=orchestrator,
+            labelling=labelling,
             notify_url=SecretStr(url) if (url := settings.notify_url(workspace.out)) else None,
             deadline_s=deadline_s,
             lookup=RequestIdLookup(client, workspace.store, enabled=settings.lookup_by_request_id)
@@ -165,6 +169,7 @@ async def collect(
         runtime.ledger,
         record,
         workspace=runtime.workspace,
+        labelling=runtime.labelling,
         item=item,
         deadline_s=runtime.deadline_s,
         wakeups=runtime.wakeups,

@@ -11,7 +11,7 @@ import atexit
 
 import typer
 
-from modelset.cli import demo, deployments, doctor, review, run, sandbox, service, settle
+from modelset.cli import demo, deployments, doctor, labels, review, run, sandbox, service, settle
 from modelset.memory import limit_malloc_arenas
 
 app = typer.Typer(
@@ -26,6 +26,7 @@ app.command()(settle.settle)
 app.command()(service.status)
 app.command()(service.templates)
 app.command()(doctor.doctor)
+app.command()(labels.labels)
 app.command()(demo.demo)
 app.command()(deployments.serve)
 app.command("notify-upload")(deployments.notify_upload)

@@ -23,9 +23,10 @@ def preflight(
     sources: list[str], template_ids: list[int], options: RunOptions
 ) -> threading.Thread | None:
     """What can be refused before Prefect is even imported: the output location, a missing
-    token, sources that do not exist; then (one catalogue request) unknown template ids,
-    while Prefect and the flow are imported in a thread (returned, to join): the request
-    and the import each take a good part of a second, and a one-photo run waits for both.
+    token, a visible label no font draws, sources that do not exist; then (one catalogue
+    request) unknown template ids, while Prefect and the flow are imported in a thread
+    (returned, to join): the request and the import each take a good part of a second,
+    and a one-photo run waits for both.
     A refused template starts no Prefect server all the same."""
     from modelset.catalogue import check_known, remember
     from modelset.hashing import start_hashing
@@ -39,6 +40,10 @@ def preflight(
         open_store(options.out or settings.output_dir)
         if options.publish_to is not None:
             open_store(options.publish_to)
+        if options.visible_label:
+            from modelset.labels import find_font
+
+            find_font(options.visible_label, settings.label_font)
         if asks_for_token:
             settings.require_token()
         items = discover(sources, allow_file_urls=settings.allow_file_urls)

@@ -15,7 +15,7 @@ from modelset.cli.batch import run_flow
 from modelset.cli.common import fail
 from modelset.cli.preflight import preflight
 from modelset.cli.summary import exit_code
-from modelset.options import RunOptions
+from modelset.options import LabelPosition, RunOptions
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -74,6 +74,13 @@ def run(
     regenerate_declined: Annotated[
         bool, typer.Option(help="Pay a new attempt for exactly the sets declined in review.")
     ] = False,
+    visible_label: Annotated[
+        str | None,
+        typer.Option(help="Draw this text (e.g. 'AI生成') on the published copies."),
+    ] = None,
+    visible_label_position: Annotated[
+        LabelPosition, typer.Option(help="The corner or edge the visible label is drawn at.")
+    ] = "bottom-right",
     yes: Annotated[
         bool, typer.Option("--yes", "-y", help="Do not ask before a large run.")
     ] = False,
@@ -95,6 +102,8 @@ def run(
         review=review,
         publish_to=publish_to,
         regenerate_declined=regenerate_declined,
+        visible_label=visible_label,
+        visible_label_position=visible_label_position,
     )
     importing = preflight(sources, template, options)
     if importing is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -18,6 +18,16 @@ def sandbox(
     latency_ms: Annotated[int, typer.Option(help="Added to every API call.")] = 200,
     generation_s: Annotated[float, typer.Option(help="Seconds until a set is final.")] = 2.0,
     images_per_set: Annotated[int, typer.Option(help="Images in every set.")] = 4,
+    image_format: Annotated[
+        Literal["JPEG", "PNG", "WEBP"], typer.Option(help="Format of the generated images.")
+    ] = "JPEG",
+    upstream_label: Annotated[
+        str | None,
+        typer.Option(
+            help="Hand out images already labelled (TC260 AIGC record) by this producer, "
+            "as an upstream that labels its own images."
+        ),
+    ] = None,
     faults: Annotated[
         str,
         typer.Option(
@@ -55,6 +65,8 @@ def sandbox(
             latency_ms=latency_ms,
             generation_s=generation_s,
             images_per_set=images_per_set,
+            image_format=image_format,
+            upstream_label=upstream_label,
             faults=parsed,
             seed=seed,
             state_file=state,

@@ -5,7 +5,8 @@ each, in the order the command prints them: the token and the template catalogue
 (``service``), the output location (``output``), the Prefect API with its work pools
 and the global concurrency limit (``prefect_api``, ``work_pools``), the callback receiver
 (``callback``), whether the service answers result lookups by ``request_id``
-(``lookup``), and the budget across runs (``budget``). Nothing is submitted: the calls
+(``lookup``), the budget across runs (``budget``), and the C2PA signing key
+(``signing``). Nothing is submitted: the calls
 made are a template listing, result lookups, a conditional-write probe that leaves
 nothing behind, and a few GETs. Prefect is imported only by the checks that need it (a
 token in a Secret block, a configured Prefect API).
@@ -29,6 +30,7 @@ from modelset.doctor.output import check_output
 from modelset.doctor.prefect_api import check_prefect
 from modelset.doctor.result import CheckResult
 from modelset.doctor.service import check_catalogue, check_token
+from modelset.doctor.signing import check_signing
 from modelset.settings import Settings
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "check_lookup",
     "check_output",
     "check_prefect",
+    "check_signing",
     "check_token",
     "exit_code",
     "run_checks",
@@ -81,4 +84,5 @@ async def run_checks(
     results.append(await check_callback(settings))
     results.append(await check_lookup(settings, probe.token, store))
     results.append(check_budget(settings, store))
+    results.append(await check_signing(settings))
     return results

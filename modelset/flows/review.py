@@ -29,6 +29,7 @@ from prefect.states import Completed, Failed
 from pydantic import Field
 
 from modelset import layout
+from modelset.labels import labelling_from_settings
 from modelset.report import ManifestRow, Status, read_manifest
 from modelset.review import (
     Decided,
@@ -51,6 +52,7 @@ from modelset.review import (
 from modelset.settings import Settings
 from modelset.storage import Store, locate
 from modelset.tasks.artifacts import _markdown_image, picture_cells, set_cell
+from modelset.tasks.credentials import read_secret_block
 
 PUBLISHED_EVENT = "modelset.set.published"
 REVIEW_PAUSE_KEY = "modelset-review"
@@ -186,10 +188,13 @@ async def publish_approved(
     """Publish each approved set not published yet and announce it; returns the
     decisions as recorded now. A set published before is announced again only if its
     event was not sent (the event id is the same, so Prefect keeps one)."""
+    if not approved:
+        return []
+    labelling = await labelling_from_settings(Settings(), read_secret_block)
     recorded = []
     for decision in approved:
         target = publish_target(store, decision, publish_to)
-        decision, _ = await anyio.to_thread.run_sync(publish, store, decision, target)
+        decision, _ = await anyio.to_thread.run_sync(publish, store, decision, target, labelling)
         if not decision.event_sent and announce(decision, out):
             await anyio.to_thread.run_sync(mark_announced, store, decision)
         recorded.append(decision)

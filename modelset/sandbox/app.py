@@ -50,6 +50,7 @@ from modelset.sandbox.store import (
     SubTask,
     Task,
     TaskStore,
+    labelled_as_upstream,
 )
 
 logger = logging.getLogger("modelset.sandbox")
@@ -487,8 +488,15 @@ class Sandbox:
             return PlainTextResponse("not found", status_code=404)
         if not self._links.usable(task, pose, request.query_params.get("e")):
             return PlainTextResponse("link expired", status_code=404)
-        data = await run_in_threadpool(self._photos.render, task.sha256, task.template_id, pose)
-        return Response(data, media_type="image/jpeg")
+        data = await run_in_threadpool(
+            self._photos.render, task.sha256, task.template_id, pose, self.config.image_format
+        )
+        if self.config.upstream_label is not None:
+            sub_task_id = task.sub_tasks[pose - 1].sub_task_id
+            data = await run_in_threadpool(
+                labelled_as_upstream, data, self.config.upstream_label, sub_task_id
+            )
+        return Response(data, media_type=f"image/{self.config.image_format.lower()}")
 
     async def _preview(self, request: Request) -> Response:
         template_id: int = request.path_params["template_id"]

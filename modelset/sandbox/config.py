@@ -6,6 +6,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from modelset.sandbox.imagery import ImageFormat
+
 
 class Faults(BaseModel):
     """Probability (0..1) of each simulated failure, drawn independently per submission."""
@@ -87,6 +89,12 @@ class SandboxConfig(BaseModel):
     generation_s: float = Field(default=2.0, ge=0.0)
     """Time from submit until every sub-task is final."""
     images_per_set: int = Field(default=4, ge=1, le=32)
+    image_format: ImageFormat = "JPEG"
+    """The format of the generated images (their URLs end in ``.jpg`` whatever it is)."""
+    upstream_label: str | None = None
+    """Generated images carry a TC260 AIGC record already, as an upstream that labels
+    its own images would: this ContentProducer, the sub-task id as ProduceID, and the
+    IPTC digital source type. None: they carry no label."""
     faults: Faults = Field(default_factory=Faults)
     seed: int | None = None
     """Seed of the fault draws, for reproducible runs."""

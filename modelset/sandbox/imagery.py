@@ -1,6 +1,6 @@
 """Pillow work: checking uploaded photos and drawing the sandbox's generated images.
 
-Everything here is deterministic: the same inputs give byte-identical JPEGs.
+Everything here is deterministic: the same inputs give byte-identical images.
 """
 
 from __future__ import annotations
@@ -10,12 +10,14 @@ import functools
 import io
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
 
 from modelset.sandbox._exceptions import PhotoError
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
+ImageFormat = Literal["JPEG", "PNG", "WEBP"]
 MAX_LONG_SIDE = 2048
 ASPECT = 3 / 4
 ASPECT_TOLERANCE = 0.01
@@ -102,13 +104,18 @@ def _caption(img: Image.Image, text: str) -> None:
     draw.text((x - left, y - top), text, font=font, fill=(255, 255, 255))
 
 
-def _jpeg(img: Image.Image) -> bytes:
+def _encoded(img: Image.Image, image_format: ImageFormat = "JPEG") -> bytes:
     buffer = io.BytesIO()
-    img.save(buffer, format="JPEG", quality=88)
+    if image_format == "PNG":
+        img.save(buffer, format="PNG")
+    else:
+        img.save(buffer, format=image_format, quality=88)
     return buffer.getvalue()
 
 
-def render_pose(photo: bytes, template_id: int, pose: int) -> bytes:
+def render_pose(
+    photo: bytes, template_id: int, pose: int, image_format: ImageFormat = "JPEG"
+) -> bytes:
     """One image of a generated set: a crop of the photo, graded for the template."""
     view = _view(pose)
     with Image.open(io.BytesIO(photo)) as img:
@@ -120,7 +127,7 @@ def render_pose(photo: bytes, template_id: int, pose: int) -> bytes:
     frame = Image.blend(frame, Image.new("RGB", POSE_SIZE, _tint(template_id)), 0.22)
     frame = ImageEnhance.Contrast(frame).enhance(1.1)
     _caption(frame, f"T{template_id} · pose {pose}")
-    return _jpeg(frame)
+    return _encoded(frame, image_format)
 
 
 @functools.lru_cache(maxsize=128)
@@ -143,4 +150,4 @@ def render_template_preview(template_id: int, gender: str) -> bytes:
         draw.polygon(((cx - 18, 210), (cx + 18, 210), (cx + 70, 360), (cx - 70, 360)), fill=ink)
     font = ImageFont.load_default(size=28)
     draw.text((24, height - 56), f"template {template_id}", font=font, fill=(255, 255, 255))
-    return _jpeg(img)
+    return _encoded(img)

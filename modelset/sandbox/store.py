@@ -14,7 +14,8 @@ from tempfile import TemporaryDirectory
 from typing import Any, TypedDict
 
 from modelset.atomic import write_bytes
-from modelset.sandbox.imagery import render_pose
+from modelset.labels import AigcRecord, write_labels
+from modelset.sandbox.imagery import ImageFormat, render_pose
 
 WAITING, SUCCEEDED, PROCESSING, FAILED, REJECTED = 0, 1, 2, 3, 4
 FINAL = frozenset({SUCCEEDED, FAILED, REJECTED})
@@ -234,12 +235,18 @@ class PhotoStore:
             write_bytes(path, data, durable=False)
         return digest
 
-    def render(self, sha256: str, template_id: int, pose: int) -> bytes:
-        """JPEG of one pose of the set generated from a stored photo."""
-        path = self._renders / f"{sha256}-t{template_id}-p{pose}.jpg"
+    def render(
+        self,
+        sha256: str,
+        template_id: int,
+        pose: int,
+        image_format: ImageFormat = "JPEG",
+    ) -> bytes:
+        """One pose of the set generated from a stored photo, in ``image_format``."""
+        path = self._renders / f"{sha256}-t{template_id}-p{pose}.{image_format.lower()}"
         if path.exists():
             return path.read_bytes()
-        data = render_pose((self._photos / sha256).read_bytes(), template_id, pose)
+        data = render_pose((self._photos / sha256).read_bytes(), template_id, pose, image_format)
         write_bytes(path, data, durable=False)
         return data
 
@@ -247,3 +254,10 @@ class PhotoStore:
         """Remove the temporary directory, if this store made one."""
         if self._temporary is not None:
             self._temporary.cleanup()
+
+
+def labelled_as_upstream(data: bytes, producer: str, sub_task_id: str) -> bytes:
+    """An image as an upstream that labels its images hands it out: with its own AIGC
+    record (propagator fields empty) and digital source type."""
+    record = AigcRecord(ContentProducer=producer, ProduceID=sub_task_id, ReservedCode1="sandbox")
+    return write_labels(data, record)

@@ -11,9 +11,10 @@ import httpx
 
 from modelset.budget import PeriodBudget
 from modelset.hidream import DeadlineExceeded, HiDreamClient, HiDreamError, TaskResult, TaskStatus
+from modelset.labels import Labelling
 from modelset.ledger import Ledger, LedgerRecord, SubmissionState
 from modelset.report import Status
-from modelset.stages.download import download_set
+from modelset.stages.download import SetLabels, download_set
 from modelset.stages.workspace import Workspace
 
 
@@ -24,6 +25,7 @@ async def collect_once(
     record: LedgerRecord,
     *,
     workspace: Workspace,
+    labelling: Labelling,
     item: str,
     deadline_s: float | None = None,
     wakeups: dict[str, asyncio.Event] | None = None,
@@ -63,6 +65,7 @@ async def collect_once(
                 ledger,
                 record,
                 workspace=workspace,
+                labelling=labelling,
                 item=item,
                 deadline_s=deadline_s,
                 wake=wake,
@@ -79,13 +82,15 @@ async def collect_set(
     record: LedgerRecord,
     *,
     workspace: Workspace,
+    labelling: Labelling,
     item: str,
     deadline_s: float | None = None,
     wake: asyncio.Event | None = None,
     budget: PeriodBudget | None = None,
 ) -> LedgerRecord:
-    """Wait for a submitted set and download it into ``<out>/<item>/<template_id>/``;
-    the period ``budget`` it was spent under gets back what the service did not generate."""
+    """Wait for a submitted set and download it into ``<out>/<item>/<template_id>/``,
+    labelled by ``labelling``; the period ``budget`` it was spent under gets back what the
+    service did not generate."""
     assert record.task_id is not None
     try:
         result = await client.wait_for_result(record.task_id, deadline_s, wake=wake)
@@ -98,8 +103,9 @@ async def collect_set(
             update={"reason": f"could not learn the result ({exc.message}); a rerun resumes"}
         )
     folder = f"{item}/{record.template_id}"
+    labels = SetLabels(labelling, record.request_id, record.template_id, record.source_sha256)
     outputs, problems = await download_set(
-        client, downloads, result, record.task_id, workspace, folder
+        client, downloads, result, record.task_id, workspace, folder, labels
     )
     outcome, reason = _judge(result, problems)
     update: dict[str, object] = {

@@ -4,6 +4,8 @@ each verified to decode, with the thumbnails the report and the summary show."""
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -12,7 +14,8 @@ from PIL import Image
 
 from modelset import layout
 from modelset.hidream import HiDreamClient, HiDreamError, TaskResult
-from modelset.report import output_thumbnail_key, store_set_thumbnails
+from modelset.labels import Generated, LabelError, Labelling
+from modelset.report import input_thumbnail_key, output_thumbnail_key, store_set_thumbnails
 from modelset.stages.pictures import OUTPUT_THUMBNAIL, SetPictures, thumbnail_jpeg
 from modelset.stages.workspace import Workspace
 from modelset.storage import AlreadyExists, Store, off_loop, read_or_none
@@ -25,10 +28,13 @@ async def download_set(
     task_id: str,
     workspace: Workspace,
     folder: str,
+    labels: SetLabels,
 ) -> tuple[list[str], list[str]]:
-    """Download a set's images into ``folder``; returns their keys and the problems."""
+    """Download a set's images into ``folder``, each labelled as it is stored; returns
+    their keys and the problems."""
     store, pictures = workspace.store, workspace.pictures
     present = await off_loop(store, _claim_folder, store, folder, task_id)
+    made = await off_loop(store, labels.generated, workspace, task_id)
     kept = workspace.kept
     thumbnails: dict[str, bytes] | None = None if store.is_local else {}
     outputs: list[str] = []
@@ -40,8 +46,9 @@ async def download_set(
         if target in present:
             outputs.append(target)
             continue
+        label = partial(labels.labelling.output, made=made, sub_task_id=sub.sub_task_id)
         problem = await download_image(
-            downloads, sub.image, store, target, pictures, kept, thumbnails
+            downloads, sub.image, store, target, pictures, kept, thumbnails, label=label
         )
         if problem is not None:
             # Result URLs expire: ask for fresh ones once before giving up.
@@ -56,7 +63,7 @@ async def download_set(
             )
             if url:
                 problem = await download_image(
-                    downloads, url, store, target, pictures, kept, thumbnails
+                    downloads, url, store, target, pictures, kept, thumbnails, label=label
                 )
         if problem is None:
             outputs.append(target)
@@ -68,6 +75,35 @@ async def download_set(
             partial(store_set_thumbnails, store, folder, thumbnails, merge=bool(present)),
         )
     return outputs, problems
+
+
+@dataclass(frozen=True)
+class SetLabels:
+    """What a set's images are labelled with: the run's labelling and the set's ids."""
+
+    labelling: Labelling
+    request_id: str
+    template_id: int
+    source_sha256: str
+
+    def generated(self, workspace: Workspace, task_id: str) -> Generated:
+        """Where the set came from; with a signing key, the source photo's preview too (the
+        manifest's ingredient): on this machine when it is, else one read of the store."""
+        preview = None
+        if self.labelling.signing is not None:
+            preview = _source_preview(workspace, self.source_sha256)
+        return Generated(task_id, self.request_id, self.template_id, preview)
+
+
+def _source_preview(workspace: Workspace, source_sha256: str) -> bytes | None:
+    key = input_thumbnail_key(source_sha256)
+    local = workspace.store.local_path(key)
+    if local is None and workspace.kept is not None:
+        local = workspace.kept / key
+    if local is not None and local.exists():
+        return local.read_bytes()
+    blob = read_or_none(workspace.store, key)
+    return None if blob is None else blob.data
 
 
 def _claim_folder(store: Store, folder: str, task_id: str) -> set[str]:
@@ -98,8 +134,13 @@ async def download_image(
     pictures: SetPictures | None = None,
     kept: Path | None = None,
     thumbnails: dict[str, bytes] | None = None,
+    *,
+    label: Callable[[bytes], bytes] | None = None,
 ) -> str | None:
     """Download one image, verified to decode; the problem, or None when it is stored.
+
+    ``label`` turns the downloaded bytes into the stored ones (``Labelling.output``): the
+    labels go in before the one write.
 
     On a bucket a small thumbnail of it goes to ``thumbnails``, which the caller stores
     with the rest of its set's (``report.store_set_thumbnails``), for the report to embed:
@@ -117,7 +158,12 @@ async def download_image(
             image.verify()
     except Exception:  # Pillow raises many types for a broken file
         return "downloaded file is not a valid image"
-    await off_loop(store, _store_image, store, target, response.content, pictures, kept, thumbnails)
+    try:
+        await off_loop(
+            store, _store_image, store, target, response.content, pictures, kept, thumbnails, label
+        )
+    except LabelError as exc:
+        return str(exc)
     return None
 
 
@@ -128,7 +174,10 @@ def _store_image(
     pictures: SetPictures | None,
     kept: Path | None,
     thumbnails: dict[str, bytes] | None,
+    label: Callable[[bytes], bytes] | None,
 ) -> None:
+    if label is not None:
+        data = label(data)
     keeping = pictures if pictures is not None and pictures.wants(target) else None
     if thumbnails is not None or keeping is not None:
         thumbnail = thumbnail_jpeg(io.BytesIO(data), OUTPUT_THUMBNAIL)
