@@ -39,7 +39,8 @@ import pytest
 from PIL import Image
 from prefect.client.schemas.objects import State
 
-from modelset.flows.collect import settle_unknown
+from modelset.batch import InProcess
+from modelset.batch.settle import settle_unknown
 from modelset.flows.generate import generate_model_sets
 from modelset.ledger.proof import read_proof
 from modelset.options import RunOptions
@@ -356,7 +357,8 @@ def test_lost_answers_against_the_documented_contract_are_never_paid_twice(
     [task_id] = [
         s["task_id"] for s in sandbox.submissions() if s["request_id"] == row["request_id"]
     ]
-    settled = asyncio.run(settle_unknown(out_location, {(row["item"], TEMPLATE): task_id}))
+    named = {(row["item"], TEMPLATE): task_id}
+    settled = asyncio.run(settle_unknown(out_location, named, InProcess()))
     assert sorted(s.record.item for s in settled) == sorted(r["item"] for r in unknown)
     after = {r["item"]: r for r in manifest(out_location)}
     assert after[row["item"]]["status"] == "succeeded"

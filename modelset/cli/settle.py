@@ -27,7 +27,8 @@ def settle(
     request_id where the service is proven to find tasks so. The others are listed with
     what settles them. Exit 0 when none is left unsettled, 1 otherwise.
     """
-    from modelset.flows.collect import settle_unknown
+    from modelset.batch.settle import settle_unknown
+    from modelset.tasks.orchestration import PrefectOrchestration
 
     named: dict[tuple[str, int], str] = {}
     for entry in task or []:
@@ -36,7 +37,7 @@ def settle(
         if not (equals and slash and item and template.isdigit() and task_id):
             fail(f"--task {entry!r}: expected ITEM/TEMPLATE=TASK_ID", ExitCode.USAGE)
         named[(item, int(template))] = task_id
-    settled = run_async(settle_unknown(out, named))
+    settled = run_async(settle_unknown(out, named, PrefectOrchestration()))
     if not settled:
         console.print(f"nothing to settle in {out}: no send has an unknown outcome")
         return

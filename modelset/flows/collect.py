@@ -9,9 +9,6 @@ then finds the set either collected by the live batch or still to collect.
 
 from __future__ import annotations
 
-import contextlib
-import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -19,20 +16,13 @@ from prefect import flow, get_run_logger
 from prefect.client.schemas.objects import State
 from prefect.states import Completed, Failed
 
-from modelset.batch import BatchRuntime, collect, open_runtime
+from modelset.batch import collect
+from modelset.batch.settle import collecting_runtime, row_of
 from modelset.flows.generate import output_location
-from modelset.ledger import LedgerRecord, SubmissionState
-from modelset.report import ManifestRow, Status, update_report
+from modelset.ledger import SubmissionState
+from modelset.report import Status, update_report
 from modelset.settings import Settings
-from modelset.stages import (
-    PreparedPhoto,
-    PrepareOptions,
-    SubmitPolicy,
-    Workspace,
-    adopt_task,
-    open_workspace,
-    row_for,
-)
+from modelset.stages import adopt_task, open_workspace
 from modelset.tasks.orchestration import PrefectOrchestration
 
 
@@ -53,7 +43,7 @@ async def collect_model_set(
     log = get_run_logger()
     location = output_location(out or settings.output_dir, setting="out")
     with open_workspace(location) as workspace:
-        async with collecting_runtime(settings, workspace) as runtime:
+        async with collecting_runtime(settings, workspace, PrefectOrchestration()) as runtime:
             ledger = runtime.ledger
             record = await ledger.run(ledger.find_by_task, task_id)
             if record is None and request_id:
@@ -80,78 +70,3 @@ async def collect_model_set(
             message=f"task {task_id}: {len(row.outputs)} images downloaded; report: {sheet}"
         )
     return Failed(message=f"task {task_id}: {row.status.value} ({row.reason})")
-
-
-def collecting_runtime(
-    settings: Settings, workspace: Workspace
-) -> contextlib.AbstractAsyncContextManager[BatchRuntime]:
-    """A runtime that sends nothing: it collects sets already paid for."""
-    return open_runtime(
-        settings,
-        workspace,
-        PrefectOrchestration(),
-        prepare=PrepareOptions(),
-        rules=SubmitPolicy(run_id=str(uuid.uuid4())),
-    )
-
-
-def row_of(record: LedgerRecord) -> ManifestRow:
-    """The report's row of a set from its ledger record alone."""
-    prepared = PreparedPhoto(
-        source=record.source,
-        source_sha256=record.source_sha256,
-        upload_sha256=record.upload_sha256,
-    )
-    return row_for(
-        source=record.source,
-        item=record.item,
-        template_id=record.template_id,
-        prepared=prepared,
-        record=record,
-    )
-
-
-@dataclass
-class Settled:
-    """What ``modelset settle`` did with one send whose answer was lost."""
-
-    record: LedgerRecord
-    outcome: str  # what happened, for a person
-
-
-async def settle_unknown(out: str, tasks: dict[tuple[str, int], str]) -> list[Settled]:
-    """Settle the sends of ``out`` whose answers were lost: adopt the task ``tasks`` names
-    for one (``(item, template_id)`` -> task_id, as HiDream's console shows it), or find
-    it by a request_id lookup proven to work, and collect its set; the others are listed.
-    The report is rewritten with every set collected."""
-    with open_workspace(out) as workspace:
-        async with collecting_runtime(Settings(), workspace) as runtime:
-            assert runtime.client is not None and runtime.lookup is not None
-            ledger = runtime.ledger
-            unknown = await ledger.run(ledger.unknown_sends)
-            proven = bool(unknown) and await runtime.lookup.proven_for(ledger)
-            settled: list[Settled] = []
-            for record in unknown:
-                task_id = tasks.get((record.item, record.template_id))
-                if task_id is None and proven:
-                    found = await runtime.client.find_submission(record.request_id, cause="")
-                    if found is None:
-                        settled.append(Settled(record, "never created: a rerun sends it"))
-                        continue
-                    task_id = found.task_id
-                if task_id is None:
-                    settled.append(Settled(record, UNSETTLED))
-                    continue
-                adopted = await adopt_task(runtime.client, ledger, record, task_id)
-                collected = await collect(adopted, adopted.item, runtime) or adopted
-                settled.append(Settled(collected, f"task {task_id}: {row_of(collected).status}"))
-        rows = [row_of(s.record) for s in settled if s.record.task_id is not None]
-        if rows:
-            await anyio.to_thread.run_sync(update_report, workspace.store, rows)
-    return settled
-
-
-UNSETTLED = (
-    "its task id is needed: --task ITEM/TEMPLATE=TASK_ID (HiDream's console lists the "
-    "account's tasks); or rerun with --resubmit-unknown (pays twice if the task exists)"
-)
