@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import html
 from pathlib import Path
 
 import httpx
 
 from modelset.hidream import Gender, HiDreamClient, Template
+from modelset.pages import render
 
 GALLERY_HTML = "index.html"
 _PREVIEW_CONCURRENCY = 8
-
-_STYLE = """
-body{font:14px system-ui,sans-serif;margin:24px;color:#1f2328}
-.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(180px,1fr));gap:16px}
-figure{margin:0;border:1px solid #d0d7de;border-radius:6px;padding:8px;text-align:center}
-img{width:100%;aspect-ratio:3/4;object-fit:cover;background:#f6f8fa;border-radius:4px}
-figcaption b{font-size:16px}
-"""
 
 
 async def write_gallery(client: HiDreamClient, folder: Path, gender: Gender | None = None) -> Path:
@@ -31,17 +23,9 @@ async def write_gallery(client: HiDreamClient, folder: Path, gender: Gender | No
         names = await asyncio.gather(
             *(_download_preview(downloads, template, folder, limit) for template in templates)
         )
-    figures = "\n".join(
-        _figure(template, name) for template, name in zip(templates, names, strict=True)
-    )
     page = folder / GALLERY_HTML
-    page.write_text(
-        "<!doctype html><html><head><meta charset='utf-8'><title>HiDream templates</title>"
-        f"<style>{_STYLE}</style></head><body><h1>HiDream model image set templates</h1>"
-        f"<p>{len(templates)} templates. Use an id with <code>modelset run -t ID</code>.</p>"
-        f"<div class='grid'>{figures}</div></body></html>\n",
-        encoding="utf-8",
-    )
+    figures = list(zip(templates, names, strict=True))
+    page.write_text(render("gallery.html.j2", figures=figures), encoding="utf-8")
     return page
 
 
@@ -60,15 +44,3 @@ async def _download_preview(
         return None
     (folder / name).write_bytes(response.content)
     return name
-
-
-def _figure(template: Template, preview: str | None) -> str:
-    image = (
-        f"<img src='{html.escape(preview)}' alt='template {template.id}'>"
-        if preview
-        else "<div>no preview</div>"
-    )
-    return (
-        f"<figure>{image}<figcaption><b>{template.id}</b> · "
-        f"{html.escape(template.gender)}</figcaption></figure>"
-    )

@@ -16,10 +16,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from pydantic import BaseModel, Field, ValidationError
 
 from modelset import layout
+from modelset.pages import render
 from modelset.sources import PassedOver
 from modelset.storage import (
     Store,
@@ -311,15 +311,6 @@ def _write_csv(store: Store, rows: list[ManifestRow]) -> None:
     store.write(layout.MANIFEST_CSV, text.getvalue().encode("utf-8"))
 
 
-# The pages, escaped by the engine: a value shows as text unless the template marks it safe.
-_PAGES = Environment(
-    loader=PackageLoader("modelset"),  # modelset/templates/
-    autoescape=select_autoescape(["html.j2"]),
-    undefined=StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-    keep_trailing_newline=True,
-)
 _SHEET = "index.html.j2"
 
 
@@ -358,7 +349,8 @@ def contact_sheet(
         if (count := sum(1 for row in rows if row.review == review))
     ]
     paid = {(row.source_sha256, row.template_id): row for row in rows if row.outputs}
-    return _PAGES.get_template(_SHEET).render(
+    return render(
+        _SHEET,
         title=title,
         summary=summary,
         notice=notice,

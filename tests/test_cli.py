@@ -45,10 +45,10 @@ def test_gallery_holds_every_template_offline(tmp_path: Path, sandbox: SandboxSe
     assert 20 in ids
     assert len(ids) >= 8
     for preview in previews:
-        assert f"src='{preview.name}'" in page
+        assert f'src="{preview.name}"' in page
         with Image.open(preview) as image:
             image.verify()
-    assert "http" not in page.split("<div class='grid'>")[1], "the page must work offline"
+    assert "http" not in page.split('<div class="grid">')[1], "the page must work offline"
 
 
 def test_missing_token_is_one_line_naming_the_variable(
