@@ -260,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
             raise server_error[0]
         if needs_server:
             note(f"Prefect server ready in {server.started_in_s:.1f} s")
+            idle = bench.measure_server_idle(10.0 if config.quick else 30.0)
+            note(f"Prefect server idle: {idle * 1000:.0f} ms of CPU a second")
         if s3 is not None:
             note(f"S3 server ready in {s3.started_in_s:.1f} s")
         if migration is not None:

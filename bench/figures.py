@@ -29,6 +29,7 @@ from PIL import Image
 
 from bench.measure import (
     Run,
+    cpu_seconds,
     machine_busy_seconds,
     peak_rss_mib,
     reset_peak_rss,
@@ -158,6 +159,7 @@ class Bench:
     raw: dict[str, Any] = field(default_factory=dict)
     figures: dict[str, Figure] = field(default_factory=dict)
     started: list[Sandbox] = field(default_factory=list)
+    server_idle_cpu_per_s: float = 0.0  # the server's periodic services, with no run
     _counter: int = 0
 
     @classmethod
@@ -209,6 +211,22 @@ class Bench:
 
     def settle(self) -> tuple[float, float]:
         return wait_until_idle(self.server.pid, max_s=self.config.settle_max_s)
+
+    def measure_server_idle(self, window_s: float) -> float:
+        """The Prefect server's CPU per second with nothing to do: its periodic services
+        (scheduler, late runs, triggers, event persister), which a run's wall time pays
+        whatever the run sends."""
+        self.settle()
+        before = cpu_seconds(tree(self.server.pid))
+        time.sleep(window_s)
+        self.server_idle_cpu_per_s = (cpu_seconds(tree(self.server.pid)) - before) / window_s
+        return self.server_idle_cpu_per_s
+
+    def server_cpu_of_run_s(self, run: PipelineRun) -> float:
+        """The server's CPU during and right after ``run``, less what it spends idle in
+        as long: what the run itself cost it."""
+        idle = self.server_idle_cpu_per_s * (run.run.wall_s + run.server_tail_s)
+        return run.server_cpu_s + run.server_tail_cpu_s - idle
 
     def run_pipeline(
         self,
@@ -633,6 +651,7 @@ def p1_throughput(bench: Bench, *, with_baseline: bool, with_bucket: bool = Fals
     pipeline_cpu = _median([r.run.cpu_s for r in folder])
     prefect_cpu = (pipeline_cpu - _median(baseline_cpus)) / config.n
     server_cpu = _median([r.server_cpu_s + r.server_tail_cpu_s for r in folder]) / config.n
+    server_run_cpu = _median([bench.server_cpu_of_run_s(r) for r in folder]) / config.n
     details.append(
         f"per photo: pipeline process {pipeline_cpu / config.n * 1000:.0f} ms CPU, baseline "
         f"{_median(baseline_cpus) / config.n * 1000:.0f} ms, Prefect server "
@@ -659,15 +678,17 @@ def p1_throughput(bench: Bench, *, with_baseline: bool, with_bucket: bool = Fals
         f"CPU of P1's runs, N={config.n}",
         f"pipeline process {per_photo * 1000:.0f} ms per photo vs baseline "
         f"{baseline_per_photo * 1000:.0f} ms = {cpu_ratio:.2f}x; Prefect server "
-        f"{server_cpu * 1000:.0f} ms per set",
+        f"{server_run_cpu * 1000:.1f} ms per set for the run ({server_cpu * 1000:.1f} ms "
+        "with its idle services)",
         f"<= {CPU_GOAL}x baseline; server <= {SERVER_GOAL_MS} ms per set",
         "invalid"
         if broken
-        else _verdict(cpu_ratio <= CPU_GOAL and server_cpu * 1000 <= SERVER_GOAL_MS),
+        else _verdict(cpu_ratio <= CPU_GOAL and server_run_cpu * 1000 <= SERVER_GOAL_MS),
         [
             "medians of P1's runs: the flow process's CPU from wait4; the server's during "
-            "the run and while it finished writing afterwards (it idles at about 0.03 of "
-            "a core, counted too)",
+            "the run and while it finished writing afterwards, less what it spends with "
+            f"no run in as long ({bench.server_idle_cpu_per_s * 1000:.0f} ms of CPU a "
+            "second, measured before the runs: its periodic services)",
         ],
         runs=[*baseline_runs, *(r.run for r in folder)],
     )
