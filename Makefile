@@ -9,7 +9,8 @@ UV := $(BIN)/uv
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 
-.PHONY: setup demo test test-slow lint typecheck pytest bench bench-quick lock image clean
+.PHONY: setup demo test test-slow test-containers lint typecheck pytest bench bench-quick lock \
+	image clean
 
 setup: $(STAMP)
 
@@ -95,6 +96,14 @@ image:
 	fi
 	$(ENGINE) build --network=host --build-arg BASE=$(BASE_IMAGE) -t $(IMAGE) -f Containerfile \
 		$$(test -f $(CA_BUNDLE) && echo --secret id=ca,src=$(CA_BUNDLE)) .
+
+# Flow runs in containers of the image, on a Docker pool (tests/test_containers.py, about
+# four minutes): their session builds the image once with `make image` (from the engine's
+# cache when nothing changed), starts podman's Docker API and runs prefect-docker workers.
+# They need podman, runc and debootstrap as root (.ci/run installs them); where containers
+# cannot run they skip, saying what to install. CI runs them after test-slow.
+test-containers: setup
+	$(BIN)/pytest -m containers
 
 bench: setup
 	$(BIN)/python -m bench
