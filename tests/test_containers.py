@@ -209,20 +209,6 @@ def deploy_in_containers(api_url: str, home: Path, env: dict[str, str]) -> dict[
     return clean
 
 
-def photos_in_the_bucket(
-    bucket: str, folder: Path, count: int, prefix: str
-) -> tuple[str, list[str]]:
-    """``count`` photos under ``in/`` of the bucket (the containers see nothing of this
-    machine's disk); returns that prefix and the items."""
-    inbox = bucket.rsplit("/", 1)[0] + "/in"
-    store = open_store(inbox)
-    items = [f"{prefix}-{index:02d}" for index in range(count)]
-    for index, item in enumerate(items):
-        path = make_photo(folder / f"{item}.jpg", colour=(index * 20, 70, 150))
-        store.write_file(path.name, path)
-    return inbox, items
-
-
 async def runs_of(api_url: str, parent: uuid.UUID) -> list[FlowRun]:
     """The batch's parent run and its children."""
     async with PrefectClient(api=api_url) as client:
@@ -234,6 +220,17 @@ async def runs_of(api_url: str, parent: uuid.UUID) -> list[FlowRun]:
         return [await client.read_flow_run(parent), *children]
 
 
+def final_state(api_url: str, run_id: uuid.UUID) -> Any:
+    """The run's state once it is final, else None."""
+
+    async def read() -> Any:
+        async with PrefectClient(api=api_url) as client:
+            return (await client.read_flow_run(run_id)).state
+
+    state = asyncio.run(read())
+    return state if state is not None and state.is_final() else None
+
+
 def paid_once(sandbox: SandboxServer, count: int, containers: int) -> None:
     """Each of ``count`` sets accepted exactly once; prints the run's figures."""
     submitted = [(s["sha256"], s["template_id"]) for s in sandbox.submissions()]
@@ -243,67 +240,94 @@ def paid_once(sandbox: SandboxServer, count: int, containers: int) -> None:
     assert twice == 0
 
 
-def everything_in_the_bucket(bucket: str, items: list[str]) -> None:
-    for item in items:
-        assert images_in(bucket, item) == [f"{item}/20/{n}.jpg" for n in range(1, 5)], item
-    rows = read_manifest(bucket)
-    assert sorted(row.item for row in rows) == items
-    assert {row.status.value for row in rows} == {"succeeded"}
-    page = open_store(bucket).read("index.html").data.decode()
-    assert page.count("data:image/jpeg;base64,") >= len(items) * 4
+@dataclass
+class Site:
+    """A test's machines: the engine, a bucket for photos and output, and workers of the
+    Docker pool, each in an empty folder, sharing a temporary folder that must stay empty."""
 
+    engine: Engine
+    s3_endpoint: str
+    bucket: str
+    folder: Path
+    start_worker: StartWorker
 
-def nothing_left(engine: Engine, run_ids: set[str], workers: list[Worker], tmp: Path) -> None:
-    """The runs' containers are gone (auto_remove), and the workers' folders and
-    temporary folder are as empty as they started."""
-    wait_until(
-        lambda: not engine.containers_of(run_ids),
-        within=60,
-        what=lambda: f"containers left: {engine.containers_of(run_ids)}",
-    )
-    assert_empty(workers)
-    assert list(tmp.iterdir()) == [], f"{tmp} is not empty"
+    @property
+    def worker_tmp(self) -> Path:
+        return self.folder / "worker-tmp"
 
+    def deploy(self, api_url: str, sandbox: SandboxServer, **settings: str) -> dict[str, str]:
+        """The pool and its deployments on ``api_url``, the site's settings pointing at
+        ``sandbox``; returns the environment of its workers."""
+        site = site_env(sandbox, self.s3_endpoint, **settings)
+        env = deploy_in_containers(api_url, self.folder / "homes" / "deploy", site)
+        return {**env, "DOCKER_HOST": self.engine.host, "TMPDIR": str(self.worker_tmp)}
 
-def parameters(inbox: str, bucket: str, **options: Any) -> dict[str, Any]:
-    return {
-        "sources": [inbox],
-        "template_ids": [20],
-        "options": {"out": bucket, "max_images": 1000, **options},
-    }
+    def worker(self, env: dict[str, str], name: str, *options: str) -> Worker:
+        return self.start_worker(env, name, POOL, *options)
+
+    def photos(self, count: int, prefix: str) -> tuple[str, list[str]]:
+        """``count`` photos under ``in/`` of the bucket (the containers see nothing of this
+        machine's disk); returns that prefix and the items."""
+        inbox = self.bucket.rsplit("/", 1)[0] + "/in"
+        store = open_store(inbox)
+        items = [f"{prefix}-{index:02d}" for index in range(count)]
+        for index, item in enumerate(items):
+            path = make_photo(self.folder / "photos" / f"{item}.jpg", colour=(index * 20, 70, 150))
+            store.write_file(path.name, path)
+        return inbox, items
+
+    def parameters(self, inbox: str, **options: Any) -> dict[str, Any]:
+        return {
+            "sources": [inbox],
+            "template_ids": [20],
+            "options": {"out": self.bucket, "max_images": 1000, **options},
+        }
+
+    def has_everything(self, items: list[str]) -> None:
+        """Every set, the manifest and a sheet with every thumbnail are in the bucket."""
+        for item in items:
+            assert images_in(self.bucket, item) == [f"{item}/20/{n}.jpg" for n in range(1, 5)]
+        rows = read_manifest(self.bucket)
+        assert sorted(row.item for row in rows) == items
+        assert {row.status.value for row in rows} == {"succeeded"}
+        page = open_store(self.bucket).read("index.html").data.decode()
+        assert page.count("data:image/jpeg;base64,") >= len(items) * 4
+
+    def nothing_left(self, run_ids: set[str], workers: list[Worker]) -> None:
+        """The runs' containers are gone (auto_remove), and the workers' folders and
+        temporary folder are as empty as they started."""
+        wait_until(
+            lambda: not self.engine.containers_of(run_ids),
+            within=60,
+            what=lambda: f"containers left: {self.engine.containers_of(run_ids)}",
+        )
+        assert_empty(workers)
+        assert list(self.worker_tmp.iterdir()) == [], f"{self.worker_tmp} is not empty"
 
 
 @pytest.fixture
-def worker_tmp(tmp_path: Path) -> Path:
-    """The workers' TMPDIR: a place to notice anything they leave on the host."""
-    folder = tmp_path / "worker-tmp"
-    folder.mkdir()
-    return folder
+def site(
+    image: str,
+    engine: Engine,
+    s3_server: str,
+    bucket: str,
+    tmp_path: Path,
+    start_worker: StartWorker,
+) -> Site:
+    (tmp_path / "worker-tmp").mkdir()
+    return Site(engine, s3_server, bucket, tmp_path, start_worker)
 
 
 # -- the runs ----------------------------------------------------------------------------
 
 
 def test_a_batch_into_a_bucket_runs_in_a_container_and_pays_once(
-    image: str,
-    engine: Engine,
-    prefect_server: str,
-    sandbox: SandboxServer,
-    s3_server: str,
-    bucket: str,
-    tmp_path: Path,
-    worker_tmp: Path,
-    start_worker: StartWorker,
+    site: Site, prefect_server: str, sandbox: SandboxServer
 ) -> None:
-    inbox, items = photos_in_the_bucket(bucket, tmp_path / "photos", 6, "look")
-    env = deploy_in_containers(
-        prefect_server, tmp_path / "homes" / "deploy", site_env(sandbox, s3_server)
-    )
-    worker = start_worker(
-        {**env, "DOCKER_HOST": engine.host, "TMPDIR": str(worker_tmp)}, "box-1", POOL
-    )
+    inbox, items = site.photos(6, "look")
+    worker = site.worker(site.deploy(prefect_server, sandbox), "box-1")
 
-    run = asyncio.run(arun_deployment(MANUAL, parameters=parameters(inbox, bucket), timeout=300))
+    run = asyncio.run(arun_deployment(MANUAL, parameters=site.parameters(inbox), timeout=300))
 
     assert run.state is not None and run.state.is_completed(), (
         run.state,
@@ -311,32 +335,22 @@ def test_a_batch_into_a_bucket_runs_in_a_container_and_pays_once(
     )
     assert run.infrastructure_pid, "the run names no container"
     paid_once(sandbox, len(items), containers=1)
-    everything_in_the_bucket(bucket, items)
-    nothing_left(engine, {str(run.id)}, [worker], worker_tmp)
+    site.has_everything(items)
+    site.nothing_left({str(run.id)}, [worker])
 
 
 def test_two_container_workers_share_a_sharded_batch_and_pay_once(
-    image: str,
-    engine: Engine,
-    prefect_postgres_server: str,
-    sandbox: SandboxServer,
-    s3_server: str,
-    bucket: str,
-    tmp_path: Path,
-    worker_tmp: Path,
-    start_worker: StartWorker,
+    site: Site, prefect_postgres_server: str, sandbox: SandboxServer
 ) -> None:
     api_url = prefect_postgres_server
-    inbox, items = photos_in_the_bucket(bucket, tmp_path / "photos", 9, "shard")
-    env = deploy_in_containers(api_url, tmp_path / "homes" / "deploy", site_env(sandbox, s3_server))
-    machine = {**env, "DOCKER_HOST": engine.host, "TMPDIR": str(worker_tmp)}
+    inbox, items = site.photos(9, "shard")
+    env = site.deploy(api_url, sandbox)
     # Two flow runs at most per worker: the parent and three children cannot all go to one.
-    workers = [start_worker(machine, f"box-{n}", POOL, "--limit", "2") for n in (1, 2)]
+    workers = [site.worker(env, f"box-{n}", "--limit", "2") for n in (1, 2)]
 
     with temporary_settings({PREFECT_API_URL: api_url}):
-        run = asyncio.run(
-            arun_deployment(MANUAL, parameters=parameters(inbox, bucket, shard_size=3), timeout=400)
-        )
+        given = site.parameters(inbox, shard_size=3)
+        run = asyncio.run(arun_deployment(MANUAL, parameters=given, timeout=400))
     logs = [worker.log.read_text() for worker in workers]
 
     assert run.state is not None and run.state.is_completed(), (run.state, logs)
@@ -346,31 +360,19 @@ def test_two_container_workers_share_a_sharded_batch_and_pay_once(
     ran = [sum(str(r.id) in log for r in runs) for log in logs]
     assert all(count >= 1 for count in ran), f"flow runs per worker: {ran}"
     paid_once(sandbox, len(items), containers=len(runs))
-    everything_in_the_bucket(bucket, items)
-    nothing_left(engine, {str(r.id) for r in runs}, workers, worker_tmp)
+    site.has_everything(items)
+    site.nothing_left({str(r.id) for r in runs}, workers)
 
 
 def test_a_container_killed_mid_batch_is_survived_and_nothing_is_paid_twice(
-    image: str,
-    engine: Engine,
-    prefect_server: str,
-    sandbox_factory: SandboxFactory,
-    s3_server: str,
-    bucket: str,
-    tmp_path: Path,
-    worker_tmp: Path,
-    start_worker: StartWorker,
+    site: Site, prefect_server: str, sandbox_factory: SandboxFactory
 ) -> None:
     sandbox = sandbox_factory(generation_s=1.5)
-    inbox, items = photos_in_the_bucket(bucket, tmp_path / "photos", 10, "killed")
-    env = deploy_in_containers(
-        prefect_server, tmp_path / "homes" / "deploy", site_env(sandbox, s3_server, **SHORT_LEASES)
-    )
+    inbox, items = site.photos(10, "killed")
+    env = site.deploy(prefect_server, sandbox, **SHORT_LEASES)
     prefect(env, "automation", "create", "--from-file", str(CRASH_AUTOMATION))
-    worker = start_worker(
-        {**env, "DOCKER_HOST": engine.host, "TMPDIR": str(worker_tmp)}, "box-1", POOL
-    )
-    given = parameters(inbox, bucket, concurrency=2)
+    worker = site.worker(env, "box-1")
+    given = site.parameters(inbox, concurrency=2)
 
     first = asyncio.run(arun_deployment(MANUAL, parameters=given, timeout=0))
     # Killed once the run has shown that the service finds a task by its request_id
@@ -378,11 +380,11 @@ def test_a_container_killed_mid_batch_is_survived_and_nothing_is_paid_twice(
     # off is then looked up, not paid for again; without the proof it would be reported
     # paid and not collected, and never resent.
     wait_until(
-        lambda: open_store(bucket).list(layout.LOOKUP_PROOFS),
+        lambda: open_store(site.bucket).list(layout.LOOKUP_PROOFS),
         within=180,
         what=lambda: worker.log.read_text()[-3000:],
     )
-    [container] = engine.containers_of({str(first.id)})
+    [container] = site.engine.containers_of({str(first.id)})
     container.kill()  # SIGKILL, through the engine's API: the machine it ran on is gone
     sent_before = len(sandbox.submissions())
 
@@ -404,16 +406,5 @@ def test_a_container_killed_mid_batch_is_survived_and_nothing_is_paid_twice(
     )
     print(f"\nkilled after {sent_before} of {len(items)} sets were sent")
     paid_once(sandbox, len(items), containers=2)
-    everything_in_the_bucket(bucket, items)
-    nothing_left(engine, {str(first.id), str(second.id)}, [worker], worker_tmp)
-
-
-def final_state(api_url: str, run_id: uuid.UUID) -> Any:
-    """The run's state once final (the worker reports a killed container's run Crashed)."""
-
-    async def read() -> Any:
-        async with PrefectClient(api=api_url) as client:
-            return (await client.read_flow_run(run_id)).state
-
-    state = asyncio.run(read())
-    return state if state is not None and state.is_final() else None
+    site.has_everything(items)
+    site.nothing_left({str(first.id), str(second.id)}, [worker])
