@@ -9,7 +9,8 @@ UV := $(BIN)/uv
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 
-.PHONY: setup demo test test-slow lint typecheck pytest bench bench-quick lock clean
+.PHONY: setup demo test test-slow test-containers lint typecheck pytest bench bench-quick lock \
+	image clean
 
 setup: $(STAMP)
 
@@ -74,6 +75,40 @@ pytest: setup
 test-slow: setup
 	$(BIN)/pytest -m slow -n 2 --dist load --maxschedchunk 1
 
+# The worker image (Containerfile), with docker where its engine answers, else podman.
+# BASE_IMAGE is any Debian bookworm: no registry is reachable on the build machines, so
+# by default it is a minimal root filesystem made with debootstrap (as root) and imported
+# the first time; elsewhere `make image BASE_IMAGE=debian:bookworm-slim`. A rebuild with
+# nothing changed takes its layers from the engine's cache, so tests may call it freely.
+IMAGE ?= localhost/modelset:0.1.0
+BASE_IMAGE ?= localhost/debian-min:bookworm
+# The build trusts this machine's CA bundle while it downloads (a TLS-inspecting proxy),
+# passed as a build secret: it never lands in the image.
+CA_BUNDLE ?= /etc/ssl/certs/ca-certificates.crt
+ENGINE ?= $(shell if docker info >/dev/null 2>&1; then echo docker; \
+	elif command -v podman >/dev/null 2>&1; then echo podman; fi)
+
+image:
+	@test -n "$(ENGINE)" || { echo "no container engine: install podman (apt-get install" \
+		"podman runc debootstrap, docs/scale-out.md) or docker" >&2; exit 2; }
+	@if [ "$(BASE_IMAGE)" = localhost/debian-min:bookworm ] && \
+		! $(ENGINE) image inspect $(BASE_IMAGE) >/dev/null 2>&1; then \
+		rootfs=$$(mktemp -d) && \
+		debootstrap --variant=minbase bookworm $$rootfs http://deb.debian.org/debian && \
+		rm -rf $$rootfs/var/cache/apt/archives/*.deb $$rootfs/var/lib/apt/lists/* && \
+		tar -C $$rootfs -c . | $(ENGINE) import - $(BASE_IMAGE) && rm -rf $$rootfs; \
+	fi
+	$(ENGINE) build --network=host --build-arg BASE=$(BASE_IMAGE) -t $(IMAGE) -f Containerfile \
+		$$(test -f $(CA_BUNDLE) && echo --secret id=ca,src=$(CA_BUNDLE)) .
+
+# Flow runs in containers of the image, on a Docker pool (tests/test_containers.py, about
+# four minutes): their session builds the image once with `make image` (from the engine's
+# cache when nothing changed), starts podman's Docker API and runs prefect-docker workers.
+# They need podman, runc and debootstrap as root (.ci/run installs them); where containers
+# cannot run they skip, saying what to install. CI runs them after test-slow.
+test-containers: setup
+	$(BIN)/pytest -m containers
+
 bench: setup
 	$(BIN)/python -m bench
 
@@ -83,10 +118,17 @@ bench-quick: setup
 # Regenerates both locks after a change to pyproject.toml's dependencies or to
 # installer.in, with the pinned installer: every package, and every extra a dependency
 # asks for (prefect's httpx[http2] brings h2), is pinned with the hashes of its files.
+# requirements.lock is the venv's: the dev tools, and the workers of container pools the
+# tests start or configure (extras docker and kubernetes). requirements.runtime.lock is
+# the image's: the package's own dependencies and its build backend only, at
+# requirements.lock's versions, because the image runs flow runs and nothing else (no
+# test or lint tools, no moto, scipy or mypy, no workers: about 300 MB less).
 lock: $(UV)
 	$(UV) pip compile --quiet installer.in --generate-hashes --python-version 3.11 -o installer.lock
-	$(UV) pip compile --quiet pyproject.toml --extra dev --generate-hashes \
-		--python-version 3.11 -o requirements.lock
+	$(UV) pip compile --quiet pyproject.toml --extra dev --extra docker --extra kubernetes \
+		--generate-hashes --python-version 3.11 -o requirements.lock
+	$(UV) pip compile --quiet pyproject.toml image.in --constraint requirements.lock \
+		--generate-hashes --python-version 3.11 -o requirements.runtime.lock
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -131,13 +131,14 @@ def update_report(store: Store, rows: list[ManifestRow], *, copies: Path | None 
     """
     thumbnails = {row.row_key: row.thumbnail for row in rows if row.thumbnail}
     unchanged: bytes | None = None  # the manifest as read, when the merge left it so
+    merged_data = b""  # the manifest ``merged`` is
 
     def merge(current: bytes | None) -> tuple[bytes, list[ManifestRow]]:
-        nonlocal unchanged
+        nonlocal unchanged, merged_data
         merged = merge_rows(_parse_rows(current) if current else [], rows)
-        data = _manifest_bytes(merged)
-        unchanged = data if current == data else None
-        return data, merged
+        merged_data = _manifest_bytes(merged)
+        unchanged = merged_data if current == merged_data else None
+        return merged_data, merged
 
     merged = update(store, layout.MANIFEST_JSONL, merge)
     if unchanged is not None and _views_current(store, unchanged):
@@ -146,13 +147,17 @@ def update_report(store: Store, rows: list[ManifestRow], *, copies: Path | None 
         return locate(store, layout.INDEX_HTML)
     for _ in range(_REWRITE_ROUNDS):
         written = read_or_none(store, layout.MANIFEST_JSONL)
+        if written is not None and written.data != merged_data:
+            # Another run merged its rows since this one did: the views are written from
+            # the manifest as it is, or a run that wrote them before this one (with
+            # these rows and its own) would see them overwritten without its own.
+            merged, merged_data = _parse_rows(written.data), written.data
         _write_views(store, merged, thumbnails, copies)
         latest = read_or_none(store, layout.MANIFEST_JSONL)
         if latest is None or written is None or latest.etag == written.etag:
             if written is not None:
                 store.write(layout.REPORT_VIEWS, _digest(written.data))
             break
-        merged = _parse_rows(latest.data)
     return locate(store, layout.INDEX_HTML)
 
 

@@ -8,6 +8,8 @@
   drops the conditional-write headers (``careless_s3``, a ``BucketProxy``).
 - ``postgres_url`` starts a PostgreSQL 15 for the session (skipped where it is not
   installed); ``prefect_postgres_server`` a second Prefect server on that database.
+- ``start_worker`` starts ``prefect worker start`` processes of a pool, each in an empty
+  folder of its own (``Worker``; ``worker_env`` points one at a server).
 - ``wait_until`` (and ``until`` in a coroutine) waits for something a test knows is
   coming; ``events_caught_up`` for the Prefect server to have stored what this process
   emitted. A test that checks that something did *not* happen waits on the event after
@@ -25,6 +27,7 @@ import pwd
 import random
 import secrets
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -43,6 +46,7 @@ from PIL import Image, ImageDraw
 
 from modelset.sandbox import SandboxConfig, SandboxServer
 from modelset.sandbox.bucket import BucketProxy
+from modelset.storage import open_store
 
 TOKEN = "test-token-5f1c"
 REPO = Path(__file__).resolve().parents[1]
@@ -588,6 +592,138 @@ def prefect_postgres_server(
         yield api_url
     finally:
         stop_process(process)
+
+
+# --- Prefect workers, each in an empty folder of its own -----------------------------------
+
+PREFECT = [sys.executable, "-m", "prefect"]
+PROCESS_POOL = "modelset-process"
+MANUAL = "generate-model-sets/manual"
+
+
+def children_of(pid: int) -> list[int]:
+    """Every process below ``pid`` (its flow runs, and theirs), from /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # "pid (comm) state ppid ...": comm may hold spaces, so split after ")".
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            parents.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+@dataclass
+class Worker:
+    """``prefect worker start`` in a folder of its own (which must stay empty)."""
+
+    process: subprocess.Popen[bytes]
+    cwd: Path
+    log: Path
+
+    def kill_with_its_runs(self) -> list[int]:
+        """SIGKILL the worker and every flow run it started, as a machine that dies."""
+        doomed = self._signal_all(signal.SIGKILL)
+        self.process.wait(timeout=30)
+        return doomed
+
+    def kill_between_sends(self, out: str, timeout_s: float = 60) -> list[int]:
+        """Kill the worker with its runs at a moment when no send of the batch is between
+        its recorded intent and its recorded answer (stopped first, then looked at).
+
+        A send caught there has an unknown outcome by design, which
+        ``test_crash_recovery.py`` covers; on a loaded machine the window is wide enough
+        to be hit by chance, and a test of a machine dying between sends needs that."""
+        from modelset.ledger import open_ledger
+        from modelset.storage import open_store
+
+        ledger = open_ledger(open_store(out))
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self._signal_all(signal.SIGSTOP)
+            if not ledger.unknown_sends():
+                return self.kill_with_its_runs()
+            self._signal_all(signal.SIGCONT)
+            assert time.monotonic() < deadline, "no moment without a send in flight"
+            time.sleep(0.05)
+
+    def _signal_all(self, signum: signal.Signals) -> list[int]:
+        targets = [self.process.pid, *children_of(self.process.pid)]
+        for pid in targets:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+        return targets
+
+    def stop(self) -> None:
+        runs = children_of(self.process.pid)
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=30)
+        for pid in runs:  # flow runs left behind (a batch killed on purpose, say)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def worker_env(api_url: str, home: Path, **extra: str) -> dict[str, str]:
+    """A subprocess's environment: this Prefect server (named explicitly), its own
+    PREFECT_HOME, quick polling."""
+    home.mkdir(parents=True, exist_ok=True)
+    return {
+        **os.environ,
+        "PREFECT_API_URL": api_url,
+        "PREFECT_HOME": str(home),
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+        **extra,
+    }
+
+
+StartWorker = Callable[..., Worker]
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[StartWorker]:
+    """Starts workers of a pool (``modelset-process`` unless named), each in a fresh, empty
+    folder, with any further ``prefect worker start`` options; stops them all after."""
+    started: list[Worker] = []
+
+    def start(env: dict[str, str], name: str, pool: str = PROCESS_POOL, *options: str) -> Worker:
+        cwd = tmp_path / "machines" / name
+        cwd.mkdir(parents=True)
+        log = tmp_path / f"{name}.log"
+        process = subprocess.Popen(
+            [*PREFECT, "worker", "start", "--pool", pool, "--name", name, *options],
+            cwd=cwd,
+            env={**env, "PREFECT_HOME": str(tmp_path / "homes" / name)},
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        worker = Worker(process, cwd, log)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        if worker.process.poll() is None:
+            worker.stop()
+
+
+def assert_empty(workers: list[Worker]) -> None:
+    for worker in workers:
+        assert list(worker.cwd.iterdir()) == [], f"{worker.cwd} is not empty"
+
+
+def images_in(location: str, item: str) -> list[str]:
+    return [key for key in open_store(location).list(f"{item}/20") if key.endswith(".jpg")]
 
 
 # --- The fault matrix's harness ---------------------------------------------------------

@@ -25,9 +25,12 @@ import pytest
 from PIL import Image
 
 from modelset.images import prepare_image
-from modelset.report import ManifestRow, read_manifest
+from modelset.layout import MANIFEST_JSONL
+from modelset.report import ManifestRow, Status, read_manifest, update_report
 from modelset.sandbox import SandboxServer
 from modelset.storage import Store, open_store
+from modelset.storage.base import Blob
+from modelset.storage.local import FolderStore
 from tests.conftest import hidream_env, make_photo
 from tests.test_pipeline import run
 from tests.test_plan import cli
@@ -187,6 +190,38 @@ def test_concurrent_runs_of_different_photos_merge_their_rows_into_one_report(
     accepted_once(sandbox, PHOTOS)
     check_sets_and_report(bucket, {photo.stem for photo in photos})
     assert_empty(folders)
+
+
+class RacedFolder(FolderStore):
+    """A folder in which another run merges ``theirs`` into the report, and writes its
+    views, just after this run merged its own rows (at its second read of the manifest):
+    what a shard in another container did to a sharded batch's report."""
+
+    def __init__(self, root: Path, theirs: list[ManifestRow]) -> None:
+        super().__init__(root)
+        self.theirs, self.manifest_reads = theirs, 0
+
+    def read(self, key: str) -> Blob:
+        if key == MANIFEST_JSONL:
+            self.manifest_reads += 1
+            if self.manifest_reads == 2:
+                update_report(FolderStore(self.root), self.theirs)
+        return super().read(key)
+
+
+def test_a_report_written_after_another_runs_keeps_that_runs_rows(tmp_path: Path) -> None:
+    def row(item: str) -> ManifestRow:
+        return ManifestRow(
+            source=f"/shoot/{item}.jpg", item=item, template_id=20, status=Status.SUCCEEDED
+        )
+
+    store = RacedFolder(tmp_path / "out", [row("theirs")])
+
+    update_report(store, [row("mine")])
+
+    assert sorted(r.item for r in read_manifest(str(store.root))) == ["mine", "theirs"]
+    page = store.read("index.html").data.decode()
+    assert ">mine<" in page and ">theirs<" in page
 
 
 # -- a store that ignores conditional writes -------------------------------------------

@@ -1,14 +1,19 @@
 """Deployments on a real Prefect server: served from prefect.yaml, run by UI-like calls
-and by events; prefect.yaml's module entrypoints and its working-directory pull step.
-(Process workers: tests/test_workers.py.)"""
+and by events; prefect.yaml's module entrypoints and its working-directory pull step; the
+same deployments on a Docker pool (deployments/docker/prefect.yaml), and a Kubernetes
+pool's base job template, built into a job offline. (Process workers:
+tests/test_workers.py; containers: tests/test_containers.py.)"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +21,7 @@ from typing import Any
 import pytest
 import yaml
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments.flow_runs import arun_deployment
@@ -27,7 +33,11 @@ from modelset.deployments.steps import set_working_directory
 from modelset.deployments.uploads import emit_upload
 from modelset.flows.generate import WORKING_DIRECTORY_SET
 from modelset.sandbox import SandboxConfig, SandboxServer
-from tests.conftest import TOKEN, hidream_env, make_photo
+from tests.conftest import REPO, TOKEN, hidream_env, make_photo
+
+DOCKER_YAML = REPO / "deployments" / "docker" / "prefect.yaml"
+KUBERNETES_TEMPLATE = REPO / "deployments" / "kubernetes" / "base-job-template.json"
+TOKEN_BLOCK = {"HIDREAM_API_TOKEN_BLOCK": "hidream-api-token"}
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +144,90 @@ def test_unattended_deployments_ship_with_a_cap() -> None:
     }
     assert options["on-upload"] == {"max_images": 40}
     assert options["nightly"] == {"max_images": 400}
+
+
+# -- the same deployments on container pools ------------------------------------------------
+
+
+def made_image() -> str:
+    """The image `make image` builds (the Makefile's IMAGE)."""
+    found = re.search(r"^IMAGE \?= (\S+)$", (REPO / "Makefile").read_text(), re.MULTILINE)
+    assert found is not None
+    return found.group(1)
+
+
+def test_the_docker_deployments_are_prefect_yamls_on_a_docker_pool() -> None:
+    process = yaml.safe_load(PREFECT_YAML.read_text(encoding="utf-8"))
+    docker = yaml.safe_load(DOCKER_YAML.read_text(encoding="utf-8"))
+
+    def without_pools(spec: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in d.items() if k != "work_pool"} for d in spec["deployments"]]
+
+    assert without_pools(docker) == without_pools(process)
+    assert docker["pull"] == process["pull"]
+    pools = [entry["work_pool"] for entry in docker["deployments"]]
+    assert all(pool == pools[0] for pool in pools)
+    assert pools[0]["name"] == "modelset-docker"
+    variables = pools[0]["job_variables"]
+    assert variables["image"] == made_image()
+    assert variables["network_mode"] == "host"
+    assert variables["auto_remove"] is True
+    assert variables["env"].items() >= TOKEN_BLOCK.items()
+    assert not any("TOKEN" in name and name not in TOKEN_BLOCK for name in variables["env"])
+
+
+async def kubernetes_job(values: dict[str, Any], flow_run: FlowRun) -> dict[str, Any]:
+    """The job the Kubernetes worker would create for ``flow_run`` from the shipped base
+    job template (as a pool on the session's server holds it) and ``values``: built as
+    prefect-kubernetes' own tests build theirs, with no cluster."""
+    from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
+
+    template = json.loads(KUBERNETES_TEMPLATE.read_text(encoding="utf-8"))
+    async with get_client() as client:
+        # The server checks the template as `prefect work-pool create --base-job-template`.
+        pool = await client.create_work_pool(
+            WorkPoolCreate(
+                name=f"modelset-kubernetes-{uuid.uuid4().hex[:8]}",
+                type="kubernetes",
+                base_job_template=template,
+            )
+        )
+    configuration = await KubernetesWorkerJobConfiguration.from_template_and_values(
+        pool.base_job_template, values
+    )
+    configuration.prepare_for_flow_run(flow_run)
+    job: dict[str, Any] = configuration.job_manifest
+    return job
+
+
+@pytest.mark.usefixtures("prefect_server")
+async def test_the_kubernetes_template_makes_a_job_of_the_image_with_an_empty_work_folder() -> None:
+    flow_run = FlowRun(flow_id=uuid.uuid4(), name="quiet-heron")
+    site = {"HIDREAM_OUTPUT_DIR": "s3://catalogue/summer"}
+
+    job = await kubernetes_job({"env": site, "memory_limit": "2Gi"}, flow_run)
+
+    pod = job["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["image"] == made_image()
+    assert container["args"] == ["prefect", "flow-run", "execute"]
+    env = {entry["name"]: entry.get("value") for entry in container["env"]}
+    assert env.items() >= {**TOKEN_BLOCK, **site}.items()  # the pool's, merged with the site's
+    assert env["PREFECT__FLOW_RUN_ID"] == str(flow_run.id)
+    assert not any("TOKEN" in name and name not in TOKEN_BLOCK for name in env)
+    assert container["envFrom"] == [{"secretRef": {"name": "modelset-storage", "optional": True}}]
+    assert container["resources"] == {
+        "requests": {"cpu": "500m", "memory": "512Mi"},
+        "limits": {"cpu": "2", "memory": "2Gi"},
+    }
+    mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    assert volumes[mounts["/work"]]["emptyDir"] == {"sizeLimit": "1Gi"}
+    assert volumes[mounts["/tmp"]]["emptyDir"] == {"sizeLimit": "1Gi"}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001
+    assert pod["restartPolicy"] == "Never" and job["spec"]["backoffLimit"] == 0
+    assert job["spec"]["ttlSecondsAfterFinished"] == 600
 
 
 def test_served_deployments_name_their_flows_by_module_path() -> None:

@@ -28,9 +28,9 @@ from modelset import layout
 from modelset.report import read_manifest
 from modelset.sandbox import SandboxConfig, SandboxServer
 from modelset.storage import open_store
-from tests.conftest import TOKEN, hidream_env, make_photo
+from tests.conftest import MANUAL, PREFECT, TOKEN, Worker, hidream_env, make_photo, worker_env
 from tests.test_review import published_events, published_files, reviews
-from tests.test_workers import MANUAL, POOL, PREFECT, Worker, deploy, worker_env
+from tests.test_workers import POOL, deploy
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

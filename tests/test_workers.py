@@ -14,15 +14,9 @@ empty folders (the flows come from the installed package) sharing sharded batche
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import signal
 import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -43,101 +37,27 @@ from prefect.states import Crashed
 
 from modelset.deployments.serve import load_deployments
 from modelset.flows.generate import WORKING_DIRECTORY_SET
-from modelset.ledger import open_ledger
 from modelset.report import read_manifest
 from modelset.sandbox import SandboxServer
 from modelset.storage import open_store
-from tests.conftest import REPO, SHORT_LEASES, SandboxFactory, hidream_env, make_photo
+from tests.conftest import (
+    MANUAL,
+    PREFECT,
+    PROCESS_POOL,
+    REPO,
+    SHORT_LEASES,
+    SandboxFactory,
+    StartWorker,
+    Worker,
+    assert_empty,
+    children_of,
+    hidream_env,
+    images_in,
+    make_photo,
+    worker_env,
+)
 
-PREFECT = [sys.executable, "-m", "prefect"]
-POOL = "modelset-process"
-MANUAL = "generate-model-sets/manual"
-
-
-# -- processes ------------------------------------------------------------------------------
-
-
-def children_of(pid: int) -> list[int]:
-    """Every process below ``pid`` (its flow runs, and theirs), from /proc."""
-    parents: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            # "pid (comm) state ppid ...": comm may hold spaces, so split after ")".
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            parents.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-@dataclass
-class Worker:
-    """``prefect worker start`` in a folder of its own (which must stay empty)."""
-
-    process: subprocess.Popen[bytes]
-    cwd: Path
-    log: Path
-
-    def kill_with_its_runs(self) -> list[int]:
-        """SIGKILL the worker and every flow run it started, as a machine that dies."""
-        doomed = self._signal_all(signal.SIGKILL)
-        self.process.wait(timeout=30)
-        return doomed
-
-    def kill_between_sends(self, out: str, timeout_s: float = 60) -> list[int]:
-        """Kill the worker with its runs at a moment when no send of the batch is between
-        its recorded intent and its recorded answer (stopped first, then looked at).
-
-        A send caught there has an unknown outcome by design, which
-        ``test_crash_recovery.py`` covers; on a loaded machine the window is wide enough
-        to be hit by chance, and this test is about a machine dying between sends."""
-        ledger = open_ledger(open_store(out))
-        deadline = time.monotonic() + timeout_s
-        while True:
-            self._signal_all(signal.SIGSTOP)
-            if not ledger.unknown_sends():
-                return self.kill_with_its_runs()
-            self._signal_all(signal.SIGCONT)
-            assert time.monotonic() < deadline, "no moment without a send in flight"
-            time.sleep(0.05)
-
-    def _signal_all(self, signum: signal.Signals) -> list[int]:
-        targets = [self.process.pid, *children_of(self.process.pid)]
-        for pid in targets:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
-        return targets
-
-    def stop(self) -> None:
-        runs = children_of(self.process.pid)
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=30)
-        for pid in runs:  # flow runs left behind (a batch killed on purpose, say)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-
-def worker_env(api_url: str, home: Path, **extra: str) -> dict[str, str]:
-    """A subprocess's environment: this Prefect server (named explicitly), its own
-    PREFECT_HOME, quick polling."""
-    home.mkdir(parents=True, exist_ok=True)
-    return {
-        **os.environ,
-        "PREFECT_API_URL": api_url,
-        "PREFECT_HOME": str(home),
-        "PREFECT_WORKER_QUERY_SECONDS": "1",
-        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
-        **extra,
-    }
+POOL = PROCESS_POOL
 
 
 async def deployed_to_the_pool(api_url: str) -> bool:
@@ -168,44 +88,6 @@ def deploy(env: dict[str, str]) -> None:
             command, cwd=REPO, env=env, capture_output=True, text=True, check=False, timeout=180
         )
         assert done.returncode == 0, done.stdout + done.stderr
-
-
-StartWorker = Callable[[dict[str, str], str], Worker]
-
-
-@pytest.fixture
-def start_worker(tmp_path: Path) -> Iterator[StartWorker]:
-    """Starts workers of the pool, each in a fresh, empty folder; stops them all after."""
-    started: list[Worker] = []
-
-    def start(env: dict[str, str], name: str) -> Worker:
-        cwd = tmp_path / "machines" / name
-        cwd.mkdir(parents=True)
-        log = tmp_path / f"{name}.log"
-        process = subprocess.Popen(
-            [*PREFECT, "worker", "start", "--pool", POOL, "--name", name],
-            cwd=cwd,
-            env={**env, "PREFECT_HOME": str(tmp_path / "homes" / name)},
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-        )
-        worker = Worker(process, cwd, log)
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        if worker.process.poll() is None:
-            worker.stop()
-
-
-def assert_empty(workers: list[Worker]) -> None:
-    for worker in workers:
-        assert list(worker.cwd.iterdir()) == [], f"{worker.cwd} is not empty"
-
-
-def images_in(location: str, item: str) -> list[str]:
-    return [key for key in open_store(location).list(f"{item}/20") if key.endswith(".jpg")]
 
 
 # -- SQLite server: two workers, one sharded batch into a folder ------------------------------
