@@ -1,6 +1,6 @@
 """Sending and collecting sets, a chunk at a time: the only place money is spent.
 
-Each chunk is handed to the orchestrator (``submit 37-200 of 200``) and run again while
+Each chunk is handed to the orchestrator (``submit 69-200 of 200``) and run again while
 it raises :class:`SetsToRetry`; a set already sent is then a no-op (the ledger decides,
 and the chunk keeps each set's row once it has one). Every set holds one of the batch's
 slots while it is sent and collected; an interrupt stops every chunk.

@@ -1,7 +1,7 @@
 """Fetching, validating and preparing photos: a task run per stage per chunk of photos.
 
-The design card's stages show in the run graph as ``fetch 37-200 of 200``,
-``validate 37-200 of 200`` and ``prepare 37-200 of 200``; the work is the core's
+The design card's stages show in the run graph as ``fetch 69-200 of 200``,
+``validate 69-200 of 200`` and ``prepare 69-200 of 200``; the work is the core's
 (``modelset.batch.chunks``).
 
 Each stage is cached by Prefect, in the output location (``tasks/results.py``), keyed on
