@@ -120,6 +120,15 @@ DEAREST_FIRST = (
 )
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """A suite started in the background (``cmd &`` in a script) inherits SIGINT ignored,
+    and so would every process it starts: ``prefect worker start`` stops on SIGTERM by
+    sending itself SIGINT, and a worker that ignores it never stops (each took its 30 s
+    grace period, then SIGKILL). Started processes get the default disposition back."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     def cost_rank(item: pytest.Item) -> int:
         name = item.path.name
@@ -619,6 +628,36 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
+def signal_tree(pid: int, signum: signal.Signals) -> list[int]:
+    """Send ``signum`` to ``pid`` and every process below it; returns them."""
+    targets = [pid, *children_of(pid)]
+    for target in targets:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(target, signum)
+    return targets
+
+
+def stop_between_sends(pid: int, out: str, timeout_s: float = 60) -> None:
+    """Leave the processes of ``pid`` stopped (SIGSTOP) at a moment when no send of the
+    batch in ``out`` is between its recorded intent and its recorded answer: stopped,
+    looked at, and let go again until then.
+
+    A send caught there has an unknown outcome by design, which ``test_crash_recovery.py``
+    covers; on a loaded machine the window is wide enough to be hit by chance, and a test
+    of a machine dying between sends needs that."""
+    from modelset.ledger import open_ledger
+
+    ledger = open_ledger(open_store(out))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        signal_tree(pid, signal.SIGSTOP)
+        if not ledger.unknown_sends():
+            return
+        signal_tree(pid, signal.SIGCONT)
+        assert time.monotonic() < deadline, "no moment without a send in flight"
+        time.sleep(0.05)
+
+
 @dataclass
 class Worker:
     """``prefect worker start`` in a folder of its own (which must stay empty)."""
@@ -629,36 +668,14 @@ class Worker:
 
     def kill_with_its_runs(self) -> list[int]:
         """SIGKILL the worker and every flow run it started, as a machine that dies."""
-        doomed = self._signal_all(signal.SIGKILL)
+        doomed = signal_tree(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=30)
         return doomed
 
-    def kill_between_sends(self, out: str, timeout_s: float = 60) -> list[int]:
-        """Kill the worker with its runs at a moment when no send of the batch is between
-        its recorded intent and its recorded answer (stopped first, then looked at).
-
-        A send caught there has an unknown outcome by design, which
-        ``test_crash_recovery.py`` covers; on a loaded machine the window is wide enough
-        to be hit by chance, and a test of a machine dying between sends needs that."""
-        from modelset.ledger import open_ledger
-        from modelset.storage import open_store
-
-        ledger = open_ledger(open_store(out))
-        deadline = time.monotonic() + timeout_s
-        while True:
-            self._signal_all(signal.SIGSTOP)
-            if not ledger.unknown_sends():
-                return self.kill_with_its_runs()
-            self._signal_all(signal.SIGCONT)
-            assert time.monotonic() < deadline, "no moment without a send in flight"
-            time.sleep(0.05)
-
-    def _signal_all(self, signum: signal.Signals) -> list[int]:
-        targets = [self.process.pid, *children_of(self.process.pid)]
-        for pid in targets:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
-        return targets
+    def kill_between_sends(self, out: str) -> list[int]:
+        """Kill the worker with its runs at a moment when none of them is mid-send."""
+        stop_between_sends(self.process.pid, out)
+        return self.kill_with_its_runs()
 
     def stop(self) -> None:
         runs = children_of(self.process.pid)

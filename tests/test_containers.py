@@ -61,6 +61,7 @@ from tests.conftest import (
     hidream_env,
     images_in,
     make_photo,
+    stop_between_sends,
     wait_until,
     worker_env,
 )
@@ -375,17 +376,18 @@ def test_a_container_killed_mid_batch_is_survived_and_nothing_is_paid_twice(
     given = site.parameters(inbox, concurrency=2)
 
     first = asyncio.run(arun_deployment(MANUAL, parameters=given, timeout=0))
-    # Killed once the run has shown that the service finds a task by its request_id
-    # (the proof kept in the bucket, docs/pipeline.md): a set whose answer the kill cuts
-    # off is then looked up, not paid for again; without the proof it would be reported
-    # paid and not collected, and never resent.
+    # Under way: a send accepted (it left the request_id lookup's proof in the bucket).
     wait_until(
         lambda: open_store(site.bucket).list(layout.LOOKUP_PROOFS),
         within=180,
         what=lambda: worker.log.read_text()[-3000:],
     )
     [container] = site.engine.containers_of({str(first.id)})
-    container.kill()  # SIGKILL, through the engine's API: the machine it ran on is gone
+    # SIGKILL through the engine's API, as when the machine it ran on is gone; between two
+    # sends, since a send cut off is reported paid, not collected unless a lookup finds
+    # its task, and test_crash_recovery.py is where that is tested.
+    stop_between_sends(int(container.attrs["State"]["Pid"]), site.bucket)
+    container.kill()
     sent_before = len(sandbox.submissions())
 
     second = asyncio.run(arun_deployment(MANUAL, parameters=given, timeout=400))
