@@ -69,11 +69,10 @@ pytest: setup
 	$(BIN)/pytest -n 3 --dist load --maxschedchunk 1
 
 # The tests marked slow (a burst of fifty deployment runs against the budget, and the
-# look-alike measurements over hundreds of pictures): CI runs them after `make test`,
-# which stays within ten minutes. Two workers: the burst on one, the measurements beside
-# it on the other (90 s instead of 130).
+# look-alike measurements over hundreds of pictures: about two minutes): CI runs them
+# after `make test`, which stays within ten minutes.
 test-slow: setup
-	$(BIN)/pytest -m slow -n 2 --dist load --maxschedchunk 1
+	$(BIN)/pytest -m slow
 
 # The worker image (Containerfile), with docker where its engine answers, else podman.
 # BASE_IMAGE is any Debian bookworm: no registry is reachable on the build machines, so
