@@ -13,7 +13,7 @@ pool's env, and the token as a Prefect Secret block, nowhere else.
 - and none of them leaves anything on the host: the containers are removed, the workers'
   folders stay empty.
 
-Marked ``containers``: `make test-containers` runs them (CI after `make test-slow`), with
+Marked ``containers``: `make test-containers` runs them (CI beside `make test`), with
 `make image` first; the session builds (or takes from the engine's cache) the image once.
 Where no engine can run containers they skip, saying what to install.
 """
