@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import logging
 import time
+from collections.abc import AsyncIterator
 from email.utils import formatdate
 from pathlib import Path
 
@@ -83,6 +85,63 @@ async def test_official_example_bodies_both_succeed(sandbox: SandboxServer, phot
             assert answer["result"]["task_id"]
             assert len(answer["result"]["sub_task_ids"]) == 4
     assert len(sandbox.submissions()) == 2
+
+
+class Recording(httpx.AsyncBaseTransport):
+    """The real transport, noting each request's headers and the chunks its body went in."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.sent: list[tuple[httpx.Headers, list[int]]] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        assert isinstance(request.stream, httpx.AsyncByteStream)
+        sizes: list[int] = []
+        request.stream = _Noted(request.stream, sizes)
+        self.sent.append((request.headers, sizes))
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class _Noted(httpx.AsyncByteStream):
+    """A request's body passed on unchanged, noting the size of each chunk."""
+
+    def __init__(self, body: httpx.AsyncByteStream, sizes: list[int]) -> None:
+        self.body = body
+        self.sizes = sizes
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self.body:
+            self.sizes.append(len(chunk))
+            yield chunk
+
+
+async def test_a_photo_file_is_streamed_into_the_submit_and_arrives_whole(
+    sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    """A send in flight holds a chunk of the photo, not the photo: the body goes out in
+    chunks of about 64 KiB of the file, its length declared, and the service decodes the
+    very bytes of the file (one whose size is no multiple of three, padding included)."""
+    photo = tmp_path / "large.jpg"
+    Image.effect_noise((1200, 1600), 80).convert("RGB").save(photo, "JPEG", quality=95)
+    with photo.open("ab") as grown:  # bytes after the JPEG's end, which decoders ignore
+        grown.write(b"\0" * (1 if photo.stat().st_size % 3 != 1 else 2))
+    size = photo.stat().st_size
+    assert size > 1_000_000 and size % 3
+
+    transport = Recording()
+    async with client_for(sandbox, transport=transport) as client:
+        await client.submit_variation(photo, template_id=20, request_id="streamed")
+
+    [accepted] = sandbox.submissions()
+    assert accepted["sha256"] == hashlib.sha256(photo.read_bytes()).hexdigest()
+    [(headers, chunks)] = transport.sent
+    assert int(headers["content-length"]) == sum(chunks)
+    assert "transfer-encoding" not in headers
+    assert len(chunks) > size // 65_536
+    assert max(chunks) <= 4 * 65_538 // 3
 
 
 async def test_lookup_by_task_and_request_id(sandbox_factory: SandboxFactory, photo: Path) -> None:

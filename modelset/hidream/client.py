@@ -49,6 +49,7 @@ from modelset.hidream._exceptions import (
     Throttled,
     TokenRejected,
 )
+from modelset.hidream.body import ImageFileBody
 from modelset.hidream.models import Envelope, Gender, Receipt, TaskResult, Template, TemplatePage
 from modelset.settings import Settings
 
@@ -197,18 +198,26 @@ class HiDreamClient:
         notify_url: str | None = None,
     ) -> Receipt:
         """Submit a photo (URL, base64 text, raw bytes or a file path) for a template."""
-        body: dict[str, Any] = {"image": encode_image(image), "template_id": template_id}
+        fields: dict[str, Any] = {"template_id": template_id}
         if request_id is not None:
-            body["request_id"] = request_id
+            fields["request_id"] = request_id
         if notify_url is not None:
-            body["notify_url"] = notify_url
+            fields["notify_url"] = notify_url
+        # A file is streamed into the body as it is sent, never held whole (body.py).
+        streamed = ImageFileBody(Path(image), fields) if isinstance(image, os.PathLike) else None
+        body = None if streamed else {"image": encode_image(image), **fields}
         last_error: HiDreamError | None = None
         attempt = 0
         throttles = 0
         while attempt < self.max_attempts:
             try:
                 envelope = await self._send(
-                    "POST", SUBMIT_PATH, json=body, may_be_sent=True, waits=self._submit_timeout
+                    "POST",
+                    SUBMIT_PATH,
+                    json=body,
+                    content=streamed,
+                    may_be_sent=True,
+                    waits=self._submit_timeout,
                 )
             except Throttled as exc:
                 throttles += 1
@@ -407,6 +416,7 @@ class HiDreamClient:
         *,
         params: dict[str, Any] | None = None,
         json: dict[str, Any] | None = None,
+        content: ImageFileBody | None = None,
         may_be_sent: bool,
         waits: httpx.Timeout | None = None,
     ) -> Envelope:
@@ -414,12 +424,15 @@ class HiDreamClient:
         if delay > 0:
             await asyncio.sleep(delay)
         headers = {"Authorization": f"Bearer {self._token.get_secret_value()}"}
+        if content is not None:
+            headers.update(content.headers)
         try:
             response = await self._http.request(
                 method,
                 path,
                 params=params,
                 json=json,
+                content=content,
                 headers=headers,
                 timeout=waits or httpx.USE_CLIENT_DEFAULT,
             )
