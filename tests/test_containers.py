@@ -94,9 +94,11 @@ class Engine:
     client: docker.DockerClient
 
     def containers_of(self, run_ids: set[str]) -> list[Container]:
-        """The containers (running or not) of these flow runs."""
-        found = self.client.containers.list(all=True, filters={"label": RUN_LABEL})
-        return [c for c in found if c.labels.get(RUN_LABEL) in run_ids]
+        """The containers (running or not) of these flow runs, as one listing gives them:
+        none is inspected, so one removed meanwhile is simply gone (``reload()`` one to
+        read more than its labels)."""
+        found = self.client.containers.list(all=True, filters={"label": RUN_LABEL}, sparse=True)
+        return [c for c in found if (c.attrs.get("Labels") or {}).get(RUN_LABEL) in run_ids]
 
 
 def docker_engine_answers() -> bool:
@@ -383,6 +385,7 @@ def test_a_container_killed_mid_batch_is_survived_and_nothing_is_paid_twice(
         what=lambda: worker.log.read_text()[-3000:],
     )
     [container] = site.engine.containers_of({str(first.id)})
+    container.reload()
     # SIGKILL through the engine's API, as when the machine it ran on is gone; between two
     # sends, since a send cut off is reported paid, not collected unless a lookup finds
     # its task, and test_crash_recovery.py is where that is tested.
