@@ -104,7 +104,7 @@ image:
 # four minutes): their session builds the image once with `make image` (from the engine's
 # cache when nothing changed), starts podman's Docker API and runs prefect-docker workers.
 # They need podman, runc and debootstrap as root (.ci/run installs them); where containers
-# cannot run they skip, saying what to install. CI runs them beside test and test-slow.
+# cannot run they skip, saying what to install. CI runs them after test-slow.
 test-containers: setup
 	$(BIN)/pytest -m containers
 

@@ -13,7 +13,7 @@ pool's env, and the token as a Prefect Secret block, nowhere else.
 - and none of them leaves anything on the host: the containers are removed, the workers'
   folders stay empty.
 
-Marked ``containers``: `make test-containers` runs them (CI beside `make test`), with
+Marked ``containers``: `make test-containers` runs them (CI after `make test-slow`), with
 `make image` first; the session builds (or takes from the engine's cache) the image once.
 Where no engine can run containers they skip, saying what to install.
 """
@@ -370,7 +370,7 @@ def test_two_container_workers_share_a_sharded_batch_and_pay_once(
 def test_a_container_killed_mid_batch_is_survived_and_nothing_is_paid_twice(
     site: Site, prefect_server: str, sandbox_factory: SandboxFactory
 ) -> None:
-    sandbox = sandbox_factory(generation_s=1.5)
+    sandbox = sandbox_factory(generation_s=4.0)  # sends spread over 20 s: a window to kill in
     inbox, items = site.photos(10, "killed")
     env = site.deploy(prefect_server, sandbox, **SHORT_LEASES)
     prefect(env, "automation", "create", "--from-file", str(CRASH_AUTOMATION))
